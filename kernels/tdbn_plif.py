@@ -1,0 +1,483 @@
+"""Fused tdBN -> PLIF forward and adaptive-surrogate backward through time.
+
+What it computes (SPEC.md sections 2-4), per channel c of ``x [T, B, C, *S]``:
+
+    y_t = scale_c * x_t + shift_c (+ residual_t),  scale_c = gamma_c * alpha * Vth / sqrt(var_c + eps),
+                                                    shift_c = beta_c - mean_c * scale_c
+    V_t = tau * V_{t-1} * (1 - S_{t-1}) + y_t,     S_t = [V_t >= Vth]
+
+and backward, from dL/dS_t, going t = T-1 .. 0 (reset not detached):
+
+    dL/dV_t = (dL/dS_t - tau * V_t * dL/dV_{t+1}) * h(V_t - Vth; kappa_t) + tau * (1 - S_t) * dL/dV_{t+1}
+    dy_t = dL/dV_t,   dtau = sum dL/dV_t * V_{t-1} * (1 - S_{t-1}),   then batch-norm backward to x.
+
+Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every timestep):
+
+- ``_stats_partial_kernel``   training statistics: per tile and channel (count, mean, M2), merged over
+  t with Chan's formula. Grid: NCHW-like ``(row blocks * col blocks, C)``; channels-last
+  ``(row blocks, channel blocks)``.
+- ``_stats_finalize_kernel``  merges the per-tile partials into mean and biased var. Grid
+  ``(cdiv(C, BLOCK_C),)``.
+- ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes.
+- ``_backward_kernel``        recomputes y and V from x (a tuple of T register tiles, never memory),
+  runs the recurrence backward; with ACCUMULATE it writes per-tile channel sums of dy, dy * xhat
+  and the tau-gradient term, with WRITE_DX it writes dx (and dresidual). Training uses it twice
+  (sums first, since dx needs their channel means); eval once with both flags.
+
+Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
+block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
+innermost: rows = the merged (b, s) index, cols = c). Any stride over T and B is fine.
+
+Saved for backward per element: nothing but the layer input x (and the residual when one is
+given), in their own dtypes; per channel: mean and var (compute dtype). The membrane trajectory is
+recomputed from x in registers, so no float32 copy of V or y ever reaches memory. HBM passes per
+training step: stats (read x), forward (read x, write S), backward sums (read x, read dS),
+backward dx (read x, read dS, write dx) = 8 passes of the activation.
+
+Math runs in float32 (float64 for float64 inputs, which the tests use as the exact oracle).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+SURROGATE_IDS = {"rect": 0, "triangle": 1, "sigmoid": 2, "atan": 3}
+PI = math.pi
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
+          CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+          INT64: tl.constexpr):
+    """Offsets (within one timestep) and mask of this program's tile."""
+    pid0 = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    if CHANNELS_LAST:
+        row_block = pid0
+        col_block = pid1
+    else:
+        row_block = pid0 // n_col_blocks
+        col_block = pid0 % n_col_blocks
+    rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = col_block * BLOCK_K + tl.arange(0, BLOCK_K)
+    if INT64:
+        rows = rows.to(tl.int64)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    offs = rows[:, None] * stride_row + cols[None, :]
+    if not CHANNELS_LAST:
+        chan = pid1
+        if INT64:
+            chan = chan.to(tl.int64)
+        offs += chan * stride_chan
+    return offs, mask
+
+
+@triton.jit
+def _per_channel(ptr, n_cols, CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr,
+                 COMPUTE: tl.constexpr):
+    """This tile's value of a ``[C]`` vector: a scalar (channel-major) or a ``[1, BLOCK_K]`` row."""
+    if CHANNELS_LAST:
+        chans = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        value = tl.load(ptr + chans, mask=chans < n_cols, other=0).to(COMPUTE)[None, :]
+    else:
+        value = tl.load(ptr + tl.program_id(1)).to(COMPUTE)
+    return value
+
+
+@triton.jit
+def _channel_sum(v, CHANNELS_LAST: tl.constexpr):
+    """Sum of a tile per channel: a ``[BLOCK_K]`` vector (channels-last) or a scalar."""
+    if CHANNELS_LAST:
+        total = tl.sum(v, axis=0)
+    else:
+        total = tl.sum(tl.sum(v, axis=1), axis=0)
+    return total
+
+
+@triton.jit
+def _broadcast(v, CHANNELS_LAST: tl.constexpr):
+    """Inverse of _channel_sum's shape: per-channel values back against the tile."""
+    if CHANNELS_LAST:
+        out = v[None, :]
+    else:
+        out = v
+    return out
+
+
+@triton.jit
+def _store_partial(partial_ptr, v, slot, n_chan, CHANNELS_LAST: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """partial[pid0, slot, channels] = v; partial is ``[P, 3, C]``."""
+    base = partial_ptr + tl.program_id(0) * 3 * n_chan + slot * n_chan
+    if CHANNELS_LAST:
+        chans = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        tl.store(base + chans, v, mask=chans < n_chan)
+    else:
+        tl.store(base + tl.program_id(1), v)
+
+
+@triton.jit
+def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth, alpha,
+            CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+    """Per-channel (scale, shift, mean, rstd) so that y = scale * x + shift."""
+    mean = _per_channel(mean_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    var = _per_channel(var_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    gamma = _per_channel(gamma_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    beta = _per_channel(beta_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    if COMPUTE == tl.float64:
+        rstd = 1.0 / tl.sqrt(var + eps)
+    else:
+        rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE-rounded, as torch computes it
+    scale = gamma * (alpha * vth) * rstd
+    shift = beta - mean * scale
+    return scale, shift, mean, rstd
+
+
+@triton.jit
+def _surrogate(u, kappa, SURROGATE: tl.constexpr):
+    """h(u; kappa): rect, triangle, sigmoid, atan (each integrates to 1)."""
+    if SURROGATE == 0:
+        h = tl.where(tl.abs(u) < kappa * 0.5, 1.0 / kappa, 0.0)
+    elif SURROGATE == 1:
+        h = (2.0 / kappa) * tl.maximum(1.0 - 2.0 * tl.abs(u) / kappa, 0.0)
+    elif SURROGATE == 2:
+        a = 4.0 / kappa
+        sg = tl.sigmoid(a * u)
+        h = a * sg * (1.0 - sg)
+    else:
+        a = 2.0 / kappa
+        z = (PI * 0.5) * a * u
+        h = (a * 0.5) / (1.0 + z * z)
+    return h
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_chan,
+                          stride_t, stride_row, stride_chan,
+                          T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
+    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
+                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    count = _channel_sum(mask.to(COMPUTE), CHANNELS_LAST)
+    safe_count = tl.maximum(count, 1.0)
+    n = count * 0.0
+    mean = count * 0.0
+    m2 = count * 0.0
+    for t in tl.static_range(T):
+        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        tile_mean = _channel_sum(x, CHANNELS_LAST) / safe_count
+        centered = tl.where(mask, x - _broadcast(tile_mean, CHANNELS_LAST), 0.0)
+        tile_m2 = _channel_sum(centered * centered, CHANNELS_LAST)
+        # Chan et al.: merge (n, mean, m2) with this timestep's (count, tile_mean, tile_m2)
+        merged = tl.maximum(n + count, 1.0)
+        delta = tile_mean - mean
+        mean = mean + delta * (count / merged)
+        m2 = m2 + tile_m2 + delta * delta * (n * count / merged)
+        n = n + count
+    _store_partial(partial_ptr, n, 0, n_chan, CHANNELS_LAST, BLOCK_K)
+    _store_partial(partial_ptr, mean, 1, n_chan, CHANNELS_LAST, BLOCK_K)
+    _store_partial(partial_ptr, m2, 2, n_chan, CHANNELS_LAST, BLOCK_K)
+
+
+@triton.jit
+def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE: tl.constexpr):
+    chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    chan_mask = chans < n_chan
+    total = tl.zeros([BLOCK_C], COMPUTE)
+    weighted = tl.zeros([BLOCK_C], COMPUTE)
+    for p0 in range(0, n_partials, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        m = (p[:, None] < n_partials) & chan_mask[None, :]
+        ptrs = partial_ptr + p[:, None] * 3 * n_chan + chans[None, :]
+        count = tl.load(ptrs, mask=m, other=0)
+        part_mean = tl.load(ptrs + n_chan, mask=m, other=0)
+        total += tl.sum(count, axis=0)
+        weighted += tl.sum(count * part_mean, axis=0)
+    mean = weighted / tl.maximum(total, 1.0)
+    m2 = tl.zeros([BLOCK_C], COMPUTE)
+    for p0 in range(0, n_partials, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        m = (p[:, None] < n_partials) & chan_mask[None, :]
+        ptrs = partial_ptr + p[:, None] * 3 * n_chan + chans[None, :]
+        count = tl.load(ptrs, mask=m, other=0)
+        part_mean = tl.load(ptrs + n_chan, mask=m, other=0)
+        part_m2 = tl.load(ptrs + 2 * n_chan, mask=m, other=0)
+        delta = part_mean - mean[None, :]
+        m2 += tl.sum(part_m2 + count * delta * delta, axis=0)
+    tl.store(mean_ptr + chans, mean, mask=chan_mask)
+    tl.store(var_ptr + chans, m2 / tl.maximum(total, 1.0), mask=chan_mask)
+
+
+@triton.jit
+def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
+                    n_rows, n_cols, n_col_blocks, stride_t, stride_row, stride_chan,
+                    eps, vth, alpha,
+                    T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
+                    COMPUTE: tl.constexpr):
+    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
+                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
+                                       alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    tau = tl.load(tau_ptr).to(COMPUTE)
+    v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    for t in tl.static_range(T):
+        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        y = x * scale + shift
+        if HAS_RESIDUAL:
+            y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        v = tau * v * (1.0 - s) + y
+        s = tl.where(v >= vth, 1.0, 0.0).to(COMPUTE)
+        tl.store(out_ptr + t * stride_t + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, sums_ptr,
+                     mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
+                     kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan, count,
+                     stride_t, stride_row, stride_chan, eps, vth, alpha,
+                     T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                     WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
+                     WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
+                     CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                     INT64: tl.constexpr, COMPUTE: tl.constexpr):
+    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
+                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
+                                       alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    tau = tl.load(tau_ptr).to(COMPUTE)
+    kappa_first = tl.load(kappa_first_ptr).to(COMPUTE)
+    kappa_rest = tl.load(kappa_rest_ptr).to(COMPUTE)
+
+    # Forward again, keeping x and V of every timestep in registers.
+    xs = ()
+    vs = ()
+    v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    for t in tl.static_range(T):
+        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        y = x * scale + shift
+        if HAS_RESIDUAL:
+            y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        v = tau * v * (1.0 - s) + y
+        s = tl.where(v >= vth, 1.0, 0.0).to(COMPUTE)
+        xs = xs + (x,)
+        vs = vs + (v,)
+
+    if WRITE_DX and BATCH_STATS:
+        mean_dy = _per_channel(sums_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE) / count
+        mean_dy_xhat = _per_channel(sums_ptr + n_chan, n_cols, CHANNELS_LAST, BLOCK_K,
+                                    COMPUTE) / count
+    acc_dy = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    acc_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    acc_dtau = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    dv_next = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)  # dL/dV_{t+1}
+    for t in tl.static_range(T - 1, -1, -1):
+        v = vs[t]
+        g = tl.load(grad_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        if t == 0:
+            kappa = kappa_first
+        else:
+            kappa = kappa_rest
+        h = _surrogate(v - vth, kappa, SURROGATE)
+        if t == T - 1:
+            dv = g * h
+        else:
+            not_spiked = tl.where(v >= vth, 0.0, 1.0)
+            dv = (g - tau * v * dv_next) * h + tau * not_spiked * dv_next
+        xhat = (xs[t] - mean) * rstd
+        if ACCUMULATE:
+            acc_dy += dv
+            acc_dy_xhat += dv * xhat
+            if t > 0:
+                v_prev = vs[t - 1]
+                acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
+        if WRITE_DX:
+            if BATCH_STATS:
+                dx = scale * (dv - mean_dy - xhat * mean_dy_xhat)
+            else:
+                dx = scale * dv
+            tl.store(dx_ptr + t * stride_t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if WRITE_RESIDUAL_GRAD:
+                tl.store(dres_ptr + t * stride_t + offs, dv.to(dres_ptr.dtype.element_ty),
+                         mask=mask)
+        dv_next = dv
+
+    if ACCUMULATE:
+        _store_partial(partial_ptr, _channel_sum(acc_dy, CHANNELS_LAST), 0, n_chan,
+                       CHANNELS_LAST, BLOCK_K)
+        _store_partial(partial_ptr, _channel_sum(acc_dy_xhat, CHANNELS_LAST), 1, n_chan,
+                       CHANNELS_LAST, BLOCK_K)
+        _store_partial(partial_ptr, _channel_sum(acc_dtau, CHANNELS_LAST), 2, n_chan,
+                       CHANNELS_LAST, BLOCK_K)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+class Layout:
+    """How ``x [T, B, C, *S]`` maps onto 2-D tiles, from its strides; None when unsupported."""
+
+    def __init__(self, channels_last: bool, n_rows: int, n_cols: int, n_chan: int,
+                 stride_t: int, stride_row: int, stride_chan: int, int64: bool):
+        self.channels_last = channels_last
+        self.n_rows, self.n_cols, self.n_chan = n_rows, n_cols, n_chan
+        self.stride_t, self.stride_row, self.stride_chan = stride_t, stride_row, stride_chan
+        self.int64 = int64
+
+    @staticmethod
+    def of(x: torch.Tensor) -> "Layout | None":
+        _, batch, chan = x.shape[:3]
+        spatial = x.shape[3:]
+        s_t, s_b, s_c = x.stride()[:3]
+        spatial_size = math.prod(spatial)
+        int64 = sum((n - 1) * st for n, st in zip(x.shape, x.stride())) >= 2**31
+        if spatial_size > 1 and _packed(spatial, x.stride()[3:], inner=1):
+            return Layout(False, batch, spatial_size, chan, s_t, s_b, s_c, int64)
+        if s_c == 1 or chan == 1:
+            if spatial_size == 1:
+                return Layout(True, batch, chan, chan, s_t, s_b, 1, int64)
+            row = x.stride()[-1]
+            if _packed(spatial, x.stride()[3:], inner=row) and (batch == 1 or s_b == row * spatial_size):
+                return Layout(True, batch * spatial_size, chan, chan, s_t, row, 1, int64)
+        if spatial_size == 1:
+            return Layout(False, batch, 1, chan, s_t, s_b, s_c, int64)
+        return None
+
+
+def _packed(shape, strides, inner: int) -> bool:
+    """Whether dims ``shape`` with ``strides`` form one run of equally spaced elements."""
+    expected = inner
+    for n, st in reversed(list(zip(shape, strides))):
+        if n != 1 and st != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
+    if layout.channels_last:
+        block_k = min(triton.next_power_of_2(layout.n_cols), 64)
+        block_r = max(1, tile // block_k)
+        block_r = min(block_r, triton.next_power_of_2(layout.n_rows))
+    else:
+        block_k = min(triton.next_power_of_2(layout.n_cols), tile)
+        block_r = min(triton.next_power_of_2(batch), max(1, tile // block_k))
+    return block_r, block_k
+
+
+def _grid(layout: Layout, block_r: int, block_k: int) -> tuple[tuple[int, int], int, int]:
+    """(grid, number of column blocks, number of partial rows P)."""
+    row_blocks = triton.cdiv(layout.n_rows, block_r)
+    col_blocks = triton.cdiv(layout.n_cols, block_k)
+    if layout.channels_last:
+        return (row_blocks, col_blocks), col_blocks, row_blocks
+    return (row_blocks * col_blocks, layout.n_chan), col_blocks, row_blocks * col_blocks
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def _num_warps(block_r: int, block_k: int) -> int:
+    return 8 if block_r * block_k >= 2048 else 4
+
+
+def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` over every axis but C."""
+    cdtype = compute_dtype(x.dtype)
+    block_r, block_k = _blocks(layout, x.shape[1], tile=2048)
+    grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
+    partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
+    _stats_partial_kernel[grid](
+        x, partial, layout.n_rows, layout.n_cols, col_blocks, layout.n_chan,
+        layout.stride_t, layout.stride_row, layout.stride_chan,
+        T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r, BLOCK_K=block_k,
+        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=_num_warps(block_r, block_k),
+    )
+    mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
+    var = torch.empty_like(mean)
+    block_c = min(triton.next_power_of_2(layout.n_chan), 64)
+    _stats_finalize_kernel[(triton.cdiv(layout.n_chan, block_c),)](
+        partial, mean, var, n_partials, layout.n_chan,
+        BLOCK_P=32, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[cdtype],
+    )
+    return mean, var
+
+
+def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Tensor,
+            beta: torch.Tensor, tau: torch.Tensor, residual: torch.Tensor | None,
+            mean: torch.Tensor, var: torch.Tensor, eps: float, vth: float, alpha: float) -> None:
+    """Writes the spikes of ``x`` into ``out`` (same strides as x; residual too, when given)."""
+    block_r, block_k = _blocks(layout, x.shape[1], tile=2048)
+    grid, col_blocks, _ = _grid(layout, block_r, block_k)
+    _forward_kernel[grid](
+        x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
+        layout.n_rows, layout.n_cols, col_blocks, layout.stride_t, layout.stride_row,
+        layout.stride_chan, eps, vth, alpha,
+        T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
+        BLOCK_R=block_r, BLOCK_K=block_k, INT64=layout.int64,
+        COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=_num_warps(block_r, block_k),
+    )
+
+
+def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tensor,
+             dresidual: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
+             tau: torch.Tensor, residual: torch.Tensor | None, mean: torch.Tensor,
+             var: torch.Tensor, kappa_first: torch.Tensor, kappa_rest: torch.Tensor, eps: float,
+             vth: float, alpha: float, surrogate: str, batch_stats: bool) -> torch.Tensor:
+    """Writes dx (and dresidual) and returns the channel sums ``[3, C]``: dy, dy * xhat, dtau term.
+
+    ``grad``, ``x``, ``dx``, ``residual`` and ``dresidual`` share one set of strides.
+    """
+    cdtype = compute_dtype(x.dtype)
+    T = x.shape[0]
+    tile = max(256, min(1024, 4096 // triton.next_power_of_2(T)))
+    block_r, block_k = _blocks(layout, x.shape[1], tile=tile)
+    grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
+    partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
+    count = float(x.numel() // layout.n_chan)
+
+    def launch(accumulate: bool, write_dx: bool, sums: torch.Tensor) -> None:
+        _backward_kernel[grid](
+            grad, x, residual if residual is not None else x, dx,
+            dresidual if dresidual is not None else dx, partial, sums, mean, var, gamma, beta,
+            tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, col_blocks,
+            layout.n_chan, count, layout.stride_t, layout.stride_row, layout.stride_chan,
+            eps, vth, alpha,
+            T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
+            WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
+            BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r,
+            BLOCK_K=block_k, INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype],
+            num_warps=_num_warps(block_r, block_k),
+        )
+
+    if batch_stats:
+        launch(accumulate=True, write_dx=False, sums=partial)
+        sums = partial.sum(dim=0)
+        launch(accumulate=False, write_dx=True, sums=sums)
+    else:
+        launch(accumulate=True, write_dx=True, sums=partial)
+        sums = partial.sum(dim=0)
+    return sums

@@ -1,0 +1,27 @@
+"""mpdagl-triton: spiking neural networks trained with MPD-AGL, on fused Triton kernels.
+
+Public API:
+    tdbn_plif(x, gamma, beta, rho, ...)  fused tdBN -> PLIF with the adaptive surrogate gradient
+    kappas(gamma, rho_or_tau, ...)       the surrogate widths of a layer
+    TdBNPLIF, TdBN, PLIF                 modules
+    reference                            the readable PyTorch reference (test oracle, CPU path)
+"""
+
+from mpdagl_triton import reference
+from mpdagl_triton.layers import PLIF, TdBN, TdBNPLIF
+from mpdagl_triton.ops import resolve_backend, tdbn_plif
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, kappas
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PLIF",
+    "SURROGATES",
+    "TdBN",
+    "TdBNPLIF",
+    "WIDTH_RULES",
+    "kappas",
+    "reference",
+    "resolve_backend",
+    "tdbn_plif",
+]

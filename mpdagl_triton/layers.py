@@ -1,0 +1,154 @@
+"""Spiking layers: the fused :class:`TdBNPLIF` and its unfused pieces :class:`TdBN`, :class:`PLIF`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mpdagl_triton import reference
+from mpdagl_triton.ops import tdbn_plif, validate
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
+
+
+def _logit(p: float) -> float:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"a learnable tau must lie strictly in (0, 1), got {p}")
+    return math.log(p / (1.0 - p))
+
+
+class _NeuronOptions(nn.Module):
+    """Decay (learnable via rho, or fixed) and the surrogate settings shared by PLIF and TdBNPLIF."""
+
+    def __init__(self, vth: float, tau: float, learn_tau: bool, surrogate: str, width_rule: str,
+                 kappa0: float):
+        super().__init__()
+        check_choice("surrogate", surrogate, SURROGATES)
+        check_choice("width_rule", width_rule, WIDTH_RULES)
+        if not vth > 0:
+            raise ValueError(f"vth must be positive, got {vth}")
+        if not kappa0 > 0:
+            raise ValueError(f"kappa0 must be positive, got {kappa0}")
+        self.vth, self.learn_tau, self.surrogate = float(vth), bool(learn_tau), surrogate
+        self.width_rule, self.kappa0, self.tau_init = width_rule, float(kappa0), float(tau)
+        if learn_tau:
+            self.rho = nn.Parameter(torch.tensor(_logit(tau)))
+        else:
+            if not 0.0 <= tau <= 1.0:
+                raise ValueError(f"tau must lie in [0, 1], got {tau}")
+            self.register_parameter("rho", None)
+
+    @property
+    def tau(self) -> Tensor:
+        """The decay as a 0-d tensor (with gradient when learnable)."""
+        if self.learn_tau:
+            return torch.sigmoid(self.rho)
+        return torch.tensor(self.tau_init)
+
+    def _rho_or_tau(self) -> Tensor | float:
+        return self.rho if self.learn_tau else self.tau_init
+
+    def neuron_extra_repr(self) -> str:
+        decay = f"tau={float(self.tau):.4f}" + ("" if self.learn_tau else " (fixed)")
+        return (f"vth={self.vth}, {decay}, surrogate={self.surrogate}, "
+                f"width_rule={self.width_rule}" + (f", kappa0={self.kappa0}" if self.width_rule == "fixed" else ""))
+
+
+class TdBNPLIF(_NeuronOptions):
+    """tdBN -> PLIF fused: ``forward(x [T, B, C, *S], residual=None) -> spikes`` of x's shape.
+
+    Parameters ``gamma``, ``beta`` ``[C]`` and ``rho`` (tau = sigmoid(rho), when ``learn_tau``);
+    buffers ``running_mean``, ``running_var``. Gives the same spikes and gradients as
+    ``PLIF(TdBN(x), gamma)``.
+
+    Example:
+        >>> layer = TdBNPLIF(16)
+        >>> layer(torch.randn(4, 8, 16, 5, 5)).shape
+        torch.Size([4, 8, 16, 5, 5])
+    """
+
+    def __init__(self, channels: int, vth: float = 0.5, tau: float = 0.2, learn_tau: bool = True,
+                 surrogate: str = "rect", width_rule: str = "mpdagl", alpha: float = 1.0,
+                 kappa0: float = 1.0, eps: float = 1e-5, momentum: float = 0.1,
+                 backend: str = "auto"):
+        super().__init__(vth, tau, learn_tau, surrogate, width_rule, kappa0)
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.channels, self.alpha, self.eps, self.momentum = channels, float(alpha), eps, momentum
+        self.backend = backend
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def kappas(self) -> tuple[Tensor, Tensor]:
+        """Current ``(kappa_first, kappa_rest)`` of this layer."""
+        return kappas(self.gamma, self._rho_or_tau(), self.vth, self.width_rule, self.kappa0)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return tdbn_plif(
+            x, self.gamma, self.beta, self.rho, residual=residual,
+            running_mean=self.running_mean, running_var=self.running_var, training=self.training,
+            momentum=self.momentum, eps=self.eps, vth=self.vth, alpha=self.alpha,
+            learn_tau=self.learn_tau, tau=None if self.learn_tau else self.tau_init,
+            surrogate=self.surrogate, width_rule=self.width_rule, kappa0=self.kappa0,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, " + self.neuron_extra_repr()
+
+
+class TdBN(nn.Module):
+    """Threshold-dependent batch norm alone: ``forward(x [T, B, C, *S], residual=None) -> y``.
+
+    ``y`` comes back in x's dtype (the fused op keeps it in float32; compare the two in float32
+    or float64).
+    """
+
+    def __init__(self, channels: int, vth: float = 0.5, alpha: float = 1.0, eps: float = 1e-5,
+                 momentum: float = 0.1):
+        super().__init__()
+        self.channels, self.vth, self.alpha, self.eps, self.momentum = channels, vth, alpha, eps, momentum
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        validate(x, self.gamma, self.beta, None, residual=residual, running_mean=self.running_mean,
+                 running_var=self.running_var, training=self.training, momentum=self.momentum,
+                 eps=self.eps, vth=self.vth, alpha=self.alpha, learn_tau=False, tau=0.0,
+                 surrogate="rect", width_rule="fixed", kappa0=1.0)
+        y = reference.tdbn(
+            x, self.gamma, self.beta, residual=residual, running_mean=self.running_mean,
+            running_var=self.running_var, training=self.training, momentum=self.momentum,
+            eps=self.eps, vth=self.vth, alpha=self.alpha,
+        )
+        return y.to(x.dtype)
+
+
+class PLIF(_NeuronOptions):
+    """PLIF neuron alone: ``forward(y [T, B, ...], gamma=None) -> spikes``.
+
+    ``gamma`` is the ``[C]`` scale of the tdBN feeding this neuron; the ``mpdagl`` width rule needs
+    it (the other rules ignore it).
+    """
+
+    def forward(self, y: Tensor, gamma: Tensor | None = None) -> Tensor:
+        if y.dim() < 2 or y.shape[0] == 0:
+            raise ValueError(f"y must have shape [T, B, ...] with T >= 1, got {list(y.shape)}")
+        if gamma is None:
+            if self.width_rule == "mpdagl":
+                raise ValueError("the mpdagl width rule needs gamma, the scale of the feeding tdBN")
+            gamma = torch.ones(1, device=y.device)
+        dtype = reference.compute_dtype(y.dtype)
+        k1, kr = kappas(gamma, self._rho_or_tau(), self.vth, self.width_rule, self.kappa0)
+        tau = self.tau.to(device=y.device, dtype=dtype)
+        spikes = reference.plif(y.to(dtype), tau, k1.to(dtype), kr.to(dtype), vth=self.vth,
+                                surrogate=self.surrogate)
+        return spikes.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return self.neuron_extra_repr()

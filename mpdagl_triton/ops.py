@@ -1,0 +1,351 @@
+"""The public fused op, its validation, backend choice and ``torch.library`` registration.
+
+This is the single place where ops are registered and backends chosen. ``backend="torch"`` runs
+:mod:`mpdagl_triton.reference`; ``backend="triton"`` runs the custom ops ``mpdagl::tdbn_plif_fwd``
+and ``mpdagl::tdbn_plif_bwd`` backed by :mod:`mpdagl_triton.kernels.tdbn_plif`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mpdagl_triton import reference
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
+
+BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+try:  # triton is a Linux-only dependency; the reference path works without it
+    from mpdagl_triton.kernels import tdbn_plif as _kernels
+except ImportError as exc:  # pragma: no cover - exercised only where triton is missing
+    _kernels = None
+    _KERNEL_IMPORT_ERROR: Exception | None = exc
+else:
+    _KERNEL_IMPORT_ERROR = None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"triton"`` or ``"torch"`` for a tensor on ``device``; raises if an explicit choice can't run.
+
+    ``"auto"`` defers to ``$MPDAGL_BACKEND`` when set, then picks Triton on CUDA and the reference
+    elsewhere. It never falls back silently from an explicit ``"triton"``.
+    """
+    if backend == "auto":
+        env = os.environ.get("MPDAGL_BACKEND", "auto")
+        if env not in BACKENDS:
+            raise ValueError(f"unknown MPDAGL_BACKEND {env!r}; expected one of {', '.join(BACKENDS)}")
+        backend = env
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _kernels is not None else "torch"
+    if backend == "triton":
+        if _kernels is None:
+            raise RuntimeError(f"backend='triton' needs the triton package: {_KERNEL_IMPORT_ERROR}")
+        if device.type == "cuda":
+            return "triton"
+        if device.type == "cpu" and triton_interpreting():
+            return "triton"
+        raise RuntimeError(
+            f"backend='triton' cannot run on a {device.type} tensor: it needs a CUDA device, or "
+            "TRITON_INTERPRET=1 set before triton is imported to interpret kernels on the CPU. "
+            "Use backend='torch' (or 'auto') for the PyTorch reference."
+        )
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+def _in_layout_of(x: Tensor, t: Tensor) -> Tensor:
+    """``t`` (same shape as x) with x's strides; copies only when they differ."""
+    if t.stride() == x.stride():
+        return t
+    return torch.empty_like(x, dtype=t.dtype).copy_(t)
+
+
+@torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
+def _fwd_op(
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    tau: Tensor,
+    kappa_first: Tensor,
+    kappa_rest: Tensor,
+    residual: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    eps: float,
+    vth: float,
+    alpha: float,
+    surrogate: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones)."""
+    spikes = torch.empty_like(x)
+    work, work_out = x, spikes
+    layout = _kernels.Layout.of(x) if spikes.stride() == x.stride() else None
+    if layout is None:  # a layout the tiles can't walk: compute on a contiguous copy
+        work = x.contiguous()
+        work_out = torch.empty_like(work)
+        layout = _kernels.Layout.of(work)
+    if residual is not None:
+        residual = _in_layout_of(work, residual)
+    cdtype = _kernels.compute_dtype(x.dtype)
+    if running_mean is None:
+        mean, var = _kernels.batch_stats(work, layout)
+    else:
+        mean = running_mean.to(dtype=cdtype, copy=True)
+        var = running_var.to(dtype=cdtype, copy=True)
+    _kernels.forward(work, layout, work_out, gamma, beta, tau, residual, mean, var, eps, vth, alpha)
+    if work_out is not spikes:
+        spikes.copy_(work_out)
+    return spikes, mean, var
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, running_var,
+              eps, vth, alpha, surrogate):
+    cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stats = x.new_empty(x.shape[2], dtype=cdtype)
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
+def _bwd_op(
+    grad: Tensor,
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    tau: Tensor,
+    kappa_first: Tensor,
+    kappa_rest: Tensor,
+    residual: Optional[Tensor],
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    vth: float,
+    alpha: float,
+    surrogate: str,
+    batch_stats: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
+    dx = torch.empty_like(x)
+    dres = None if residual is None else torch.empty_like(x, dtype=residual.dtype)
+    work, work_dx, work_dres = x, dx, dres
+    layout = _kernels.Layout.of(x) if dx.stride() == x.stride() else None
+    if layout is None:  # a layout the tiles can't walk: compute on contiguous copies
+        work = x.contiguous()
+        work_dx = torch.empty_like(work)
+        work_dres = None if dres is None else torch.empty_like(work, dtype=dres.dtype)
+        layout = _kernels.Layout.of(work)
+    grad = _in_layout_of(work, grad)
+    if residual is not None:
+        residual = _in_layout_of(work, residual)
+    sums = _kernels.backward(grad, work, layout, work_dx, work_dres, gamma, beta, tau, residual,
+                             mean, var, kappa_first, kappa_rest, eps, vth, alpha, surrogate,
+                             batch_stats)
+    if work_dx is not dx:
+        dx.copy_(work_dx)
+        if dres is not None:
+            dres.copy_(work_dres)
+    dgamma = (sums[1] * (alpha * vth)).to(gamma.dtype)
+    dbeta = sums[0].to(beta.dtype)
+    dtau = sums[2].sum().to(tau.dtype)
+    return dx, dgamma, dbeta, dtau, x.new_empty(0) if dres is None else dres
+
+
+@_bwd_op.register_fake
+def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var, eps, vth,
+              alpha, surrogate, batch_stats):
+    dres = x.new_empty(0) if residual is None else torch.empty_like(x, dtype=residual.dtype)
+    return (torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(beta),
+            torch.empty_like(tau), dres)
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, _running_var,
+     eps, vth, alpha, surrogate) = inputs
+    _, mean, var = output
+    ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
+    ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None)
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+    x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var = ctx.saved_tensors
+    eps, vth, alpha, surrogate, batch_stats = ctx.hyper
+    dx, dgamma, dbeta, dtau, dres = _bwd_op(grad_spikes, x, gamma, beta, tau, kappa_first,
+                                            kappa_rest, residual, mean, var, eps, vth, alpha,
+                                            surrogate, batch_stats)
+    return (dx, dgamma, dbeta, dtau, None, None, dres if residual is not None else None,
+            None, None, None, None, None, None)
+
+
+_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_tensor(name: str, t: object, device: torch.device) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but x is on {device}; put them on one device")
+    return t
+
+
+def _check_per_channel(name: str, t: object, channels: int, device: torch.device) -> None:
+    t = _check_tensor(name, t, device)
+    if t.shape != (channels,):
+        raise ValueError(f"{name} must have shape [C] = [{channels}], got {list(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+
+
+def validate(
+    x: object, gamma: object, beta: object, rho: object, *, residual: object, running_mean: object,
+    running_var: object, training: bool, momentum: float, eps: float, vth: float, alpha: float,
+    learn_tau: bool, tau: object, surrogate: str, width_rule: str, kappa0: float,
+) -> None:
+    """Raise ValueError/TypeError naming the argument for anything the op cannot compute."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 3:
+        raise ValueError(f"x must have shape [T, B, C, *S] (at least 3 dims), got {list(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    T, B, C = x.shape[:3]
+    for name, size in (("T", T), ("B", B), ("C", C)):
+        if size == 0:
+            raise ValueError(f"x has {name} = 0 (shape {list(x.shape)}); nothing to compute")
+    if x.numel() == 0:
+        raise ValueError(f"x has an empty spatial dim (shape {list(x.shape)})")
+    device = x.device
+    _check_per_channel("gamma", gamma, C, device)
+    _check_per_channel("beta", beta, C, device)
+    if learn_tau:
+        rho = _check_tensor("rho", rho, device)
+        if rho.dim() != 0:
+            raise ValueError(f"rho must be a 0-d tensor (tau = sigmoid(rho)), got shape {list(rho.shape)}")
+        if not rho.is_floating_point():
+            raise TypeError(f"rho must be a floating tensor, got {rho.dtype}")
+    else:
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+            raise TypeError(f"with learn_tau=False, tau must be a number in [0, 1], got {tau!r}")
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must lie in [0, 1], got {tau}")
+    if residual is not None:
+        residual = _check_tensor("residual", residual, device)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {list(x.shape)}, got {list(residual.shape)}")
+        if not residual.is_floating_point():
+            raise TypeError(f"residual must be a floating tensor, got {residual.dtype}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("pass running_mean and running_var together, or neither")
+    if running_mean is not None:
+        _check_per_channel("running_mean", running_mean, C, device)
+        _check_per_channel("running_var", running_var, C, device)
+    if not training:
+        if running_mean is None:
+            raise ValueError("training=False (eval mode) needs running_mean and running_var")
+    elif x.numel() // C < 2:
+        raise ValueError(f"training needs more than one value per channel, got x of shape {list(x.shape)}")
+    check_choice("surrogate", surrogate, SURROGATES)
+    check_choice("width_rule", width_rule, WIDTH_RULES)
+    for name, value in (("vth", vth), ("kappa0", kappa0), ("eps", eps)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+        raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
+
+
+def tdbn_plif(
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    rho: Tensor | None,
+    *,
+    residual: Tensor | None = None,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    vth: float = 0.5,
+    alpha: float = 1.0,
+    learn_tau: bool = True,
+    tau: float | None = None,
+    surrogate: str = "rect",
+    width_rule: str = "mpdagl",
+    kappa0: float = 1.0,
+    backend: str = "auto",
+) -> Tensor:
+    """tdBN -> PLIF with the adaptive surrogate gradient, fused.
+
+    Args:
+        x: ``[T, B, C, *S]`` float16/bfloat16/float32/float64 (contiguous or channels-last).
+        gamma, beta: ``[C]`` tdBN affine parameters.
+        rho: 0-d tensor, tau = sigmoid(rho); may be None when ``learn_tau=False``.
+        residual: ``[T, B, C, *S]`` added after the affine step, before the neuron.
+        running_mean, running_var: ``[C]``; updated in place when training, used in eval.
+        training: batch statistics (True) or running statistics (False).
+        tau: fixed decay used when ``learn_tau=False``.
+        surrogate: ``rect`` | ``triangle`` | ``sigmoid`` | ``atan``.
+        width_rule: ``mpdagl`` | ``lsg`` | ``fixed`` (with ``kappa0``).
+        backend: ``auto`` (Triton on CUDA, reference elsewhere; ``$MPDAGL_BACKEND`` overrides),
+            ``triton`` or ``torch``.
+
+    Returns:
+        Spikes ``[T, B, C, *S]`` in x's dtype and layout, exactly 0 or 1.
+
+    Example:
+        >>> x = torch.randn(4, 2, 3, 5, 5)
+        >>> s = tdbn_plif(x, torch.ones(3), torch.zeros(3), torch.tensor(-1.386))
+        >>> s.shape, bool(((s == 0) | (s == 1)).all())
+        (torch.Size([4, 2, 3, 5, 5]), True)
+    """
+    validate(x, gamma, beta, rho, residual=residual, running_mean=running_mean,
+             running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
+             alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
+             width_rule=width_rule, kappa0=kappa0)
+    if resolve_backend(backend, x.device) == "torch":
+        return reference.tdbn_plif(
+            x, gamma, beta, rho, residual=residual, running_mean=running_mean,
+            running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
+            alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
+            width_rule=width_rule, kappa0=kappa0,
+        )
+    cdtype = reference.compute_dtype(x.dtype)
+    if learn_tau:
+        tau_t = torch.sigmoid(rho)
+        kappa_first, kappa_rest = kappas(gamma, rho, vth, width_rule, kappa0)
+    else:
+        tau_t = torch.full((), float(tau), dtype=cdtype, device=x.device)
+        kappa_first, kappa_rest = kappas(gamma, tau, vth, width_rule, kappa0)
+    spikes, mean, var = _fwd_op(
+        x, gamma, beta, tau_t, kappa_first, kappa_rest, residual,
+        None if training else running_mean, None if training else running_var,
+        float(eps), float(vth), float(alpha), surrogate,
+    )
+    if training and running_mean is not None:
+        n = x.numel() // x.shape[2]
+        with torch.no_grad():
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), momentum)
+    return spikes

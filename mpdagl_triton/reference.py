@@ -1,0 +1,142 @@
+"""Readable PyTorch reference of tdBN -> PLIF with the adaptive surrogate (SPEC.md sections 2-4).
+
+Plain loops over T and autograd through a surrogate :class:`torch.autograd.Function`. It is the test
+oracle for the Triton kernels and the CPU path of :func:`mpdagl_triton.tdbn_plif`. Math runs in
+float32 for half-precision inputs and in float64 for float64 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpdagl_triton.surrogates import kappas, surrogate_derivative
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class SpikeFunction(torch.autograd.Function):
+    """S = [u >= 0] forward; dS/du = h(u; kappa) backward. kappa gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, kappa: torch.Tensor, surrogate: str) -> torch.Tensor:
+        ctx.save_for_backward(u, kappa)
+        ctx.surrogate = surrogate
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u, kappa = ctx.saved_tensors
+        return grad * surrogate_derivative(u, kappa, ctx.surrogate), None, None
+
+
+def channel_dims(x: torch.Tensor) -> list[int]:
+    """Every axis of ``[T, B, C, *S]`` except C."""
+    return [0, 1] + list(range(3, x.dim()))
+
+
+def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape ``[C]`` so it broadcasts against ``[T, B, C, *S]``."""
+    return v.reshape((1, 1, -1) + (1,) * (x.dim() - 3))
+
+
+def tdbn(
+    x: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    residual: torch.Tensor | None = None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    vth: float = 0.5,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """Threshold-dependent batch norm of ``x [T, B, C, *S]``; returns ``y`` in the compute dtype.
+
+    ``y = gamma * alpha * Vth * (x - mu) / sqrt(var + eps) + beta (+ residual)`` with batch
+    statistics over every axis but C in training (running stats updated in place when given),
+    running statistics in eval.
+    """
+    dtype = compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    if training:
+        dims = channel_dims(x)
+        mean = xc.mean(dim=dims)
+        var = xc.var(dim=dims, unbiased=False)
+        if running_mean is not None and running_var is not None:
+            n = x.numel() // x.shape[2]
+            with torch.no_grad():
+                running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
+                unbiased = var.detach() * (n / (n - 1))
+                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+    else:
+        mean = running_mean.to(dtype)
+        var = running_var.to(dtype)
+    xhat = alpha * vth * (xc - per_channel(mean, x)) / torch.sqrt(per_channel(var, x) + eps)
+    y = per_channel(gamma.to(dtype), x) * xhat + per_channel(beta.to(dtype), x)
+    if residual is not None:
+        y = y + residual.to(dtype)
+    return y
+
+
+def plif(
+    y: torch.Tensor,
+    tau: torch.Tensor,
+    kappa_first: torch.Tensor,
+    kappa_rest: torch.Tensor,
+    *,
+    vth: float = 0.5,
+    surrogate: str = "rect",
+) -> torch.Tensor:
+    """Hard-reset LIF over the leading T axis of ``y``; returns spikes of y's shape and dtype.
+
+    ``V_t = tau * V_{t-1} * (1 - S_{t-1}) + y_t``, ``S_t = [V_t >= Vth]``, V_0 = S_0 = 0. The reset
+    is not detached. ``tau`` is a 0-d tensor (it may require grad), the kappas 0-d tensors.
+    """
+    v = torch.zeros_like(y[0])
+    s = torch.zeros_like(y[0])
+    spikes = []
+    for t in range(y.shape[0]):
+        v = tau * v * (1 - s) + y[t]
+        s = SpikeFunction.apply(v - vth, kappa_first if t == 0 else kappa_rest, surrogate)
+        spikes.append(s)
+    return torch.stack(spikes)
+
+
+def tdbn_plif(
+    x: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    rho: torch.Tensor | None,
+    *,
+    residual: torch.Tensor | None = None,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    vth: float = 0.5,
+    alpha: float = 1.0,
+    learn_tau: bool = True,
+    tau: float | None = None,
+    surrogate: str = "rect",
+    width_rule: str = "mpdagl",
+    kappa0: float = 1.0,
+) -> torch.Tensor:
+    """Reference of :func:`mpdagl_triton.tdbn_plif` (same arguments, no validation, no backend)."""
+    y = tdbn(
+        x, gamma, beta, residual=residual, running_mean=running_mean, running_var=running_var,
+        training=training, momentum=momentum, eps=eps, vth=vth, alpha=alpha,
+    )
+    if learn_tau:
+        tau_t = torch.sigmoid(rho.to(y.dtype))
+        k1, kr = kappas(gamma, rho, vth, width_rule, kappa0)
+    else:
+        tau_t = torch.tensor(tau, dtype=y.dtype, device=y.device)
+        k1, kr = kappas(gamma, tau, vth, width_rule, kappa0)
+    spikes = plif(y, tau_t, k1.to(y.dtype), kr.to(y.dtype), vth=vth, surrogate=surrogate)
+    return spikes.to(x.dtype)

@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 SURROGATE_IDS = {"rect": 0, "triangle": 1, "sigmoid": 2, "atan": 3}
-PI = math.pi
+PI = tl.constexpr(math.pi)
 
 
 # ----------------------------------------------------------------------------------------------

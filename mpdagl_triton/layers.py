@@ -21,8 +21,8 @@ def _logit(p: float) -> float:
 class _NeuronOptions(nn.Module):
     """Decay (learnable via rho, or fixed) and the surrogate settings shared by PLIF and TdBNPLIF."""
 
-    def __init__(self, vth: float, tau: float, learn_tau: bool, surrogate: str, width_rule: str,
-                 kappa0: float):
+    def __init__(self, vth: float = 0.5, tau: float = 0.2, learn_tau: bool = True,
+                 surrogate: str = "rect", width_rule: str = "mpdagl", kappa0: float = 1.0):
         super().__init__()
         check_choice("surrogate", surrogate, SURROGATES)
         check_choice("width_rule", width_rule, WIDTH_RULES)
@@ -50,7 +50,7 @@ class _NeuronOptions(nn.Module):
         return self.rho if self.learn_tau else self.tau_init
 
     def neuron_extra_repr(self) -> str:
-        decay = f"tau={float(self.tau):.4f}" + ("" if self.learn_tau else " (fixed)")
+        decay = f"tau={float(self.tau.detach()):.4f}" + ("" if self.learn_tau else " (fixed)")
         return (f"vth={self.vth}, {decay}, surrogate={self.surrogate}, "
                 f"width_rule={self.width_rule}" + (f", kappa0={self.kappa0}" if self.width_rule == "fixed" else ""))
 
@@ -132,6 +132,8 @@ class TdBN(nn.Module):
 class PLIF(_NeuronOptions):
     """PLIF neuron alone: ``forward(y [T, B, ...], gamma=None) -> spikes``.
 
+    ``PLIF(vth=0.5, tau=0.2, learn_tau=True, surrogate="rect", width_rule="mpdagl", kappa0=1.0)``.
+
     ``gamma`` is the ``[C]`` scale of the tdBN feeding this neuron; the ``mpdagl`` width rule needs
     it (the other rules ignore it).
     """
@@ -145,7 +147,10 @@ class PLIF(_NeuronOptions):
             gamma = torch.ones(1, device=y.device)
         dtype = reference.compute_dtype(y.dtype)
         k1, kr = kappas(gamma, self._rho_or_tau(), self.vth, self.width_rule, self.kappa0)
-        tau = self.tau.to(device=y.device, dtype=dtype)
+        if self.learn_tau:
+            tau = torch.sigmoid(self.rho.to(dtype))
+        else:  # built in the compute dtype: a float32 0.3 is not the float64 0.3
+            tau = torch.full((), self.tau_init, dtype=dtype, device=y.device)
         spikes = reference.plif(y.to(dtype), tau, k1.to(dtype), kr.to(dtype), vth=self.vth,
                                 surrogate=self.surrogate)
         return spikes.to(y.dtype)

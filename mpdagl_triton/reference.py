@@ -136,7 +136,7 @@ def tdbn_plif(
         tau_t = torch.sigmoid(rho.to(y.dtype))
         k1, kr = kappas(gamma, rho, vth, width_rule, kappa0)
     else:
-        tau_t = torch.tensor(tau, dtype=y.dtype, device=y.device)
+        tau_t = torch.full((), float(tau), dtype=y.dtype, device=y.device)
         k1, kr = kappas(gamma, tau, vth, width_rule, kappa0)
     spikes = plif(y, tau_t, k1.to(y.dtype), kr.to(y.dtype), vth=vth, surrogate=surrogate)
     return spikes.to(x.dtype)

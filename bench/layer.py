@@ -1,0 +1,148 @@
+"""One tdBN -> PLIF layer, forward and forward+backward, fused op vs reference vs SpikingJelly.
+
+    python -m bench.layer                      # every implementation, default shapes, fp32 + bf16
+    python -m bench.layer --shapes 4x64x128x32x32 --dtypes bf16 --json bench/results/layer.json
+
+Implementations (those that cannot run on the device are reported as skipped):
+  fused              mpdagl_triton.TdBNPLIF, Triton kernels (CUDA)
+  fused-compiled     the same inside torch.compile
+  reference          the PyTorch reference, eager
+  reference-compiled the reference under torch.compile
+  spikingjelly       cuDNN BatchNorm2d + SpikingJelly 2.0 multi-step PLIF (Triton), compiled
+                     (only when spikingjelly is installed; set SJ_PLIF_CUDA_IMPLEMENTATION=triton)
+
+The roofline column is 8 passes over the activation (stats read, forward read + write, backward
+two reads, then two reads + one write) at the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import torch
+from torch import nn
+
+from bench.common import (DTYPES, copy_bandwidth_gbs, environment, peak_memory_bytes, print_table,
+                          time_ms, write_json)
+from mpdagl_triton import TdBNPLIF
+
+DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
+IMPLEMENTATIONS = ["fused", "fused-compiled", "reference", "reference-compiled", "spikingjelly"]
+
+
+class SpikingJellyLayer(nn.Module):
+    """cuDNN batch norm on [T*B, C, H, W] + SpikingJelly's multi-step PLIF with the same dynamics."""
+
+    def __init__(self, channels: int, tau: float = 0.2, vth: float = 0.5):
+        super().__init__()
+        from spikingjelly.activation_based import neuron, surrogate
+
+        self.bn = nn.BatchNorm2d(channels)
+        shape = getattr(surrogate, "Triangle", None) or getattr(surrogate, "PiecewiseQuadratic")
+        # SpikingJelly decays by sigmoid(w) = 1 / tau_sj; ours keeps tau * V, so tau_sj = 1 / (1 - tau)
+        self.neuron = neuron.ParametricLIFNode(
+            init_tau=1.0 / (1.0 - tau), decay_input=False, v_threshold=vth, v_reset=0.0,
+            surrogate_function=shape(), detach_reset=False, step_mode="m", backend="triton",
+        )
+        self.surrogate_name = shape.__name__
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(self)
+        T, B = x.shape[:2]
+        return self.neuron(self.bn(x.flatten(0, 1)).unflatten(0, (T, B)))
+
+
+def build(impl: str, channels: int, device: torch.device):
+    """The module for ``impl``, or a string saying why it cannot run here."""
+    if impl.startswith("fused"):
+        if device.type != "cuda":
+            return "needs CUDA"
+        module = TdBNPLIF(channels, backend="triton").to(device)
+    elif impl.startswith("reference"):
+        module = TdBNPLIF(channels, backend="torch").to(device)
+    else:
+        if device.type != "cuda":
+            return "needs CUDA"
+        try:
+            module = SpikingJellyLayer(channels).to(device)
+        except ImportError:
+            return "spikingjelly not installed"
+    if impl.endswith("compiled") or impl == "spikingjelly":
+        module = torch.compile(module)
+    return module
+
+
+def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.device, warmup: int,
+            repeats: int) -> dict:
+    row = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
+    module = build(impl, shape[2], device)
+    if isinstance(module, str):
+        row["note"] = module
+        return row
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    grad = torch.randn(shape, device=device, dtype=dtype)
+
+    def forward():
+        with torch.no_grad():
+            return module(x)
+
+    def step():
+        x.grad = None
+        module(x).backward(grad)
+
+    try:
+        row["fwd_ms"] = time_ms(forward, device, warmup, repeats)
+        row["fwd_bwd_ms"] = time_ms(step, device, warmup, repeats)
+        peak = peak_memory_bytes(step, device)
+        row["peak_mib"] = None if peak is None else peak / 2**20
+    except Exception as exc:  # a broken third-party backend must not hide our numbers
+        row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    if impl == "spikingjelly" and "note" not in row:
+        row["note"] = f"surrogate {getattr(module, '_orig_mod', module).surrogate_name}"
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="TxBxCxHxW (spatial optional)")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
+    parser.add_argument("--impls", nargs="+", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", help="write the results here as JSON")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+
+    bandwidth = copy_bandwidth_gbs(device)
+    rows = []
+    for shape_text in args.shapes:
+        shape = [int(v) for v in shape_text.split("x")]
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            roofline = None
+            if bandwidth:
+                roofline = 8 * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
+            for impl in args.impls:
+                row = measure(impl, shape, dtype, device, args.warmup, args.repeats)
+                row["roofline_ms"] = roofline
+                rows.append(row)
+                print_table([row], ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mib",
+                                    "roofline_ms", "note"])
+    print()
+    env = environment(device)
+    print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
+          f"copy bandwidth {bandwidth and round(bandwidth)} GB/s")
+    print_table(rows, ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mib", "roofline_ms", "note"])
+    payload = {"benchmark": "layer", "environment": env, "copy_bandwidth_gbs": bandwidth, "rows": rows}
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The Triton op (through the interpreter on CPU) against the readable PyTorch reference."""
+
+import itertools
+
+import pytest
+import torch
+
+from mpdagl_triton import SURROGATES, WIDTH_RULES
+from mpdagl_triton.kernels.tdbn_plif import Layout
+from oracle import Case, assert_close_to_max, make_inputs, membrane_margin, run, to_channels_last
+
+
+def check_float64(case: Case, rtol: float = 1e-10) -> dict:
+    """float64 in, float64 math: spikes identical, every gradient equal to rounding."""
+    inputs = make_inputs(case)
+    got = run(case, inputs, "triton")
+    want = run(case, inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    assert 0 < want["spikes"].sum() < want["spikes"].numel(), "degenerate case: all or no spikes"
+    assert got["grads"].keys() == want["grads"].keys()
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], rtol, name)
+    for name in ("running_mean", "running_var"):
+        assert_close_to_max(got[name], want[name], rtol, name)
+    return want
+
+
+@pytest.mark.parametrize("surrogate,width_rule", list(itertools.product(SURROGATES, WIDTH_RULES)))
+def test_every_surrogate_and_width_rule(surrogate, width_rule):
+    want = check_float64(Case((3, 2, 4, 5, 6), surrogate=surrogate, width_rule=width_rule, seed=1))
+    assert want["grads"]["rho"].abs() > 0
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 8])
+@pytest.mark.parametrize("spatial", [(), (7,), (5, 9)])
+def test_timesteps_and_spatial_dims(T, spatial):
+    want = check_float64(Case((T, 3, 5) + spatial, seed=T * 10 + len(spatial)))
+    if T == 1:  # no V_{t-1} term: tau gets no gradient
+        assert want["grads"]["rho"] == 0
+    else:
+        assert want["grads"]["rho"].abs() > 0
+
+
+@pytest.mark.parametrize("learn_tau,residual", list(itertools.product([True, False], [True, False])))
+def test_learn_tau_and_residual(learn_tau, residual):
+    want = check_float64(Case((4, 3, 6, 3, 5), learn_tau=learn_tau, residual=residual, seed=7))
+    assert ("rho" in want["grads"]) == learn_tau
+    assert ("residual" in want["grads"]) == residual
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_eval_mode_uses_running_stats(channels_last):
+    case = Case((3, 4, 5, 6, 7), training=False, channels_last=channels_last, seed=3)
+    inputs = make_inputs(case)
+    check_float64(case)
+    got = run(case, inputs, "triton")
+    # running stats are read, not written, in eval
+    assert torch.equal(got["running_mean"], inputs["running_mean"])
+    assert torch.equal(got["running_var"], inputs["running_var"])
+
+
+def test_running_stats_update_formula():
+    case = Case((3, 4, 5, 6), seed=4)
+    inputs = make_inputs(case)
+    got = run(case, inputs, "triton")
+    x = inputs["x"]
+    dims = [0, 1, 3]
+    mean = x.mean(dim=dims)
+    unbiased_var = x.var(dim=dims, unbiased=True)
+    torch.testing.assert_close(got["running_mean"], 0.9 * inputs["running_mean"] + 0.1 * mean)
+    torch.testing.assert_close(got["running_var"], 0.9 * inputs["running_var"] + 0.1 * unbiased_var)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_5d(channels_last):
+    case = Case((3, 4, 6, 5, 7), channels_last=channels_last, residual=True, seed=5)
+    check_float64(case)
+    x = make_inputs(case)["x"]
+    layout = Layout.of(x)
+    assert layout is not None and layout.channels_last == channels_last  # walked in place, no copy
+    got = run(case, make_inputs(case), "triton")
+    assert got["spikes"].stride() == x.stride()
+
+
+@pytest.mark.parametrize(
+    "shape,channels_last",
+    [((2, 5, 3, 33, 70), False),  # several column tiles per channel
+     ((2, 4, 3, 20, 30), True),  # several row tiles
+     ((2, 9, 70), False)],  # several channel blocks
+)
+def test_many_tiles_per_channel(shape, channels_last):
+    check_float64(Case(shape, channels_last=channels_last, seed=11))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_low_precision_matches_float64_reference(dtype, channels_last):
+    case = Case((3, 4, 5, 6, 7), dtype=dtype, channels_last=channels_last, residual=True, seed=21)
+    inputs = make_inputs(case)
+    got = run(case, inputs, "triton")
+    want = run(case, inputs, "torch", as_float64=True)
+    assert got["spikes"].dtype == dtype
+    assert set(got["spikes"].unique().tolist()) <= {0.0, 1.0}
+    # float32 math can only disagree with float64 where V sits within rounding of Vth
+    differs = got["spikes"].double() != want["spikes"]
+    assert (membrane_margin(case, inputs)[differs] < 1e-4).all()
+    assert differs.sum() <= 2
+    # parameter gradients are float32 sums; dx and dresidual are stored in x's dtype
+    storage_rtol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    if differs.any():
+        pytest.fail("spike flipped at the threshold; pick inputs away from ties for the gradient check")
+    for name in ("gamma", "beta", "rho"):
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-4, name)
+    for name in ("x", "residual"):
+        assert got["grads"][name].dtype == dtype
+        assert_close_to_max(got["grads"][name], want["grads"][name], storage_rtol, name)
+
+
+def test_strided_inputs_and_gradients():
+    """Layouts the tiles can't walk, and residual/grad in other layouts, still give exact results."""
+    base = Case((3, 4, 5, 6, 7), residual=True, seed=31)
+    inputs = make_inputs(base)
+    inputs["x"] = inputs["x"].transpose(3, 4).contiguous().transpose(3, 4)  # dense, W outermost
+    inputs["residual"] = to_channels_last(inputs["residual"])
+    inputs["grad"] = inputs["grad"][..., :].transpose(0, 1).contiguous().transpose(0, 1)
+    assert Layout.of(inputs["x"]) is None
+    got = run(base, inputs, "triton")
+    want = run(base, inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    assert got["spikes"].stride() == inputs["x"].stride()
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
+    sliced = Case((3, 4, 5, 6, 14), seed=32)
+    sliced_inputs = make_inputs(sliced)
+    sliced_inputs["x"] = sliced_inputs["x"][..., ::2]
+    sliced_inputs["grad"] = sliced_inputs["grad"][..., ::2]
+    sliced.shape = (3, 4, 5, 6, 7)
+    got = run(sliced, sliced_inputs, "triton")
+    want = run(sliced, sliced_inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
+
+
+def test_layout_detection():
+    x = torch.zeros(2, 3, 4, 5, 6)
+    assert not Layout.of(x).channels_last
+    assert Layout.of(to_channels_last(x)).channels_last
+    assert Layout.of(torch.zeros(2, 3, 4)).channels_last  # [T, B, C]: C innermost
+    assert Layout.of(torch.zeros(2, 3, 4, 1, 1)).channels_last  # 1x1 spatial
+    assert Layout.of(torch.zeros(6, 4, 2).permute(1, 2, 0)) is not None  # C strided, no spatial

@@ -165,20 +165,22 @@ def _surrogate(u, kappa, SURROGATE: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["x_stride_t"])
 def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_chan,
-                          stride_t, stride_row, stride_chan,
+                          x_stride_t, stride_row, stride_chan,
                           T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
     offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
                        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
+        x_stride_t = x_stride_t.to(tl.int64)
     count = _channel_sum(mask.to(COMPUTE), CHANNELS_LAST)
     safe_count = tl.maximum(count, 1.0)
     n = count * 0.0
     mean = count * 0.0
     m2 = count * 0.0
     for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
         tile_mean = _channel_sum(x, CHANNELS_LAST) / safe_count
         centered = tl.where(mask, x - _broadcast(tile_mean, CHANNELS_LAST), 0.0)
         tile_m2 = _channel_sum(centered * centered, CHANNELS_LAST)
@@ -223,22 +225,25 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
     tl.store(var_ptr + chans, m2 / tl.maximum(total, 1.0), mask=chan_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
 def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
-                    n_rows, n_cols, n_col_blocks, stride_t, stride_row, stride_chan,
+                    n_rows, n_cols, n_col_blocks, x_stride_t, stride_t, stride_row, stride_chan,
                     eps, vth, alpha,
                     T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
     offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
                        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
+        x_stride_t = x_stride_t.to(tl.int64)
+        stride_t = stride_t.to(tl.int64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
                                        alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
         y = x * scale + shift
         if HAS_RESIDUAL:
             y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
@@ -247,11 +252,11 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
         tl.store(out_ptr + t * stride_t + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
 def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, sums_ptr,
                      mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
                      kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan, count,
-                     stride_t, stride_row, stride_chan, eps, vth, alpha,
+                     x_stride_t, stride_t, stride_row, stride_chan, eps, vth, alpha,
                      T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
                      WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
@@ -259,6 +264,9 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                      INT64: tl.constexpr, COMPUTE: tl.constexpr):
     offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
                        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
+        x_stride_t = x_stride_t.to(tl.int64)
+        stride_t = stride_t.to(tl.int64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
                                        alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
@@ -271,7 +279,7 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
         y = x * scale + shift
         if HAS_RESIDUAL:
             y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
@@ -337,29 +345,29 @@ class Layout:
     """How ``x [T, B, C, *S]`` maps onto 2-D tiles, from its strides; None when unsupported."""
 
     def __init__(self, channels_last: bool, n_rows: int, n_cols: int, n_chan: int,
-                 stride_t: int, stride_row: int, stride_chan: int, int64: bool):
+                 stride_row: int, stride_chan: int, int64: bool):
         self.channels_last = channels_last
         self.n_rows, self.n_cols, self.n_chan = n_rows, n_cols, n_chan
-        self.stride_t, self.stride_row, self.stride_chan = stride_t, stride_row, stride_chan
+        self.stride_row, self.stride_chan = stride_row, stride_chan
         self.int64 = int64
 
     @staticmethod
     def of(x: torch.Tensor) -> "Layout | None":
         _, batch, chan = x.shape[:3]
         spatial = x.shape[3:]
-        s_t, s_b, s_c = x.stride()[:3]
+        s_b, s_c = x.stride()[1:3]
         spatial_size = math.prod(spatial)
-        int64 = sum((n - 1) * st for n, st in zip(x.shape, x.stride())) >= 2**31
+        int64 = x.numel() >= 2**31 or sum((n - 1) * st for n, st in zip(x.shape, x.stride())) >= 2**31
         if spatial_size > 1 and _packed(spatial, x.stride()[3:], inner=1):
-            return Layout(False, batch, spatial_size, chan, s_t, s_b, s_c, int64)
+            return Layout(False, batch, spatial_size, chan, s_b, s_c, int64)
         if s_c == 1 or chan == 1:
             if spatial_size == 1:
-                return Layout(True, batch, chan, chan, s_t, s_b, 1, int64)
+                return Layout(True, batch, chan, chan, s_b, 1, int64)
             row = x.stride()[-1]
             if _packed(spatial, x.stride()[3:], inner=row) and (batch == 1 or s_b == row * spatial_size):
-                return Layout(True, batch * spatial_size, chan, chan, s_t, row, 1, int64)
+                return Layout(True, batch * spatial_size, chan, chan, row, 1, int64)
         if spatial_size == 1:
-            return Layout(False, batch, 1, chan, s_t, s_b, s_c, int64)
+            return Layout(False, batch, 1, chan, s_b, s_c, int64)
         return None
 
 
@@ -412,7 +420,7 @@ def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Te
     partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     _stats_partial_kernel[grid](
         x, partial, layout.n_rows, layout.n_cols, col_blocks, layout.n_chan,
-        layout.stride_t, layout.stride_row, layout.stride_chan,
+        x.stride(0), layout.stride_row, layout.stride_chan,
         T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r, BLOCK_K=block_k,
         INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=_num_warps(block_r, block_k),
     )
@@ -429,12 +437,16 @@ def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Te
 def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Tensor,
             beta: torch.Tensor, tau: torch.Tensor, residual: torch.Tensor | None,
             mean: torch.Tensor, var: torch.Tensor, eps: float, vth: float, alpha: float) -> None:
-    """Writes the spikes of ``x`` into ``out`` (same strides as x; residual too, when given)."""
+    """Writes the spikes of ``x`` into ``out``.
+
+    ``out`` and ``residual`` share x's strides after T; x may differ in its T stride (0 for a
+    broadcast input).
+    """
     block_r, block_k = _blocks(layout, x.shape[1], tile=2048)
     grid, col_blocks, _ = _grid(layout, block_r, block_k)
     _forward_kernel[grid](
         x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
-        layout.n_rows, layout.n_cols, col_blocks, layout.stride_t, layout.stride_row,
+        layout.n_rows, layout.n_cols, col_blocks, x.stride(0), out.stride(0), layout.stride_row,
         layout.stride_chan, eps, vth, alpha,
         T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
         BLOCK_R=block_r, BLOCK_K=block_k, INT64=layout.int64,
@@ -449,7 +461,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
              vth: float, alpha: float, surrogate: str, batch_stats: bool) -> torch.Tensor:
     """Writes dx (and dresidual) and returns the channel sums ``[3, C]``: dy, dy * xhat, dtau term.
 
-    ``grad``, ``x``, ``dx``, ``residual`` and ``dresidual`` share one set of strides.
+    ``grad``, ``dx``, ``residual`` and ``dresidual`` share one set of strides; x shares them after T.
     """
     cdtype = compute_dtype(x.dtype)
     T = x.shape[0]
@@ -464,7 +476,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             grad, x, residual if residual is not None else x, dx,
             dresidual if dresidual is not None else dx, partial, sums, mean, var, gamma, beta,
             tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, col_blocks,
-            layout.n_chan, count, layout.stride_t, layout.stride_row, layout.stride_chan,
+            layout.n_chan, count, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
             eps, vth, alpha,
             T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,

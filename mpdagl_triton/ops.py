@@ -68,11 +68,36 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _in_layout_of(x: Tensor, t: Tensor) -> Tensor:
-    """``t`` (same shape as x) with x's strides; copies only when they differ."""
-    if t.stride() == x.stride():
+def _dense(t: Tensor) -> bool:
+    """Whether ``t`` covers its memory exactly once, in some dim order."""
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _output_like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A new ``[T, B, C, *S]`` tensor in x's layout; a broadcast over T (stride 0) gets real T slices."""
+    if x.shape[0] > 1 and x.stride(0) == 0 and _dense(x[0]):
+        return torch.empty_strided(x.shape, (x[0].numel(),) + x[0].stride(),
+                                   dtype=dtype or x.dtype, device=x.device)
+    return torch.empty_like(x, dtype=dtype)
+
+
+def _in_layout_of(like: Tensor, t: Tensor) -> Tensor:
+    """``t`` (same shape as ``like``) with like's strides; copies only when they differ."""
+    if t.stride() == like.stride():
         return t
-    return torch.empty_like(x, dtype=t.dtype).copy_(t)
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
+def _tile_layout(x: Tensor, out: Tensor):
+    """The kernels' layout when x and out agree after T (x's T stride may differ), else None."""
+    if out.stride()[1:] != x.stride()[1:]:
+        return None
+    return _kernels.Layout.of(x)
 
 
 @torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
@@ -92,15 +117,15 @@ def _fwd_op(
     surrogate: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones)."""
-    spikes = torch.empty_like(x)
+    spikes = _output_like(x)
     work, work_out = x, spikes
-    layout = _kernels.Layout.of(x) if spikes.stride() == x.stride() else None
+    layout = _tile_layout(x, spikes)
     if layout is None:  # a layout the tiles can't walk: compute on a contiguous copy
         work = x.contiguous()
         work_out = torch.empty_like(work)
         layout = _kernels.Layout.of(work)
     if residual is not None:
-        residual = _in_layout_of(work, residual)
+        residual = _in_layout_of(work_out, residual)
     cdtype = _kernels.compute_dtype(x.dtype)
     if running_mean is None:
         mean, var = _kernels.batch_stats(work, layout)
@@ -118,7 +143,7 @@ def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_me
               eps, vth, alpha, surrogate):
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty(x.shape[2], dtype=cdtype)
-    return torch.empty_like(x), stats, torch.empty_like(stats)
+    return _output_like(x), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
@@ -140,18 +165,18 @@ def _bwd_op(
     batch_stats: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
-    dx = torch.empty_like(x)
-    dres = None if residual is None else torch.empty_like(x, dtype=residual.dtype)
+    dx = _output_like(x)
+    dres = None if residual is None else _output_like(x, residual.dtype)
     work, work_dx, work_dres = x, dx, dres
-    layout = _kernels.Layout.of(x) if dx.stride() == x.stride() else None
+    layout = _tile_layout(x, dx)
     if layout is None:  # a layout the tiles can't walk: compute on contiguous copies
         work = x.contiguous()
         work_dx = torch.empty_like(work)
         work_dres = None if dres is None else torch.empty_like(work, dtype=dres.dtype)
         layout = _kernels.Layout.of(work)
-    grad = _in_layout_of(work, grad)
+    grad = _in_layout_of(work_dx, grad)
     if residual is not None:
-        residual = _in_layout_of(work, residual)
+        residual = _in_layout_of(work_dx, residual)
     sums = _kernels.backward(grad, work, layout, work_dx, work_dres, gamma, beta, tau, residual,
                              mean, var, kappa_first, kappa_rest, eps, vth, alpha, surrogate,
                              batch_stats)
@@ -168,8 +193,8 @@ def _bwd_op(
 @_bwd_op.register_fake
 def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var, eps, vth,
               alpha, surrogate, batch_stats):
-    dres = x.new_empty(0) if residual is None else torch.empty_like(x, dtype=residual.dtype)
-    return (torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(beta),
+    dres = x.new_empty(0) if residual is None else _output_like(x, residual.dtype)
+    return (_output_like(x), torch.empty_like(gamma), torch.empty_like(beta),
             torch.empty_like(tau), dres)
 
 

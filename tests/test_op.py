@@ -149,3 +149,21 @@ def test_layout_detection():
     assert Layout.of(torch.zeros(2, 3, 4)).channels_last  # [T, B, C]: C innermost
     assert Layout.of(torch.zeros(2, 3, 4, 1, 1)).channels_last  # 1x1 spatial
     assert Layout.of(torch.zeros(6, 4, 2).permute(1, 2, 0)) is not None  # C strided, no spatial
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_broadcast_over_time_is_read_in_place(channels_last):
+    """Direct encoding: one stem output expanded over T (stride 0) is never copied T times."""
+    case = Case((4, 3, 5, 6, 7), seed=41)
+    inputs = make_inputs(case)
+    frame = inputs["x"][0]
+    if channels_last:
+        frame = frame.contiguous(memory_format=torch.channels_last)
+    inputs["x"] = frame.unsqueeze(0).expand(case.shape)
+    assert Layout.of(inputs["x"]) is not None and Layout.of(inputs["x"]).channels_last == channels_last
+    got = run(case, inputs, "triton")
+    want = run(case, inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    assert got["spikes"].stride()[1:] == frame.stride()
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)

@@ -1,0 +1,78 @@
+"""Building blocks: convolutions on time-folded batches followed by tdBN -> PLIF."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mpdagl_triton.layers import TdBNPLIF
+
+
+def fold(x: Tensor) -> Tensor:
+    """[T, B, ...] -> [T*B, ...] for convolutions and pooling."""
+    return x.flatten(0, 1)
+
+
+def unfold(x: Tensor, timesteps: int) -> Tensor:
+    """[T*B, ...] -> [T, B, ...] for the neurons."""
+    return x.unflatten(0, (timesteps, -1))
+
+
+class ConvSpike(nn.Module):
+    """conv (no bias) -> tdBN -> PLIF on ``[T, B, C, H, W]``; an optional residual enters before firing."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 **neuron_options):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2,
+                              bias=False)
+        self.neuron = TdBNPLIF(out_channels, **neuron_options)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return self.neuron(unfold(self.conv(fold(x)), x.shape[0]), residual)
+
+
+class Pool(nn.Module):
+    """2x2 average pooling per timestep."""
+
+    def __init__(self, kernel_size: int = 2):
+        super().__init__()
+        self.pool = nn.AvgPool2d(kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return unfold(self.pool(fold(x)), x.shape[0])
+
+
+class Stem(nn.Module):
+    """First conv -> tdBN -> PLIF with direct encoding.
+
+    Images ``[B, C, H, W]`` are convolved once and the result is broadcast over T (exact, since the
+    input is the same at every timestep; the broadcast is a stride-0 view the fused op reads in
+    place). Event frames ``[B, T, C, H, W]`` are convolved per timestep.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, timesteps: int, **neuron_options):
+        super().__init__()
+        self.timesteps = timesteps
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.neuron = TdBNPLIF(out_channels, **neuron_options)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            h = self.conv(x)
+            h = h.unsqueeze(0).expand(self.timesteps, *h.shape)
+        else:
+            frames = x.transpose(0, 1)  # [T, B, C, H, W]
+            h = unfold(self.conv(fold(frames)), frames.shape[0])
+        return self.neuron(h)
+
+
+class SpikingLinear(nn.Module):
+    """linear (no bias) -> tdBN -> PLIF on ``[T, B, features]``."""
+
+    def __init__(self, in_features: int, out_features: int, **neuron_options):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.neuron = TdBNPLIF(out_features, **neuron_options)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.neuron(self.linear(x))

@@ -55,10 +55,14 @@ PI = tl.constexpr(math.pi)
 
 
 @triton.jit
-def _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
+def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan,
           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
           INT64: tl.constexpr):
-    """Offsets (within one timestep) and mask of this program's tile."""
+    """This program's tile: offsets within one timestep, mask, and its channel index and mask.
+
+    The channel index is ``[1, 1]`` (channel-major: one channel per program) or ``[1, BLOCK_K]``
+    (channels-last), so per-channel loads and sums broadcast against the tile either way.
+    """
     pid0 = tl.program_id(0)
     pid1 = tl.program_id(1)
     if CHANNELS_LAST:
@@ -73,66 +77,25 @@ def _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
         rows = rows.to(tl.int64)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     offs = rows[:, None] * stride_row + cols[None, :]
-    if not CHANNELS_LAST:
-        chan = pid1
+    if CHANNELS_LAST:
+        chans = cols[None, :]
+    else:
+        chans = tl.full([1, 1], 0, tl.int32) + pid1
         if INT64:
-            chan = chan.to(tl.int64)
-        offs += chan * stride_chan
-    return offs, mask
+            offs += pid1.to(tl.int64) * stride_chan
+        else:
+            offs += pid1 * stride_chan
+    return offs, mask, chans, chans < n_chan
 
 
 @triton.jit
-def _per_channel(ptr, n_cols, CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr,
-                 COMPUTE: tl.constexpr):
-    """This tile's value of a ``[C]`` vector: a scalar (channel-major) or a ``[1, BLOCK_K]`` row."""
-    if CHANNELS_LAST:
-        chans = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        value = tl.load(ptr + chans, mask=chans < n_cols, other=0).to(COMPUTE)[None, :]
-    else:
-        value = tl.load(ptr + tl.program_id(1)).to(COMPUTE)
-    return value
-
-
-@triton.jit
-def _channel_sum(v, CHANNELS_LAST: tl.constexpr):
-    """Sum of a tile per channel: a ``[BLOCK_K]`` vector (channels-last) or a scalar."""
-    if CHANNELS_LAST:
-        total = tl.sum(v, axis=0)
-    else:
-        total = tl.sum(tl.sum(v, axis=1), axis=0)
-    return total
-
-
-@triton.jit
-def _broadcast(v, CHANNELS_LAST: tl.constexpr):
-    """Inverse of _channel_sum's shape: per-channel values back against the tile."""
-    if CHANNELS_LAST:
-        out = v[None, :]
-    else:
-        out = v
-    return out
-
-
-@triton.jit
-def _store_partial(partial_ptr, v, slot, n_chan, CHANNELS_LAST: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """partial[pid0, slot, channels] = v; partial is ``[P, 3, C]``."""
-    base = partial_ptr + tl.program_id(0) * 3 * n_chan + slot * n_chan
-    if CHANNELS_LAST:
-        chans = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-        tl.store(base + chans, v, mask=chans < n_chan)
-    else:
-        tl.store(base + tl.program_id(1), v)
-
-
-@triton.jit
-def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth, alpha,
-            CHANNELS_LAST: tl.constexpr, BLOCK_K: tl.constexpr, COMPUTE: tl.constexpr):
+def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask, eps, vth, alpha,
+            COMPUTE: tl.constexpr):
     """Per-channel (scale, shift, mean, rstd) so that y = scale * x + shift."""
-    mean = _per_channel(mean_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
-    var = _per_channel(var_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
-    gamma = _per_channel(gamma_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
-    beta = _per_channel(beta_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    mean = tl.load(mean_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
+    var = tl.load(var_ptr + chans, mask=chan_mask, other=1).to(COMPUTE)
+    gamma = tl.load(gamma_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
+    beta = tl.load(beta_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
     if COMPUTE == tl.float64:
         rstd = 1.0 / tl.sqrt(var + eps)
     else:
@@ -170,29 +133,38 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
                           x_stride_t, stride_row, stride_chan,
                           T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
-                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
+                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
         x_stride_t = x_stride_t.to(tl.int64)
-    count = _channel_sum(mask.to(COMPUTE), CHANNELS_LAST)
+    # per-channel sums keep a [1, BLOCK_K] (channels-last) or [1, 1] shape: they broadcast back
+    count = tl.sum(mask.to(COMPUTE), axis=0, keep_dims=True)
+    if not CHANNELS_LAST:
+        count = tl.sum(count, axis=1, keep_dims=True)
     safe_count = tl.maximum(count, 1.0)
     n = count * 0.0
     mean = count * 0.0
     m2 = count * 0.0
     for t in tl.static_range(T):
         x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        tile_mean = _channel_sum(x, CHANNELS_LAST) / safe_count
-        centered = tl.where(mask, x - _broadcast(tile_mean, CHANNELS_LAST), 0.0)
-        tile_m2 = _channel_sum(centered * centered, CHANNELS_LAST)
+        tile_sum = tl.sum(x, axis=0, keep_dims=True)
+        if not CHANNELS_LAST:
+            tile_sum = tl.sum(tile_sum, axis=1, keep_dims=True)
+        tile_mean = tile_sum / safe_count
+        centered = tl.where(mask, x - tile_mean, 0.0)
+        tile_m2 = tl.sum(centered * centered, axis=0, keep_dims=True)
+        if not CHANNELS_LAST:
+            tile_m2 = tl.sum(tile_m2, axis=1, keep_dims=True)
         # Chan et al.: merge (n, mean, m2) with this timestep's (count, tile_mean, tile_m2)
         merged = tl.maximum(n + count, 1.0)
         delta = tile_mean - mean
         mean = mean + delta * (count / merged)
         m2 = m2 + tile_m2 + delta * delta * (n * count / merged)
         n = n + count
-    _store_partial(partial_ptr, n, 0, n_chan, CHANNELS_LAST, BLOCK_K)
-    _store_partial(partial_ptr, mean, 1, n_chan, CHANNELS_LAST, BLOCK_K)
-    _store_partial(partial_ptr, m2, 2, n_chan, CHANNELS_LAST, BLOCK_K)
+    base = partial_ptr + tl.program_id(0) * 3 * n_chan + chans  # partial is [P, 3, C]
+    tl.store(base, n, mask=chan_mask)
+    tl.store(base + n_chan, mean, mask=chan_mask)
+    tl.store(base + 2 * n_chan, m2, mask=chan_mask)
 
 
 @triton.jit
@@ -227,18 +199,18 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
 
 @triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
 def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
-                    n_rows, n_cols, n_col_blocks, x_stride_t, stride_t, stride_row, stride_chan,
+                    n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row, stride_chan,
                     eps, vth, alpha,
                     T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
-    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
-                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
+                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
         x_stride_t = x_stride_t.to(tl.int64)
         stride_t = stride_t.to(tl.int64)
-    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
-                                       alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
+                                       eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
@@ -262,13 +234,13 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                      WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                      INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    offs, mask = _tile(n_rows, n_cols, n_col_blocks, stride_row, stride_chan,
-                       CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
+                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
         x_stride_t = x_stride_t.to(tl.int64)
         stride_t = stride_t.to(tl.int64)
-    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, n_cols, eps, vth,
-                                       alpha, CHANNELS_LAST, BLOCK_K, COMPUTE)
+    scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
+                                       eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
     kappa_first = tl.load(kappa_first_ptr).to(COMPUTE)
     kappa_rest = tl.load(kappa_rest_ptr).to(COMPUTE)
@@ -289,9 +261,8 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
         vs = vs + (v,)
 
     if WRITE_DX and BATCH_STATS:
-        mean_dy = _per_channel(sums_ptr, n_cols, CHANNELS_LAST, BLOCK_K, COMPUTE) / count
-        mean_dy_xhat = _per_channel(sums_ptr + n_chan, n_cols, CHANNELS_LAST, BLOCK_K,
-                                    COMPUTE) / count
+        mean_dy = tl.load(sums_ptr + chans, mask=chan_mask, other=0).to(COMPUTE) / count
+        mean_dy_xhat = tl.load(sums_ptr + n_chan + chans, mask=chan_mask, other=0).to(COMPUTE) / count
     acc_dy = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dtau = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
@@ -328,12 +299,17 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
         dv_next = dv
 
     if ACCUMULATE:
-        _store_partial(partial_ptr, _channel_sum(acc_dy, CHANNELS_LAST), 0, n_chan,
-                       CHANNELS_LAST, BLOCK_K)
-        _store_partial(partial_ptr, _channel_sum(acc_dy_xhat, CHANNELS_LAST), 1, n_chan,
-                       CHANNELS_LAST, BLOCK_K)
-        _store_partial(partial_ptr, _channel_sum(acc_dtau, CHANNELS_LAST), 2, n_chan,
-                       CHANNELS_LAST, BLOCK_K)
+        sum_dy = tl.sum(acc_dy, axis=0, keep_dims=True)
+        sum_dy_xhat = tl.sum(acc_dy_xhat, axis=0, keep_dims=True)
+        sum_dtau = tl.sum(acc_dtau, axis=0, keep_dims=True)
+        if not CHANNELS_LAST:
+            sum_dy = tl.sum(sum_dy, axis=1, keep_dims=True)
+            sum_dy_xhat = tl.sum(sum_dy_xhat, axis=1, keep_dims=True)
+            sum_dtau = tl.sum(sum_dtau, axis=1, keep_dims=True)
+        base = partial_ptr + tl.program_id(0) * 3 * n_chan + chans  # partial is [P, 3, C]
+        tl.store(base, sum_dy, mask=chan_mask)
+        tl.store(base + n_chan, sum_dy_xhat, mask=chan_mask)
+        tl.store(base + 2 * n_chan, sum_dtau, mask=chan_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +422,8 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     grid, col_blocks, _ = _grid(layout, block_r, block_k)
     _forward_kernel[grid](
         x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
-        layout.n_rows, layout.n_cols, col_blocks, x.stride(0), out.stride(0), layout.stride_row,
+        layout.n_rows, layout.n_cols, col_blocks, layout.n_chan, x.stride(0), out.stride(0),
+        layout.stride_row,
         layout.stride_chan, eps, vth, alpha,
         T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
         BLOCK_R=block_r, BLOCK_K=block_k, INT64=layout.int64,

@@ -1,0 +1,161 @@
+"""``SpikingNetwork``: an architecture plus its encoding, readout and Hub-style save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from mpdagl_triton.checkpoint import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from mpdagl_triton.layers import TdBNPLIF
+
+from .resnet import resnet18, resnet19
+from .tiny import tiny
+from .vgg import vgg13, vggsnn
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet19": resnet19,
+    "resnet18": resnet18,
+    "vggsnn": vggsnn,
+    "vgg13": vgg13,
+    "tiny": tiny,
+}
+NEURON_OPTIONS = ("vth", "tau", "learn_tau", "surrogate", "width_rule", "alpha", "kappa0", "backend")
+LIBRARY = "mpdagl-triton"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class SpikingNetwork(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name=LIBRARY,
+    tags=["spiking-neural-network", "snn", "mpd-agl"],
+    paper_url="https://arxiv.org/abs/2505.11863",
+    license="mit",
+):
+    """A spiking classifier: ``forward(x) -> logits [B, classes]`` (mean over T of the readout).
+
+    Args:
+        arch: one of :data:`ARCHITECTURES`.
+        num_classes: number of classes.
+        timesteps: T.
+        in_channels, input_size: the input image (``[B, C, H, W]``, direct encoding) or event
+            frames (``[B, T, C, H, W]``).
+        neuron: options passed to every TdBNPLIF (vth, tau, learn_tau, surrogate, width_rule, ...).
+        label_names, normalization, dataset: recorded in config.json for users of the checkpoint.
+
+    Example:
+        >>> net = SpikingNetwork("tiny", num_classes=10, timesteps=2, in_channels=1, input_size=8)
+        >>> net(torch.rand(4, 1, 8, 8)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(self, arch: str, num_classes: int, timesteps: int, in_channels: int = 3,
+                 input_size: int = 32, neuron: dict | None = None,
+                 label_names: list[str] | None = None, normalization: dict | None = None,
+                 dataset: str | None = None):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
+        if not isinstance(timesteps, int) or timesteps < 1:
+            raise ValueError(f"timesteps (T) must be an integer >= 1, got {timesteps!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        neuron = dict(neuron or {})
+        unknown = set(neuron) - set(NEURON_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown neuron options {sorted(unknown)}; valid: {', '.join(NEURON_OPTIONS)}")
+        if label_names is not None and len(label_names) != num_classes:
+            raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+        self.arch, self.num_classes, self.timesteps = arch, num_classes, timesteps
+        self.in_channels, self.input_size = in_channels, input_size
+        self.label_names, self.normalization, self.dataset = label_names, normalization, dataset
+        self.body = ARCHITECTURES[arch](num_classes, timesteps, in_channels=in_channels,
+                                        input_size=input_size, **neuron)
+
+    def forward(self, x: Tensor, return_timesteps: bool = False) -> Tensor:
+        """``x`` ``[B, C, H, W]`` (image) or ``[B, T, C, H, W]`` (event frames) -> ``[B, classes]``.
+
+        With ``return_timesteps`` the per-timestep readout ``[T, B, classes]`` (for the TET loss).
+        """
+        if x.dim() == 5:
+            if x.shape[1] != self.timesteps:
+                raise ValueError(f"event input has {x.shape[1]} frames, the model runs T = {self.timesteps}")
+        elif x.dim() != 4:
+            raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got {list(x.shape)}")
+        if x.shape[-3] != self.in_channels:
+            raise ValueError(f"input has {x.shape[-3]} channels, the model expects {self.in_channels}")
+        out = self.body(x)
+        return out if return_timesteps else out.mean(0)
+
+    def neurons(self) -> Iterator[tuple[str, TdBNPLIF]]:
+        """The spiking layers in forward order, with their names."""
+        for name, module in self.named_modules():
+            if isinstance(module, TdBNPLIF):
+                yield name, module
+
+    @property
+    def config(self) -> dict:
+        """What config.json holds: enough to rebuild the model."""
+        from mpdagl_triton import __version__
+
+        return {**self._hub_mixin_config, "library": LIBRARY, "library_version": __version__}
+
+    # -- Hub mixin conventions, with atomic writes and safetensors only ----------------------------
+
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None,
+                        push_to_hub: bool = False, repo_id: str | None = None, **push_kwargs) -> str | None:
+        """Write ``model.safetensors`` and ``config.json`` (each atomically) into a folder."""
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        self._save_pretrained(save_directory)
+        atomic_write_json(save_directory / CONFIG_NAME, config or self.config)
+        if push_to_hub:
+            return self.push_to_hub(repo_id=repo_id or save_directory.name, config=config or self.config,
+                                    **push_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_tensors(Path(save_directory) / WEIGHTS_NAME, self.state_dict(),
+                     metadata={"format": "pt", "library": LIBRARY})
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, map_location: str = "cpu", strict: bool = True,
+                         **model_kwargs) -> "SpikingNetwork":
+        from huggingface_hub import hf_hub_download
+
+        model = cls(**model_kwargs)
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / WEIGHTS_NAME
+        else:
+            weights = hf_hub_download(repo_id=model_id, filename=WEIGHTS_NAME, revision=revision,
+                                      cache_dir=cache_dir, force_download=force_download, token=token,
+                                      local_files_only=local_files_only)
+        tensors, _ = load_tensors(weights)
+        load_state_strict(model, tensors, source=str(weights))
+        return model.to(map_location).eval()
+
+
+def load_state_strict(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
+    """Copy ``tensors`` into ``model``; every name and shape must match the model's config."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = sorted(k for k in set(own) & set(tensors) if own[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            k = wrong[0]
+            details.append(f"shape of {k}: file {list(tensors[k].shape)} vs config {list(own[k].shape)}")
+        raise CheckpointError(f"{source} does not match the model its config describes: " + "; ".join(details))
+    with torch.no_grad():
+        model.load_state_dict(tensors, strict=True)

@@ -1,0 +1,112 @@
+"""``mpdagl``: the command line.
+
+    mpdagl train [options]          train (no options: the embedded digits default)
+    mpdagl eval --checkpoint DIR    re-evaluate a saved model on its dataset's test split
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
+
+
+def _train_parser(sub) -> None:
+    from mpdagl_triton.train import RECIPES
+
+    p = sub.add_parser(
+        "train", help="train a spiking network",
+        description="Train a spiking network with MPD-AGL. With no options: the embedded digits "
+                    "set, the tiny model, a few epochs on the CPU. Options left out come from "
+                    "--recipe (default: digits).",
+    )
+    # every default is None so that we know what the user set (a resume may change only some)
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="preset of SPEC.md section 7 (default: digits)")
+    p.add_argument("--dataset", help="dataset name (default digits; a dataset with a recipe brings its recipe)")
+    p.add_argument("--arch", help="architecture: resnet19, resnet18, vggsnn, vgg13, tiny")
+    p.add_argument("-T", "--timesteps", type=int, help="simulation timesteps T (>= 1)")
+    p.add_argument("--epochs", type=int, help="epochs; the cosine schedule spans them")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0, per epoch)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="SGD (momentum 0.9) or Adam")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay on all parameters")
+    p.add_argument("--loss", choices=["ce", "tet"], help="cross entropy on the mean over T, or TET")
+    p.add_argument("--neuron", choices=["plif", "lif"], help="learnable decay (plif) or fixed (lif)")
+    p.add_argument("--width-rule", choices=list(WIDTH_RULES), help="surrogate width rule (default mpdagl)")
+    p.add_argument("--surrogate", choices=list(SURROGATES), help="surrogate shape (default rect)")
+    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (fp16 needs CUDA)")
+    p.add_argument("--channels-last", action="store_const", const=True, help="channels_last memory format")
+    p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
+    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
+    p.add_argument("--out", help="output folder (default runs/<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
+    p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mpdagl_triton.train import RECIPES, TrainConfig, train
+
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("command", "recipe", "resume", "func")}
+    # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
+    recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
+    fields = {**recipe, **given}
+    fields.setdefault("out", f"runs/{fields['dataset']}")
+    cfg = TrainConfig(**fields)
+    result = train(cfg, resume=args.resume, explicit=set(given))
+    print(f"final test accuracy {result['test_acc']:.4f} (best {result['best_acc']:.4f}); "
+          f"checkpoint in {result['out']}")
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="re-evaluate a saved model on its test split",
+                       description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
+    p.add_argument("--checkpoint", required=True, help="a training output folder")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mpdagl_triton import data
+    from mpdagl_triton.hub import load
+    from mpdagl_triton.train import TrainConfig, evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model = load(args.checkpoint, device=device)
+    name = args.dataset or model.dataset
+    if name is None:
+        raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
+    dataset = data.load(name)
+    loader = data.Loader(dataset.test, dataset, args.batch_size, device, train=False)
+    result = evaluate(TrainConfig(), model, loader, device)
+    print(f"{args.checkpoint}: {name} test accuracy {result['test_acc']:.4f}, loss {result['test_loss']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mpdagl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    _train_parser(sub)
+    _eval_parser(sub)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"train": _train, "eval": _eval}[args.command](args)
+    except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
+        print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

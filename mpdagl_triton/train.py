@@ -1,0 +1,416 @@
+"""The training loop behind ``mpdagl train``; reads top to bottom.
+
+Output folder:
+    config.json, model.safetensors     the latest model (``mpdagl_triton.load(DIR)`` rebuilds it)
+    trainer_state.safetensors          everything a resume needs (model, optimizer, scheduler,
+                                       RNG states; the JSON state in the safetensors metadata)
+    trainer_state.json                 the same JSON state, for people
+    metrics.jsonl                      one line per completed epoch
+
+Each file is replaced atomically; ``trainer_state.safetensors`` alone is the resume point, so a
+crash between two writes can never pair weights with another epoch's optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mpdagl_triton import __version__, data, models
+from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_json, atomic_write_text,
+                                      load_tensors, save_tensors)
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
+
+STATE_NAME = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    arch: str = "tiny"
+    timesteps: int = 2
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+    loss: str = "ce"
+    neuron: str = "plif"
+    width_rule: str = "mpdagl"
+    surrogate: str = "rect"
+    compile: bool = False
+    amp: str = "off"
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 2025
+    out: str = "runs/digits"
+    workers: int = 0
+    probe_size: int = 256
+
+
+#: SPEC.md section 7, the authors' recipes; the command line overrides any field.
+RECIPES: dict[str, dict] = {
+    "digits": dict(dataset="digits", arch="tiny", timesteps=2, epochs=12, batch_size=64, lr=0.05,
+                   optimizer="sgd", weight_decay=1e-4),
+    "cifar10": dict(dataset="cifar10", arch="resnet19", timesteps=2, epochs=150, batch_size=100,
+                    lr=0.1, optimizer="sgd", weight_decay=1e-4),
+    "cifar100": dict(dataset="cifar100", arch="resnet19", timesteps=2, epochs=150, batch_size=100,
+                     lr=0.1, optimizer="sgd", weight_decay=1e-4),
+    "cifar10-dvs": dict(dataset="cifar10-dvs", arch="vggsnn", timesteps=10, epochs=150,
+                        batch_size=100, lr=0.1, optimizer="sgd", weight_decay=5e-4),
+    "tiny-imagenet": dict(dataset="tiny-imagenet", arch="vgg13", timesteps=4, epochs=150,
+                          batch_size=100, lr=0.1, optimizer="sgd", weight_decay=1e-4),
+}
+
+#: Fields a resumed run may change; every other one must match the checkpoint.
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject a configuration before any work starts, naming the bad field."""
+    if cfg.arch not in models.available():
+        raise ValueError(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
+    if cfg.dataset not in data.available():
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}")
+    for name in ("timesteps", "epochs", "batch_size"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"lr must be a positive number, got {cfg.lr}")
+    if cfg.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    if cfg.workers < 0:
+        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    choices = {"optimizer": ("sgd", "adam"), "loss": ("ce", "tet"), "neuron": ("plif", "lif"),
+               "amp": ("bf16", "fp16", "off"), "width_rule": WIDTH_RULES, "surrogate": SURROGATES}
+    for name, valid in choices.items():
+        if getattr(cfg, name) not in valid:
+            raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; expected one of {', '.join(valid)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def prepare_output_dir(out: Path) -> None:
+    """Fail before training when the folder cannot take a checkpoint."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"output folder {out} is not writable: {exc}") from exc
+
+
+def build_model(cfg: TrainConfig, dataset: data.Dataset) -> models.SpikingNetwork:
+    return models.create(
+        cfg.arch, dataset.num_classes, cfg.timesteps, in_channels=dataset.in_channels,
+        input_size=dataset.input_size, label_names=dataset.label_names,
+        normalization=dataset.normalization, dataset=dataset.name,
+        learn_tau=cfg.neuron == "plif", surrogate=cfg.surrogate, width_rule=cfg.width_rule,
+    )
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    params = model.parameters()  # weight decay on all parameters, as the authors' code does
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # cosine to 0 over the epochs, stepped per epoch; closed form, so a resume that extends
+    # --epochs continues on the longer curve
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, cfg.epochs) / cfg.epochs)))
+    return optimizer, scheduler
+
+
+def loss_fn(cfg: TrainConfig, per_timestep: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE on the mean over T, or TET: the mean over T of CE at every timestep."""
+    if cfg.loss == "tet":
+        T = per_timestep.shape[0]
+        return F.cross_entropy(per_timestep.flatten(0, 1).float(), labels.repeat(T))
+    return F.cross_entropy(per_timestep.mean(0).float(), labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    optim_state = optimizer.state_dict()
+    for index, slots in optim_state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{key}"] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    state = {
+        **state,
+        "optimizer": {"param_groups": optim_state["param_groups"],
+                      "scalars": {str(i): {k: v for k, v in slots.items() if not torch.is_tensor(v)}
+                                  for i, slots in optim_state["state"].items()}},
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "python_rng": random.getstate(),
+        "library_version": __version__,
+    }
+    text = json.dumps(state, sort_keys=True)
+    save_tensors(out / STATE_NAME, tensors, metadata={"state": text})
+    atomic_write_text(out / STATE_JSON, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    model.save_pretrained(out)
+
+
+def load_checkpoint(out: Path) -> tuple[dict, dict]:
+    """(tensors, JSON state) of the resume point in ``out``."""
+    path = out / STATE_NAME
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint in {out} (expected {STATE_NAME})")
+    tensors, metadata = load_tensors(path)
+    if "state" not in metadata:
+        raise CheckpointError(f"{path} has no trainer state in its metadata")
+    return tensors, json.loads(metadata["state"])
+
+
+def restore(tensors: dict, state: dict, model, optimizer, scheduler, scaler) -> None:
+    model_state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    models.load_state_strict(model, model_state, source=STATE_NAME)
+    slots: dict[int, dict] = {int(i): dict(s) for i, s in state["optimizer"]["scalars"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    for group, base, rule in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * rule(scheduler.last_epoch)  # the current curve, should --epochs change
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def merge_resumed_config(saved: dict, cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """The checkpoint's config, with the explicitly given fields that a resume may change."""
+    conflicts = [f"--{k.replace('_', '-')} {getattr(cfg, k)!r} (checkpoint: {saved[k]!r})"
+                 for k in sorted(explicit) if k not in RESUMABLE_OVERRIDES and k in saved
+                 and getattr(cfg, k) != saved[k]]
+    if conflicts:
+        raise ValueError("--resume: the checkpoint was trained with other settings: " + "; ".join(conflicts))
+    merged = {**saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES if k in explicit}}
+    return TrainConfig(**{f.name: merged.get(f.name, getattr(cfg, f.name))
+                          for f in dataclasses.fields(TrainConfig)})
+
+
+def read_metrics(out: Path, upto_epoch: int) -> list[dict]:
+    """Complete lines of metrics.jsonl for epochs <= upto_epoch (a torn last line is dropped)."""
+    path = out / METRICS_NAME
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("epoch", 0) <= upto_epoch:
+            rows.append(row)
+    return rows
+
+
+def append_metrics(out: Path, row: dict) -> None:
+    with open(out / METRICS_NAME, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------------------------
+# Epochs
+# ----------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch, log_every=20):
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
+        if cfg.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            per_timestep = step_model(images, return_timesteps=True)
+            loss = loss_fn(cfg, per_timestep, labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        total_loss += loss.detach() * len(labels)
+        correct += (per_timestep.detach().mean(0).argmax(1) == labels).sum()
+        seen += len(labels)
+        if step % log_every == 0 or step == len(loader):  # the only host syncs of the epoch
+            mean_loss = total_loss.item() / seen
+            if not math.isfinite(mean_loss):
+                bar.close()
+                raise TrainingDiverged(f"loss became {mean_loss} at epoch {epoch}, step {step}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+            "seconds": seconds, "images_per_s": seen / seconds}
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def evaluate(cfg: TrainConfig, eval_model, loader, device) -> dict:
+    """Test loss and accuracy over the whole split (eval mode: running statistics)."""
+    eval_model.eval()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for images, labels in loader.epoch(cfg.seed, 0):
+        if cfg.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            logits = eval_model(images).float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    return {"test_loss": total_loss.item() / seen, "test_acc": correct.item() / seen}
+
+
+@torch.no_grad()
+def layer_stats(model: models.SpikingNetwork, probe: torch.Tensor) -> list[dict]:
+    """Per spiking layer: tau, surrogate widths and firing rate on a fixed probe batch (eval mode)."""
+    model.eval()
+    rates: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: rates.__setitem__(name, out.float().mean()))
+             for name, module in model.neurons()]
+    try:
+        model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows = []
+    for name, module in model.neurons():
+        k_first, k_rest = module.kappas()
+        rows.append({"layer": name, "tau": float(module.tau.detach()), "kappa_first": float(k_first),
+                     "kappa_rest": float(k_rest), "firing_rate": float(rates[name])})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None = None,
+          stop_after_epoch: int | None = None, log=print) -> dict:
+    """Train (or resume) and return the last epoch's metrics.
+
+    ``explicit``: the config fields the user set (a resume may only change some of them).
+    ``stop_after_epoch``: end after that epoch as if interrupted (tests and staged runs).
+    """
+    out = Path(cfg.out)
+    saved = None
+    if resume:
+        tensors, saved = load_checkpoint(out)
+        cfg = merge_resumed_config(saved["config"], cfg, explicit or set())
+    validate(cfg)
+    prepare_output_dir(out)
+    device = resolve_device(cfg.device)
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    dataset = data.load(cfg.dataset)
+    model = build_model(cfg, dataset).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    start_epoch, best_acc, history = 0, 0.0, []
+    if saved is not None:
+        restore(tensors, saved, model, optimizer, scheduler, scaler)
+        start_epoch, best_acc = saved["epoch"], saved["best_acc"]
+        history = read_metrics(out, start_epoch)
+        atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        log(f"resuming {out} after epoch {start_epoch}")
+    elif (out / METRICS_NAME).exists():
+        (out / METRICS_NAME).unlink()  # a fresh run owns the folder
+
+    step_model = torch.compile(model) if cfg.compile else model
+    train_loader = data.Loader(dataset.train, dataset, cfg.batch_size, device, train=True,
+                               workers=cfg.workers)
+    test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,
+                              workers=cfg.workers)
+    probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
+
+    row = history[-1] if history else {}
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"epoch": epoch, "lr": lr}
+        row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device, epoch))
+        scheduler.step()
+        row.update(evaluate(cfg, step_model, test_loader, device))
+        row["layers"] = layer_stats(model, probe)
+        best_acc = max(best_acc, row["test_acc"])
+        log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
+            f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
+        append_metrics(out, row)
+        state = {"epoch": epoch, "step": epoch * len(train_loader), "best_acc": best_acc,
+                 "config": dataclasses.asdict(cfg)}
+        save_checkpoint(out, model, optimizer, scheduler, scaler, state)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return {**row, "best_acc": best_acc, "out": str(out)}

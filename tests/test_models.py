@@ -1,0 +1,98 @@
+"""The model zoo: shapes, parameter counts, neuron options, and torch.compile without breaks."""
+
+import pytest
+import torch
+
+from mpdagl_triton import TdBNPLIF, models
+
+SMALL = {  # (in_channels, input_size) small enough for the CPU
+    "resnet19": (3, 8), "resnet18": (3, 16), "vggsnn": (2, 16), "vgg13": (3, 32), "tiny": (1, 8),
+}
+
+
+def test_available():
+    assert models.available() == ["resnet18", "resnet19", "tiny", "vgg13", "vggsnn"]
+
+
+def test_resnet19_parameter_count():
+    net = models.create("resnet19", num_classes=10, T=2)
+    n = sum(p.numel() for p in net.parameters())
+    assert 12.6e6 < n < 12.8e6, n  # SPEC.md: about 12.7 M
+    assert len(list(net.neurons())) == 20  # stem + 8 blocks x 2 + 2 shortcuts + head
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_forward_shapes_and_backward(arch):
+    torch.manual_seed(0)
+    channels, size = SMALL[arch]
+    net = models.create(arch, num_classes=7, T=2, in_channels=channels, input_size=size)
+    x = torch.rand(3, channels, size, size)
+    logits = net(x)
+    assert logits.shape == (3, 7)
+    per_t = net(x, return_timesteps=True)
+    assert per_t.shape == (2, 3, 7)
+    torch.testing.assert_close(per_t.mean(0), logits)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_event_frames_input():
+    net = models.create("vggsnn", num_classes=10, T=3, in_channels=2, input_size=16)
+    assert net(torch.rand(2, 3, 2, 16, 16)).shape == (2, 10)
+    with pytest.raises(ValueError, match="event input has 4 frames, the model runs T = 3"):
+        net(torch.rand(2, 4, 2, 16, 16))
+
+
+def test_bad_inputs_and_options():
+    net = models.create("tiny", num_classes=10, T=2, in_channels=1, input_size=8)
+    with pytest.raises(ValueError, match="input has 3 channels"):
+        net(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"expected \[B, C, H, W\]"):
+        net(torch.rand(8, 8))
+    with pytest.raises(ValueError, match="unknown architecture 'resnet50'; available: resnet19"):
+        models.create("resnet50", 10, 2)
+    with pytest.raises(ValueError, match="unknown neuron options"):
+        models.create("tiny", 10, 2, decay=0.5)
+    with pytest.raises(ValueError, match="timesteps"):
+        models.create("tiny", 10, 0)
+
+
+def test_neuron_options_reach_every_layer():
+    net = models.create("resnet18", num_classes=10, T=2, surrogate="atan", width_rule="lsg",
+                        learn_tau=False, tau=0.3, vth=0.7)
+    layers = [m for _, m in net.neurons()]
+    assert layers and all(isinstance(m, TdBNPLIF) for m in layers)
+    assert all(m.surrogate == "atan" and m.width_rule == "lsg" and m.rho is None and m.vth == 0.7
+               for m in layers)
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_every_architecture_compiles_fullgraph(arch):
+    """The model code traces into one graph (fullgraph=True raises on any break)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    channels, size = SMALL[arch]
+    net = models.create(arch, num_classes=5, T=2, in_channels=channels, input_size=size, backend="torch")
+    x = torch.rand(2, channels, size, size)
+    expected = net(x)
+    compiled = torch.compile(net, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), expected)
+
+
+def test_compiled_fused_model_matches_the_reference():
+    """The Triton custom ops inside a compiled channels-last network: same logits and gradients as
+    the reference. (Channels-last puts many channels in one program, which keeps the interpreter fast.)"""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    fused = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="triton")
+    fused = fused.to(memory_format=torch.channels_last)
+    plain = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="torch")
+    plain.load_state_dict(fused.state_dict())
+    x = torch.rand(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    logits = torch.compile(fused, fullgraph=True, backend="aot_eager")(x)
+    expected = plain(x)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    logits.sum().backward()
+    expected.sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -1,0 +1,186 @@
+"""`mpdagl train` / `mpdagl eval`: the default run, checkpoints, exact resume, bad input."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+import mpdagl_triton as M
+from mpdagl_triton import cli, train as train_module
+from mpdagl_triton.checkpoint import CheckpointError, atomic_write_bytes
+from mpdagl_triton.train import TrainConfig, TrainingDiverged, train
+
+TIMING = {"seconds", "images_per_s"}
+
+
+def short(tmp_path, **changes) -> TrainConfig:
+    return dataclasses.replace(TrainConfig(out=str(tmp_path / "run"), epochs=3), **changes)
+
+
+def metrics(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_default_command_reaches_96_percent(tmp_path, capsys):
+    """The README's first command: no options but an output folder."""
+    assert cli.main(["train", "--out", str(tmp_path / "digits")]) == 0
+    printed = capsys.readouterr().out
+    final = float(printed.split("final test accuracy ")[1].split()[0])
+    assert final >= 0.96, printed
+    assert f"checkpoint in {tmp_path / 'digits'}" in printed
+    out = tmp_path / "digits"
+    for name in ("config.json", "model.safetensors", "trainer_state.safetensors", "trainer_state.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, TrainConfig().epochs + 1))
+    last = rows[-1]
+    assert last["test_acc"] == pytest.approx(final, abs=1e-4)
+    for key in ("train_loss", "train_acc", "test_loss", "lr", "seconds", "images_per_s"):
+        assert math.isfinite(last[key]), key
+    assert {l["layer"] for l in last["layers"]} == {"body.stem.neuron", "body.features.1.neuron"}
+    for layer in last["layers"]:
+        assert 0 < layer["firing_rate"] < 1 and 0 < layer["tau"] < 1
+        assert layer["kappa_rest"] > layer["kappa_first"] > 0  # sqrt(1 + tau^2) > 1
+    # eval re-evaluates the saved model to the same number
+    assert cli.main(["eval", "--checkpoint", str(out)]) == 0
+    assert f"test accuracy {final:.4f}" in capsys.readouterr().out
+
+
+def test_load_gives_identical_logits(tmp_path):
+    train(short(tmp_path, epochs=1))
+    model = M.load(tmp_path / "run")
+    assert not model.training
+    state = train_module.load_checkpoint(tmp_path / "run")[0]
+    twin = M.models.create("tiny", 10, 2, in_channels=1, input_size=8)
+    twin.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    twin.eval()
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(model(x), twin(x))
+
+
+@pytest.mark.parametrize("changes", [{}, {"optimizer": "adam", "lr": 1e-3, "loss": "tet", "neuron": "lif"}])
+def test_resume_is_exact(tmp_path, changes):
+    full = short(tmp_path / "full", **changes)
+    train(full)
+    staged = short(tmp_path / "staged", **changes)
+    train(staged, stop_after_epoch=1)
+    assert [r["epoch"] for r in metrics(tmp_path / "staged" / "run")] == [1]
+    train(staged, resume=True, explicit=set())
+    a = M.load(tmp_path / "full" / "run").state_dict()
+    b = M.load(tmp_path / "staged" / "run").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metrics(tmp_path / "full" / "run") == metrics(tmp_path / "staged" / "run")
+
+
+def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
+    cfg = short(tmp_path)
+    train(cfg, stop_after_epoch=1)
+    out = tmp_path / "run"
+    with open(out / "metrics.jsonl", "a") as f:  # epoch 2 logged, then a crash before its checkpoint
+        f.write(json.dumps({"epoch": 2, "test_acc": 0.0}) + "\n{\"epoch\": 3, \"te")
+    train(cfg, resume=True, explicit=set())
+    assert [r["epoch"] for r in metrics(out)] == [1, 2, 3]
+    assert metrics(out)[1]["test_acc"] > 0
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'; available: digits"),
+        (["--arch", "alexnet"], "unknown architecture 'alexnet'; available: resnet18, resnet19, tiny"),
+        (["-T", "0"], "timesteps must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--epochs", "-1"], "epochs must be an integer >= 1"),
+        (["--lr", "0"], "lr must be a positive number"),
+        (["--resume"], "no checkpoint in"),
+    ],
+)
+def test_bad_arguments(tmp_path, capsys, argv, message):
+    assert cli.main(["train", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_with_another_architecture(tmp_path, capsys):
+    train(short(tmp_path, epochs=1))
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--arch", "resnet19"]) == 2
+    assert "--arch 'resnet19' (checkpoint: 'tiny')" in capsys.readouterr().err
+
+
+def test_corrupt_and_truncated_weights(tmp_path, capsys):
+    train(short(tmp_path, epochs=1))
+    out = tmp_path / "run"
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        M.load(out)
+    assert cli.main(["eval", "--checkpoint", str(out)]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    (out / "model.safetensors").write_bytes(b"\x80\x04\x95" + weights[3:])
+    with pytest.raises(CheckpointError, match="pickle"):
+        M.load(out)
+
+
+def test_weights_of_another_config(tmp_path):
+    train(short(tmp_path, epochs=1))
+    out = tmp_path / "run"
+    config = json.loads((out / "config.json").read_text())
+    config["num_classes"] = 7
+    config["label_names"] = None
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match the model its config describes"):
+        M.load(out)
+    (out / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    with pytest.raises(CheckpointError, match="not written by mpdagl-triton"):
+        M.load(out)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = short(tmp_path)
+    real_loss = train_module.loss_fn
+    calls = {"n": 0}
+
+    def poisoned(cfg_, per_timestep, labels):
+        calls["n"] += 1
+        loss = real_loss(cfg_, per_timestep, labels)
+        return loss * float("nan") if calls["n"] > 30 else loss  # epoch 2 (22 steps per epoch)
+
+    monkeypatch.setattr(train_module, "loss_fn", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
+        train(cfg)
+    out = tmp_path / "run"
+    assert json.loads((out / "trainer_state.json").read_text())["epoch"] == 1
+    model = M.load(out)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
+    target = tmp_path / "file.bin"
+    atomic_write_bytes(target, b"old")
+
+    def crash(*_):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("os.replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # no temporary left behind
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train", "--out", str(blocker / "run")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_compiled_training_epoch(tmp_path):
+    """--compile runs the whole model through torch.compile (reference ops on the CPU)."""
+    result = train(short(tmp_path, epochs=1, compile=True))
+    assert result["test_acc"] > 0.5

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from pathlib import Path
 
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
 
@@ -24,7 +24,8 @@ def _train_parser(sub) -> None:
     )
     # every default is None so that we know what the user set (a resume may change only some)
     p.add_argument("--recipe", choices=sorted(RECIPES), help="preset of SPEC.md section 7 (default: digits)")
-    p.add_argument("--dataset", help="dataset name (default digits; a dataset with a recipe brings its recipe)")
+    p.add_argument("--dataset", help="digits (default), cifar10, cifar100, tiny-imagenet, cifar10-dvs, a Hub id "
+                                     "or a local folder; a dataset with a recipe brings its recipe")
     p.add_argument("--arch", help="architecture: resnet19, resnet18, vggsnn, vgg13, tiny")
     p.add_argument("-T", "--timesteps", type=int, help="simulation timesteps T (>= 1)")
     p.add_argument("--epochs", type=int, help="epochs; the cosine schedule spans them")
@@ -44,6 +45,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--out", help="output folder (default runs/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
+    p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
+                                       "cifar10-dvs the folder of per-class .aedat folders)")
+    p.add_argument("--image-column", help="image column of a Hub / local dataset")
+    p.add_argument("--label-column", help="label column of a Hub / local dataset")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -54,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}
-    fields.setdefault("out", f"runs/{fields['dataset']}")
+    fields.setdefault("out", f"runs/{Path(fields['dataset']).name}")
     cfg = TrainConfig(**fields)
     result = train(cfg, resume=args.resume, explicit=set(given))
     print(f"final test accuracy {result['test_acc']:.4f} (best {result['best_acc']:.4f}); "
@@ -67,6 +72,7 @@ def _eval_parser(sub) -> None:
                        description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
     p.add_argument("--checkpoint", required=True, help="a training output folder")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
+    p.add_argument("--data-path", help="local copy of the dataset (see mpdagl train --help)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
 
@@ -81,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     name = args.dataset or model.dataset
     if name is None:
         raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
-    dataset = data.load(name)
+    dataset = data.load(name, path=args.data_path, timesteps=model.timesteps)
     loader = data.Loader(dataset.test, dataset, args.batch_size, device, train=False)
     result = evaluate(TrainConfig(), model, loader, device)
     print(f"{args.checkpoint}: {name} test accuracy {result['test_acc']:.4f}, loss {result['test_loss']:.4f}")
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
         print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # data unavailable, diverged, disk problems
         print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

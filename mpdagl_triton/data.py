@@ -1,31 +1,48 @@
 """Datasets and batch loading for training.
 
-Every dataset is decoded once into uint8 tensors (``[N, C, H, W]`` images or ``[N, T, C, H, W]``
-event frames) plus int64 labels. :class:`Loader` batches them: on CUDA the whole split lives on
-the GPU and is shuffled there; on the CPU a ``DataLoader`` gathers batches (``workers`` processes).
-Shuffling and augmentation draw from a generator seeded by (seed, epoch), so an epoch's batches
-are the same whether or not the run was interrupted before it.
+Every dataset goes through one path: a Hugging Face ``datasets`` split is decoded once into uint8
+arrays (``[N, C, H, W]``) cached as Arrow next to the dataset, so later epochs and later runs never
+touch PIL; event data (CIFAR10-DVS) becomes float16 frames ``[N, T, 2, 48, 48]`` stored with
+``save_to_disk``. :class:`Loader` batches a split: on CUDA the whole split lives on the GPU and is
+shuffled and augmented there; on the CPU a ``DataLoader`` gathers batches (``workers`` processes).
+Shuffling draws from a generator seeded by (seed, epoch), so an epoch's batches are the same
+whether or not the run was interrupted before it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 from importlib import resources
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mpdagl_triton import augment as augmentations
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataUnavailableError(RuntimeError):
+    """A dataset could not be fetched or read."""
+
+
+class CorruptImageError(ValueError):
+    """An image in a dataset cannot be decoded."""
+
 
 @dataclasses.dataclass
 class Split:
-    images: Tensor  # uint8 [N, C, H, W] or [N, T, C, H, W]
+    images: Tensor  # uint8 [N, C, H, W] images, or float16 [N, T, C, H, W] event frames
     labels: Tensor  # int64 [N]
 
     def __post_init__(self):
-        if self.images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8, got {self.images.dtype}")
+        if self.images.dtype not in (torch.uint8, torch.float16):
+            raise TypeError(f"images must be uint8 (images) or float16 (event frames), got {self.images.dtype}")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -39,9 +56,9 @@ class Dataset:
     train: Split
     test: Split
     label_names: list[str]
-    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1]
+    mean: tuple[float, ...]  # per channel, of images scaled to [0, 1] (0 and 1 for event counts)
     std: tuple[float, ...]
-    augmentation: str = "none"  # "none" | "cifar" | "dvs" (applied to training batches)
+    augmentation: str = "none"  # see augment.build
 
     @property
     def num_classes(self) -> int:
@@ -64,47 +81,240 @@ class Dataset:
         return {"mean": list(self.mean), "std": list(self.std)}
 
 
-def _digits(**_: object) -> Dataset:
-    """scikit-learn's handwritten digits (1797 8x8 images, 0-16 ink levels), shipped with us.
-
-    Split deterministically: a fixed permutation (seed 0), the first 80% train, the rest test.
-    """
-    with resources.files("mpdagl_triton").joinpath("assets/digits.npz").open("rb") as f:
-        arrays = np.load(f, allow_pickle=False)
-        images = torch.from_numpy((arrays["images"].astype(np.float32) * (255.0 / 16.0)).round())
-        labels = torch.from_numpy(arrays["labels"].astype(np.int64))
-    images = images.to(torch.uint8).unsqueeze(1)  # [N, 1, 8, 8]
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    n_train = int(0.8 * len(labels))
-    train, test = order[:n_train], order[n_train:]
-    scaled = images[train].float() / 255
-    return Dataset(
-        name="digits",
-        train=Split(images[train], labels[train]),
-        test=Split(images[test], labels[test]),
-        label_names=[str(d) for d in range(10)],
-        mean=(round(scaled.mean().item(), 4),),
-        std=(round(scaled.std().item(), 4),),
-    )
+@dataclasses.dataclass(frozen=True)
+class HubDataset:
+    repo: str
+    image_column: str
+    label_column: str
+    test_split: str
+    augmentation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"digits": _digits}
+HUB_DATASETS = {
+    "cifar10": HubDataset("uoft-cs/cifar10", "img", "label", "test", "cifar", CIFAR_MEAN, CIFAR_STD),
+    "cifar100": HubDataset("uoft-cs/cifar100", "img", "fine_label", "test", "cifar", CIFAR_MEAN, CIFAR_STD),
+    "tiny-imagenet": HubDataset("zh-plus/tiny-imagenet", "image", "label", "valid", "crop-flip",
+                                IMAGENET_MEAN, IMAGENET_STD),
+}
+NAMED = ("digits", "cifar10", "cifar100", "tiny-imagenet", "cifar10-dvs")
+TEST_SPLITS = ("test", "valid", "validation")
 
 
 def available() -> list[str]:
-    return sorted(DATASETS)
+    """Named datasets; any Hub id ("user/name") or local folder in the Hub's layout works too."""
+    return list(NAMED)
 
 
-def load(name: str, **options) -> Dataset:
-    """Load dataset ``name`` (see :func:`available`)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available())}")
-    return DATASETS[name](**options)
+def is_known(name: str) -> bool:
+    return name in NAMED or "/" in name or os.path.isdir(name)
+
+
+def load(name: str, *, path: str | None = None, timesteps: int | None = None,
+         image_column: str | None = None, label_column: str | None = None) -> Dataset:
+    """Load a dataset by name, Hub id or local folder.
+
+    Args:
+        name: ``digits``, ``cifar10``, ``cifar100``, ``tiny-imagenet``, ``cifar10-dvs``, a Hub id
+            (``user/name``) or a local folder in the Hub's layout (parquet shards + README).
+        path: read a named dataset from this local folder instead of the Hub (for ``cifar10-dvs``:
+            the folder of per-class ``.aedat`` folders, required).
+        timesteps: frames per sample (``cifar10-dvs`` only).
+        image_column, label_column: override the columns (required when they can't be guessed).
+    """
+    if name == "digits":
+        return _from_hub_layout("digits", _digits_source(), "image", "label", "test", "none", None, None)
+    if name == "cifar10-dvs":
+        return _cifar10_dvs(path, timesteps)
+    spec = HUB_DATASETS.get(name)
+    if spec is None and not is_known(name):
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, "
+                         "or a Hub id (user/name) or a local folder")
+    source = _fetch(name, spec.repo if spec else name, path)
+    if spec is None:
+        return _from_hub_layout(name, source, image_column, label_column, None, "crop-flip", None, None)
+    return _from_hub_layout(name, source, image_column or spec.image_column,
+                            label_column or spec.label_column, spec.test_split, spec.augmentation,
+                            spec.mean, spec.std)
+
+
+def _fetch(name: str, repo: str, path: str | None):
+    import datasets
+
+    source = path or repo
+    try:
+        return datasets.load_dataset(source)
+    except Exception as exc:  # offline, missing, unreadable: one clear message
+        if path is not None:
+            raise DataUnavailableError(f"could not read dataset {name!r} from {path}: {exc}") from exc
+        raise DataUnavailableError(
+            f"could not fetch dataset {repo!r} ({name}) from the Hugging Face Hub, and there is no "
+            f"cached copy: {type(exc).__name__}: {exc}. To use a local copy, download it where you "
+            f"have network (`huggingface-cli download {repo} --repo-type dataset --local-dir DIR`) "
+            "and pass --data-path DIR (Python: data.load(name, path=DIR))."
+        ) from exc
+
+
+def _digits_source():
+    """scikit-learn's handwritten digits (1797 8x8 images, 0-16 ink levels), shipped with us, as a
+    Hub-style DatasetDict; split deterministically: a fixed permutation (seed 0), 80% train."""
+    import datasets
+
+    with resources.files("mpdagl_triton").joinpath("assets/digits.npz").open("rb") as f:
+        arrays = np.load(f, allow_pickle=False)
+        images = (arrays["images"].astype(np.float32) * (255.0 / 16.0)).round().astype(np.uint8)
+        labels = arrays["labels"].astype(np.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).numpy()
+    n_train = int(0.8 * len(labels))
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=[str(d) for d in range(10)])})
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"image": list(images[idx]), "label": labels[idx]}, features=features)
+        for split, idx in (("train", order[:n_train]), ("test", order[n_train:]))
+    })
+
+
+def _pick_column(split, given: str | None, kind: str, feature_type, fallbacks: tuple[str, ...]) -> str:
+    columns = list(split.features)
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"no {kind} column {given!r}; available columns: {', '.join(columns)}")
+        return given
+    typed = [c for c, f in split.features.items() if isinstance(f, feature_type)]
+    named = [c for c in fallbacks if c in columns]
+    if len(typed) == 1:
+        return typed[0]
+    if named:
+        return named[0]
+    raise ValueError(f"cannot tell which column holds the {kind}s; pass --{kind}-column "
+                     f"(available columns: {', '.join(columns)})")
+
+
+def _from_hub_layout(name, source, image_column, label_column, test_split, augmentation,
+                     mean, std) -> Dataset:
+    import datasets
+
+    if "train" not in source:
+        raise ValueError(f"dataset {name!r} has no 'train' split (splits: {', '.join(source)})")
+    test_split = test_split or next((s for s in TEST_SPLITS if s in source), None)
+    if test_split not in source:
+        raise ValueError(f"dataset {name!r} has no test split ({' / '.join(TEST_SPLITS)}); "
+                         f"splits: {', '.join(source)}")
+    train_raw = source["train"]
+    image_column = _pick_column(train_raw, image_column, "image", datasets.Image, ("img", "image"))
+    label_column = _pick_column(train_raw, label_column, "label", datasets.ClassLabel,
+                                ("label", "labels", "fine_label"))
+    if not isinstance(train_raw.features[image_column], datasets.Image):
+        raise ValueError(f"column {image_column!r} of {name!r} holds {train_raw.features[image_column]}, "
+                         f"not images; available columns: {', '.join(train_raw.features)}")
+    shape = _image_shape(name, train_raw, image_column)
+    train = _decode(name, "train", train_raw, image_column, label_column, shape)
+    test = _decode(name, test_split, source[test_split], image_column, label_column, shape)
+    label_feature = train_raw.features[label_column]
+    if isinstance(label_feature, datasets.ClassLabel):
+        label_names = list(label_feature.names)
+    else:
+        label_names = [str(i) for i in range(int(max(train.labels.max(), test.labels.max())) + 1)]
+    for split_name, split in (("train", train), (test_split, test)):
+        if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(label_names)):
+            raise ValueError(f"{name} {split_name}: labels outside [0, {len(label_names)})")
+    if mean is None:  # measured on the training images
+        scaled = train.images.float().div_(255)
+        mean = tuple(round(v, 4) for v in scaled.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(round(v, 4) for v in scaled.std(dim=(0, 2, 3)).tolist())
+    return Dataset(name, train, test, label_names, tuple(mean), tuple(std), augmentation)
+
+
+def _image_shape(name: str, split, column: str) -> tuple[int, int, int]:
+    """(C, H, W) from the first images: RGB unless every sampled image is greyscale."""
+    from PIL import Image
+
+    sample = split.cast_column(column, _undecoded()).select(range(min(16, len(split))))[column]
+    images = [_open(item, name, "train", i, Image) for i, item in enumerate(sample)]
+    channels = 1 if all(im.mode in ("L", "1", "I", "I;16") for im in images) else 3
+    width, height = images[0].size
+    return channels, height, width
+
+
+def _undecoded():
+    import datasets
+
+    return datasets.Image(decode=False)
+
+
+def _open(item: dict, name: str, split: str, index: int, image_module):
+    try:
+        if item.get("bytes"):
+            image = image_module.open(io.BytesIO(item["bytes"]))
+        else:
+            image = image_module.open(item["path"])
+        image.load()
+        return image
+    except Exception as exc:
+        raise CorruptImageError(f"{name} {split}: image {index} cannot be decoded: {exc}") from exc
+
+
+def _decode(name: str, split_name: str, split, image_column: str, label_column: str,
+            shape: tuple[int, int, int]) -> Split:
+    """uint8 ``[N, C, H, W]`` + int64 labels, decoded once and cached as Arrow by ``datasets``."""
+    import datasets
+    from PIL import Image
+
+    channels, height, width = shape
+    mode = "L" if channels == 1 else "RGB"
+
+    def decode(batch, indices):
+        pixels = []
+        for item, index in zip(batch[image_column], indices):
+            image = _open(item, name, split_name, index, Image).convert(mode)
+            if image.size != (width, height):
+                raise CorruptImageError(f"{name} {split_name}: image {index} is {image.size[0]}x{image.size[1]}, "
+                                        f"the others {width}x{height}")
+            array = np.asarray(image, dtype=np.uint8)
+            pixels.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+        return {"pixels": pixels, "label": batch[label_column]}
+
+    features = datasets.Features({"pixels": datasets.Array3D((channels, height, width), "uint8"),
+                                  "label": datasets.Value("int64")})
+    decoded = split.cast_column(image_column, _undecoded()).map(
+        decode, batched=True, with_indices=True, remove_columns=split.column_names,
+        features=features, desc=f"decoding {name} {split_name} (once)",
+    )
+    if len(decoded) != len(split):  # never train on a silently shortened split
+        raise DataUnavailableError(f"{name} {split_name}: decoded {len(decoded)} of {len(split)} images")
+    images = torch.from_numpy(decoded.with_format("numpy", dtype=np.uint8)[:]["pixels"])
+    labels = torch.from_numpy(decoded.with_format("numpy", dtype=np.int64)[:]["label"])
+    return Split(images, labels)
+
+
+def _cifar10_dvs(path: str | None, timesteps: int | None) -> Dataset:
+    from mpdagl_triton import events
+
+    if path is None:
+        raise DataUnavailableError(
+            "cifar10-dvs has no Hub copy: download the original release (one folder per class of "
+            ".aedat files) and pass --data-path DIR; see the README's data section")
+    if not timesteps or timesteps < 1:
+        raise ValueError("cifar10-dvs needs the number of frames (T >= 1)")
+    frames = events.build_frames_dataset(path, timesteps)
+    names = frames.features["label"].names
+    columns = frames.with_format("numpy", columns=["label", "train"])[:]
+    is_train = torch.from_numpy(columns["train"].astype(bool))
+    labels = torch.from_numpy(columns["label"].astype(np.int64))
+    images = torch.from_numpy(frames.with_format("numpy", columns=["frames"], dtype=np.float16)[:]["frames"])
+    zeros, ones = (0.0,) * 2, (1.0,) * 2  # event counts are fed as they are
+    return Dataset("cifar10-dvs", Split(images[is_train], labels[is_train]),
+                   Split(images[~is_train], labels[~is_train]), names, zeros, ones, "dvs")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The RNG of one epoch's shuffling and augmentation, independent of every other epoch."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class _Gather(torch.utils.data.Dataset):
@@ -121,18 +331,19 @@ class _Gather(torch.utils.data.Dataset):
 class Loader:
     """Batches ``(float images normalized on device, int64 labels)`` of one split.
 
-    Args:
-        augment: called on each training batch ``(uint8 images on device, generator)``; returns
-            float images in [0, 1]. None means plain scaling.
+    Training batches get the dataset's augmentation (see :mod:`mpdagl_triton.augment`) on the
+    device; every batch is then normalized by the dataset's mean and std.
     """
 
     def __init__(self, split: Split, dataset: Dataset, batch_size: int, device: torch.device,
-                 train: bool, workers: int = 0,
-                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+                 train: bool, workers: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
-        self.workers, self.augment = workers, augment
+        self.workers = workers
+        self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None
+        if self.augment is not None:
+            self.augment.to(device)
         shape = (1, 1, -1, 1, 1) if dataset.is_events else (1, -1, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).reshape(shape)
         self.std = torch.tensor(dataset.std, device=device).reshape(shape)
@@ -167,8 +378,10 @@ class Loader:
             yield images.to(self.device), labels.to(self.device)
 
     def _prepare(self, images: Tensor, gen: torch.Generator) -> Tensor:
-        if self.train and self.augment is not None:
+        if self.augment is not None:
             x = self.augment(images, gen)
-        else:
+        elif images.dtype == torch.uint8:
             x = images.float() / 255
+        else:
+            x = images.float()
         return (x - self.mean) / self.std

@@ -58,6 +58,9 @@ class TrainConfig:
     out: str = "runs/digits"
     workers: int = 0
     probe_size: int = 256
+    data_path: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
 
 
 #: SPEC.md section 7, the authors' recipes; the command line overrides any field.
@@ -75,7 +78,7 @@ RECIPES: dict[str, dict] = {
 }
 
 #: Fields a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size", "data_path")
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,8 +94,9 @@ def validate(cfg: TrainConfig) -> None:
     """Reject a configuration before any work starts, naming the bad field."""
     if cfg.arch not in models.available():
         raise ValueError(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
-    if cfg.dataset not in data.available():
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}")
+    if not data.is_known(cfg.dataset):
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}, "
+                         "or a Hub id (user/name) or a local folder")
     for name in ("timesteps", "epochs", "batch_size"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
@@ -274,6 +278,7 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     start = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    torch.manual_seed(data.epoch_seed(cfg.seed, epoch))  # kornia's draws: same epoch, same augmentation
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -373,7 +378,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    dataset = data.load(cfg.dataset)
+    dataset = data.load(cfg.dataset, path=cfg.data_path, timesteps=cfg.timesteps,
+                        image_column=cfg.image_column, label_column=cfg.label_column)
     model = build_model(cfg, dataset).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

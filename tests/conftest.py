@@ -1,10 +1,18 @@
-"""Run the Triton kernels through Triton's CPU interpreter when no CUDA device is present.
+"""Test environment: Triton's CPU interpreter when there is no CUDA device, and no network.
 
-TRITON_INTERPRET must be set before triton is first imported, which is why this happens here.
+TRITON_INTERPRET and the Hugging Face variables must be set before triton / datasets /
+huggingface_hub are first imported, which is why this happens here, at the top.
 """
 
 import os
 import sys
+import tempfile
+
+# never reach the network; a private cache so tests neither read nor fill the user's
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mpdagl-test-hf-")
+os.environ.pop("HF_TOKEN", None)
 
 import torch
 

@@ -1,0 +1,203 @@
+"""Data: Hub-layout datasets read offline, decode-once caching, CIFAR10-DVS events, augmentation."""
+
+import numpy as np
+import pytest
+import torch
+
+from fake_data import fake_cifar, fake_dvs, write_hub_dataset, random_images
+from mpdagl_triton import cli, data, events
+from mpdagl_triton.augment import EventAugment, ImageAugment
+
+
+def pixels(image) -> np.ndarray:
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return array.transpose(2, 0, 1)
+
+
+def test_cifar10_from_a_local_hub_layout(tmp_path):
+    root = fake_cifar(tmp_path / "cifar10")
+    ds = data.load("cifar10", path=str(root))
+    assert ds.train.images.shape == (24, 3, 32, 32) and ds.train.images.dtype == torch.uint8
+    assert ds.test.images.shape == (10, 3, 32, 32)
+    assert ds.train.labels.dtype == torch.int64
+    assert ds.label_names == [f"class{i}" for i in range(10)]
+    assert ds.mean == data.CIFAR_MEAN and ds.augmentation == "cifar"
+    import datasets
+
+    source = datasets.load_dataset(str(root))["train"]
+    assert np.array_equal(ds.train.images[3].numpy(), pixels(source[3]["img"]))
+    assert ds.train.labels.tolist() == source["label"]
+
+
+def test_cifar100_uses_the_fine_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    splits = {s: (random_images(n, 32, i), {"fine_label": rng.integers(0, 100, n).tolist(),
+                                             "coarse_label": rng.integers(0, 20, n).tolist()})
+              for i, (s, n) in enumerate((("train", 12), ("test", 6)))}
+    root = write_hub_dataset(tmp_path / "c100", "cifar100", splits, "img",
+                             {"fine_label": [f"f{i}" for i in range(100)],
+                              "coarse_label": [f"c{i}" for i in range(20)]})
+    ds = data.load("cifar100", path=str(root))
+    assert ds.num_classes == 100
+    assert ds.train.labels.tolist() == splits["train"][1]["fine_label"]
+
+
+def test_tiny_imagenet_greyscale_becomes_rgb(tmp_path):
+    root = fake_cifar(tmp_path / "tiny", n_train=9, n_test=4, classes=200, size=64, grey_every=3,
+                      test_split="valid", config="default", image_column="image")
+    ds = data.load("tiny-imagenet", path=str(root))
+    assert ds.train.images.shape == (9, 3, 64, 64) and ds.test.images.shape == (4, 3, 64, 64)
+    grey = ds.train.images[0]  # image 0 was saved as mode "L"
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    assert ds.augmentation == "crop-flip" and ds.mean == data.IMAGENET_MEAN
+
+
+def test_any_local_folder_with_named_columns(tmp_path):
+    rng = np.random.default_rng(1)
+    splits = {s: (random_images(n, 16, i), {"target": rng.integers(0, 3, n).tolist()})
+              for i, (s, n) in enumerate((("train", 8), ("validation", 4)))}
+    root = write_hub_dataset(tmp_path / "mine", "default", splits, "picture", {"target": ["a", "b", "c"]})
+    ds = data.load(str(root))
+    assert ds.train.images.shape == (8, 3, 16, 16) and ds.label_names == ["a", "b", "c"]
+    assert len(ds.mean) == 3 and all(0 < m < 1 for m in ds.mean)  # measured on the train images
+    with pytest.raises(ValueError, match="no image column 'img'; available columns: picture, target"):
+        data.load(str(root), image_column="img")
+    with pytest.raises(ValueError, match="no label column 'y'; available columns: picture, target"):
+        data.load(str(root), label_column="y")
+
+
+def test_decoded_once_then_read_from_the_arrow_cache(tmp_path, monkeypatch):
+    from PIL import Image
+
+    root = fake_cifar(tmp_path / "c10")
+    converted = []
+    real_convert = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda self, *a, **k: converted.append(1) or real_convert(self, *a, **k))
+    first = data.load("cifar10", path=str(root))
+    assert len(converted) == 34  # every train and test image decoded once
+    second = data.load("cifar10", path=str(root))
+    assert len(converted) == 34  # the second load reads the cached Arrow arrays
+    assert torch.equal(first.train.images, second.train.images)
+
+
+def test_corrupt_image_names_its_index(tmp_path):
+    import datasets
+
+    root = fake_cifar(tmp_path / "bad")
+    shard = root / "plain_text" / "train-00000-of-00001.parquet"
+    table = datasets.Dataset.from_parquet(str(shard))
+    rows = table.cast_column("img", datasets.Image(decode=False)).to_list()
+    rows[5]["img"] = {"bytes": b"not an image at all", "path": None}
+    features = datasets.Features({"img": datasets.Image(), "label": table.features["label"]})
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(shard))
+    with pytest.raises(data.CorruptImageError, match="cifar10 train: image 5 cannot be decoded"):
+        data.load("cifar10", path=str(root))
+
+
+def test_offline_without_a_cached_copy():
+    with pytest.raises(data.DataUnavailableError, match="could not fetch dataset 'uoft-cs/cifar10'.*--data-path"):
+        data.load("cifar10")
+
+
+def test_unknown_dataset_lists_the_names(capsys, tmp_path):
+    assert cli.main(["train", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
+    assert "unknown dataset 'mnist'; available: digits, cifar10, cifar100, tiny-imagenet, cifar10-dvs" in \
+        capsys.readouterr().err
+
+
+# -- CIFAR10-DVS -------------------------------------------------------------------------------
+
+
+def test_aedat_round_trip_and_equal_count_frames(tmp_path):
+    t = np.array([5, 1, 3, 7, 2, 9])
+    x = np.array([0, 1, 2, 3, 127, 5])
+    y = np.array([10, 11, 12, 13, 0, 15])
+    p = np.array([1, 0, 1, 1, 0, 0])
+    events.write_aedat(tmp_path / "a.aedat", t, x, y, p)
+    read = events.read_aedat(tmp_path / "a.aedat")
+    assert read["t"].tolist() == t.tolist() and read["x"].tolist() == x.tolist()
+    assert read["y"].tolist() == y.tolist() and read["p"].tolist() == p.tolist()
+    frames = events.to_frames(read, timesteps=2, size=128)
+    assert frames.shape == (2, 2, 128, 128)
+    assert frames.sum().item() == 6 and frames[0].sum() == 3 and frames[1].sum() == 3  # equal counts
+    # earliest three by time: t=1 (x=1, y=11, p=0), t=2 (x=127, y=0, p=0), t=3 (x=2, y=12, p=1)
+    assert frames[0, 1, 127 - 1, 127 - 11] == 1  # OFF -> channel 1, row 127-x, col 127-y
+    assert frames[0, 1, 0, 127] == 1
+    assert frames[0, 0, 127 - 2, 127 - 12] == 1
+    small = events.to_frames(read, timesteps=2)
+    assert small.shape == (2, 2, 48, 48)
+    # area resize: each output pixel is the mean of its (overlapping) window of input pixels
+    torch.testing.assert_close(small, torch.nn.functional.adaptive_avg_pool2d(frames, 48))
+    # the event at (row 126, col 116) falls in output (47, 43), whose window is rows 125-127, cols 114-117
+    assert small[0, 1, 47, 43] == pytest.approx(frames[0, 1, 125:128, 114:118].mean().item())
+    assert small[0, 1, 47, 43] == pytest.approx(1 / 12)
+
+
+def test_truncated_aedat_file(tmp_path):
+    events.write_aedat(tmp_path / "a.aedat", [1, 2], [3, 4], [5, 6], [0, 1])
+    data_bytes = (tmp_path / "a.aedat").read_bytes()
+    (tmp_path / "a.aedat").write_bytes(data_bytes[:-3])
+    with pytest.raises(events.EventFileError, match="not a whole number of 8-byte events"):
+        events.read_aedat(tmp_path / "a.aedat")
+
+
+def test_cifar10_dvs_split_and_cache(tmp_path):
+    root = fake_dvs(tmp_path / "dvs")
+    ds = data.load("cifar10-dvs", path=str(root), timesteps=3)
+    assert ds.label_names == ["airplane", "automobile"]
+    assert ds.train.images.shape == (18, 3, 2, 48, 48) and ds.test.images.shape == (2, 3, 2, 48, 48)
+    assert ds.train.images.dtype == torch.float16 and ds.augmentation == "dvs"
+    assert ds.test.labels.tolist() == [0, 1]  # file 9 of each class
+    expected = events.to_frames(events.read_aedat(root / "automobile" / "cifar10_automobile_9.aedat"), 3)
+    torch.testing.assert_close(ds.test.images[1].float(), expected, atol=1e-2, rtol=1e-2)
+    assert (root / ".mpdagl-frames-T3-48").is_dir()
+    (root / "airplane" / "cifar10_airplane_0.aedat").unlink()  # the stored frames are reused
+    again = data.load("cifar10-dvs", path=str(root), timesteps=3)
+    assert torch.equal(again.train.images, ds.train.images)
+    with pytest.raises(data.DataUnavailableError, match="no Hub copy"):
+        data.load("cifar10-dvs", timesteps=3)
+
+
+# -- augmentation and loading --------------------------------------------------------------------
+
+
+def test_image_augmentation_per_sample_and_reproducible():
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    aug = ImageAugment(32, padding=4, autoaugment=True)
+    torch.manual_seed(0)
+    a = aug(images, torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    b = aug(images, torch.Generator().manual_seed(1))
+    assert a.shape == (32, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, images.float() / 255)
+
+
+def test_event_augmentation_is_a_flip_and_a_roll():
+    frames = torch.rand(6, 2, 2, 10, 12)
+    out = EventAugment(5)(frames, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)  # replay the draws
+    flips = torch.rand(6, generator=gen) < 0.5
+    shifts = torch.randint(-5, 6, (2, 6), generator=gen)
+    for b in range(6):
+        x = frames[b].flip(-1) if flips[b] else frames[b]
+        expected = torch.roll(x, shifts=(int(shifts[0, b]), int(shifts[1, b])), dims=(-2, -1))
+        assert torch.equal(out[b], expected)
+
+
+def test_cpu_loader_workers_give_the_same_batches():
+    ds = data.load("digits")
+    one = data.Loader(ds.train, ds, 64, torch.device("cpu"), train=True, workers=0)
+    two = data.Loader(ds.train, ds, 64, torch.device("cpu"), train=True, workers=2)
+    for (x1, y1), (x2, y2) in zip(one.epoch(7, 3), two.epoch(7, 3)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert len(one) == len(ds.train) // 64
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar10-dvs"])
+def test_train_command_on_fake_data(tmp_path, capsys, dataset):
+    root = fake_cifar(tmp_path / "src") if dataset == "cifar10" else fake_dvs(tmp_path / "src")
+    argv = ["train", "--dataset", dataset, "--data-path", str(root), "--arch", "tiny", "-T", "2",
+            "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "final test accuracy" in capsys.readouterr().out

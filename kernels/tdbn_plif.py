@@ -55,10 +55,11 @@ PI = tl.constexpr(math.pi)
 
 
 @triton.jit
-def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan,
+def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
           CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
           INT64: tl.constexpr):
-    """This program's tile: offsets within one timestep, mask, and its channel index and mask.
+    """This program's tile: offsets within one timestep, mask, its channel index and mask, and
+    the T strides (64-bit when offsets may pass 2**31: t * stride can, even when a stride fits).
 
     The channel index is ``[1, 1]`` (channel-major: one channel per program) or ``[1, BLOCK_K]``
     (channels-last), so per-channel loads and sums broadcast against the tile either way.
@@ -85,7 +86,10 @@ def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan,
             offs += pid1.to(tl.int64) * stride_chan
         else:
             offs += pid1 * stride_chan
-    return offs, mask, chans, chans < n_chan
+    if INT64:
+        x_stride_t = x_stride_t.to(tl.int64)
+        stride_t = stride_t.to(tl.int64)
+    return offs, mask, chans, chans < n_chan, x_stride_t, stride_t
 
 
 @triton.jit
@@ -103,6 +107,19 @@ def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask, eps, vth, 
     scale = gamma * (alpha * vth) * rstd
     shift = beta - mean * scale
     return scale, shift, mean, rstd
+
+
+@triton.jit
+def _lif_step(x_ptr, res_ptr, x_off, off, mask, scale, shift, tau, v, s, vth,
+              HAS_RESIDUAL: tl.constexpr, COMPUTE: tl.constexpr):
+    """One timestep: load x_t, normalize + affine (+ residual), V_t = tau V (1 - S) + y, fire."""
+    x = tl.load(x_ptr + x_off, mask=mask, other=0).to(COMPUTE)
+    y = x * scale + shift
+    if HAS_RESIDUAL:
+        y += tl.load(res_ptr + off, mask=mask, other=0).to(COMPUTE)
+    v = tau * v * (1.0 - s) + y
+    s = tl.where(v >= vth, 1.0, 0.0).to(COMPUTE)
+    return x, v, s
 
 
 @triton.jit
@@ -133,10 +150,9 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
                           x_stride_t, stride_row, stride_chan,
                           T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
-                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
-    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
-        x_stride_t = x_stride_t.to(tl.int64)
+    offs, mask, chans, chan_mask, x_stride_t, _ = _tile(
+        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, x_stride_t,
+        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     # per-channel sums keep a [1, BLOCK_K] (channels-last) or [1, 1] shape: they broadcast back
     count = tl.sum(mask.to(COMPUTE), axis=0, keep_dims=True)
     if not CHANNELS_LAST:
@@ -204,23 +220,17 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
                     T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
-    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
-                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
-    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
-        x_stride_t = x_stride_t.to(tl.int64)
-        stride_t = stride_t.to(tl.int64)
+    offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
+        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
+        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        y = x * scale + shift
-        if HAS_RESIDUAL:
-            y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        v = tau * v * (1.0 - s) + y
-        s = tl.where(v >= vth, 1.0, 0.0).to(COMPUTE)
+        x, v, s = _lif_step(x_ptr, res_ptr, t * x_stride_t + offs, t * stride_t + offs, mask,
+                            scale, shift, tau, v, s, vth, HAS_RESIDUAL, COMPUTE)
         tl.store(out_ptr + t * stride_t + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -234,11 +244,9 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                      WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                      INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    offs, mask, chans, chan_mask = _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row,
-                                         stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
-    if INT64:  # t * stride may pass 2**31 even when each stride fits in 32 bits
-        x_stride_t = x_stride_t.to(tl.int64)
-        stride_t = stride_t.to(tl.int64)
+    offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
+        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
+        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
@@ -251,12 +259,8 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        y = x * scale + shift
-        if HAS_RESIDUAL:
-            y += tl.load(res_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        v = tau * v * (1.0 - s) + y
-        s = tl.where(v >= vth, 1.0, 0.0).to(COMPUTE)
+        x, v, s = _lif_step(x_ptr, res_ptr, t * x_stride_t + offs, t * stride_t + offs, mask,
+                            scale, shift, tau, v, s, vth, HAS_RESIDUAL, COMPUTE)
         xs = xs + (x,)
         vs = vs + (v,)
 

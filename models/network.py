@@ -115,9 +115,20 @@ class SpikingNetwork(
         self._save_pretrained(save_directory)
         atomic_write_json(save_directory / CONFIG_NAME, config or self.config)
         if push_to_hub:
-            return self.push_to_hub(repo_id=repo_id or save_directory.name, config=config or self.config,
-                                    **push_kwargs)
+            return self.push_to_hub(repo_id or save_directory.name, **push_kwargs)
         return None
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool = False,
+                    token: str | None = None, branch: str | None = None, **_ignored) -> str:
+        """Upload this model (weights, config, a generated model card) to the Hub; returns the commit URL."""
+        import tempfile
+
+        from mpdagl_triton.hub import push
+
+        with tempfile.TemporaryDirectory(prefix="mpdagl-model-") as folder:
+            self.save_pretrained(folder)
+            return push(folder, repo_id, private=private, revision=branch,
+                        commit_message=commit_message, token=token)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_tensors(Path(save_directory) / WEIGHTS_NAME, self.state_dict(),

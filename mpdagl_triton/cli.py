@@ -2,6 +2,7 @@
 
     mpdagl train [options]          train (no options: the embedded digits default)
     mpdagl eval --checkpoint DIR    re-evaluate a saved model on its dataset's test split
+    mpdagl push DIR --repo-id NAME  upload a training folder with a model card to the Hub
 """
 
 from __future__ import annotations
@@ -94,18 +95,40 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push_parser(sub) -> None:
+    p = sub.add_parser("push", help="upload a training folder to the Hugging Face Hub",
+                       description="Upload DIR's model.safetensors, config.json, metrics.jsonl, plots "
+                                   "and a generated model card (README.md). Token: HF_TOKEN or the "
+                                   "stored `huggingface-cli login`.")
+    p.add_argument("folder", metavar="DIR", help="a training output folder")
+    p.add_argument("--repo-id", required=True, help="user/name of the model repo (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (created if missing)")
+    p.add_argument("--commit-message", help="commit message")
+
+
+def _push(args: argparse.Namespace) -> int:
+    from mpdagl_triton.hub import push
+
+    url = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
+               commit_message=args.commit_message)
+    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpdagl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     _train_parser(sub)
     _eval_parser(sub)
+    _push_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return {"train": _train, "eval": _eval}[args.command](args)
+        return {"train": _train, "eval": _eval, "push": _push}[args.command](args)
     except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
         print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,158 @@
+"""Publishing to and loading from the Hub, without the network: uploads are intercepted, and
+downloads are served from a local folder laid out like the Hub cache."""
+
+import hashlib
+import shutil
+from pathlib import Path
+from unittest.mock import MagicMock
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard, constants
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+import mpdagl_triton as M
+from mpdagl_triton import cli, hub
+from mpdagl_triton.checkpoint import CheckpointError
+from mpdagl_triton.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hub") / "digits"
+    train(TrainConfig(out=str(out), epochs=1))
+    return out
+
+
+class FakeHub:
+    """Records create_repo / create_branch / upload_folder and keeps a copy of each upload."""
+
+    def __init__(self, monkeypatch, tmp_path, fail_with=None):
+        self.calls, self.uploads, self.fail_with, self.root = [], [], fail_with, tmp_path / "uploads"
+
+        def create_repo(api, repo_id, **kwargs):
+            self.calls.append(("create_repo", repo_id, kwargs, api.token))
+            if self.fail_with is not None:
+                raise self.fail_with
+
+        def create_branch(api, repo_id, **kwargs):
+            self.calls.append(("create_branch", repo_id, kwargs, api.token))
+
+        def upload_folder(api, *, folder_path, repo_id, revision=None, commit_message=None, **kwargs):
+            copy = self.root / str(len(self.uploads))
+            shutil.copytree(folder_path, copy)
+            files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
+            self.uploads.append({"repo_id": repo_id, "revision": revision, "message": commit_message,
+                                 "files": files, "folder": copy})
+            return MagicMock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        monkeypatch.setattr(HfApi, "create_branch", create_branch)
+        monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+
+def serve_from_cache(repo_id: str, folder: Path, revision: str = "main") -> None:
+    """Lay ``folder`` out in the local Hub cache as ``repo_id`` at ``revision``."""
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+
+
+def test_push_uploads_exactly_the_model_files_and_a_card(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fake = FakeHub(monkeypatch, tmp_path)
+    (trained / "analysis").mkdir(exist_ok=True)
+    (trained / "analysis" / "firing_rate.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    argv = ["push", str(trained), "--repo-id", "me/digits-snn", "--private", "--revision", "exp1",
+            "--commit-message", "first model"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "pushed" in capsys.readouterr().out
+    (trained / "analysis" / "firing_rate.png").unlink()
+    assert fake.calls[0] == ("create_repo", "me/digits-snn",
+                             {"private": True, "exist_ok": True, "repo_type": "model"}, "hf_test_token")
+    assert fake.calls[1][:3] == ("create_branch", "me/digits-snn", {"branch": "exp1", "exist_ok": True})
+    (upload,) = fake.uploads
+    assert upload["revision"] == "exp1" and upload["message"] == "first model"
+    assert upload["files"] == ["README.md", "analysis/firing_rate.png", "config.json", "metrics.jsonl",
+                               "model.safetensors"]
+    assert (upload["folder"] / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
+    card = ModelCard((upload["folder"] / "README.md").read_text())
+    assert card.data.library_name == "mpdagl-triton" and card.data.license == "mit"
+    assert {"spiking-neural-network", "snn", "mpd-agl", "digits"} <= set(card.data.tags)
+    last = [l for l in (trained / "metrics.jsonl").read_text().splitlines()][-1]
+    accuracy = round(100 * __import__("json").loads(last)["test_acc"], 2)
+    assert card.data.eval_results[0].metric_value == accuracy
+    assert "| `body.stem.neuron` |" in card.text and 'mpdagl_triton.load("me/digits-snn")' in card.text
+    assert "@inproceedings{jiang2025mpdagl" in card.text
+
+
+def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fake = FakeHub(monkeypatch, tmp_path)
+    hub.push(trained, "me/roundtrip")
+    serve_from_cache("me/roundtrip", fake.uploads[0]["folder"])
+    from_hub = M.load("me/roundtrip")
+    local = M.load(trained)
+    x = torch.rand(6, 1, 8, 8)
+    assert torch.equal(from_hub(x), local(x))
+    assert not from_hub.training
+
+
+def test_push_to_hub_from_python(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fake = FakeHub(monkeypatch, tmp_path)
+    model = M.models.create("tiny", 10, 2, in_channels=1, input_size=8, dataset="digits")
+    url = model.push_to_hub("me/fresh", commit_message="hello", branch="dev")
+    assert url.endswith("/commit/abc")
+    (upload,) = fake.uploads
+    assert upload["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert upload["revision"] == "dev" and upload["message"] == "hello"
+
+
+def test_missing_token(trained, monkeypatch, capsys):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert cli.main(["push", str(trained), "--repo-id", "me/x"]) == 1
+    assert "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`" in capsys.readouterr().err
+
+
+def test_rejected_token(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_bad")
+    response = MagicMock(status_code=401, headers={})
+    FakeHub(monkeypatch, tmp_path, fail_with=HfHubHTTPError("401 Client Error: Unauthorized", response=response))
+    with pytest.raises(hub.HubError, match=r"rejected the token \(401\)"):
+        hub.push(trained, "me/x")
+
+
+def test_missing_repo_revision_and_offline(monkeypatch):
+    with pytest.raises(hub.HubError, match="not in the local cache and the Hub cannot be reached"):
+        M.load("me/never-pushed")
+    response = MagicMock(status_code=404, headers={})
+
+    def missing_repo(*args, **kwargs):
+        raise RepositoryNotFoundError("404", response=response)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", missing_repo)
+    with pytest.raises(hub.HubError, match="no Hub repo me/nothing"):
+        M.load("me/nothing")
+
+    def missing_revision(*args, **kwargs):
+        raise RevisionNotFoundError("404", response=response)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", missing_revision)
+    with pytest.raises(hub.HubError, match="has no revision 'v9'"):
+        M.load("me/model", revision="v9")
+
+
+def test_files_of_another_library(tmp_path):
+    foreign = tmp_path / "bert"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"architectures": ["BertModel"], "model_type": "bert"}')
+    (foreign / "model.safetensors").write_bytes(b"")
+    serve_from_cache("someone/bert", foreign)
+    with pytest.raises(CheckpointError, match="not written by mpdagl-triton"):
+        M.load("someone/bert")
+    with pytest.raises(CheckpointError, match="neither a folder nor a Hub repo id"):
+        M.load("no/such/folder/here")

@@ -3,6 +3,8 @@
     mpdagl train [options]          train (no options: the embedded digits default)
     mpdagl eval --checkpoint DIR    re-evaluate a saved model on its dataset's test split
     mpdagl push DIR --repo-id NAME  upload a training folder with a model card to the Hub
+    mpdagl analyze DIR [--compare DIR2 ...]   figures of the paper's quantities
+    mpdagl energy DIR               the paper's energy estimate (Table 2)
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
     p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
                                        "cifar10-dvs the folder of per-class .aedat folders)")
+    p.add_argument("--probe-size", type=int, help="test images probed once per epoch for the per-layer "
+                                                   "statistics (default 128)")
     p.add_argument("--image-column", help="image column of a Hub / local dataset")
     p.add_argument("--label-column", help="label column of a Hub / local dataset")
 
@@ -116,6 +120,50 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="figures of the paper's quantities for a training folder",
+                       description="Write PNG figures (tdBN scale/shift, firing rate, gradient-available "
+                                   "proportion, surrogate width, Theorems 1-2) and summary.json into "
+                                   "DIR/analysis (or --out).")
+    p.add_argument("folder", metavar="DIR", help="a training output folder")
+    p.add_argument("--compare", nargs="+", default=[], metavar="DIR2",
+                   help="overlay these runs on loss, accuracy and gradient-available proportion")
+    p.add_argument("--out", help="where to write (default DIR/analysis)")
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from mpdagl_triton.analysis import analyze
+
+    summary = analyze(args.folder, args.compare, args.out)
+    out = Path(args.out) if args.out else Path(args.folder) / "analysis"
+    for name in summary["files"].values():
+        print(out / name)
+    print(out / "summary.json")
+    return 0
+
+
+def _energy_parser(sub) -> None:
+    p = sub.add_parser("energy", help="the paper's energy estimate (Table 2) for a training folder",
+                       description="#Add = sum over spiking layers of input rate x T x MACs; #Mult = T x "
+                                   "(encoding + readout MACs); E = 0.9 pJ #Add + 4.6 pJ #Mult, against "
+                                   "the iso-ANN's 4.6 pJ per MAC. Rates come from the last epoch's probe.")
+    p.add_argument("folder", metavar="DIR", help="a training output folder")
+
+
+def _energy(args: argparse.Namespace) -> int:
+    from mpdagl_triton.analysis import energy, read_run
+
+    rows, config = read_run(args.folder)
+    if not rows[-1].get("synapses"):
+        raise ValueError(f"{args.folder}/metrics.jsonl has no per-layer synapse statistics")
+    e = energy(rows[-1]["synapses"], config["timesteps"])
+    print(f"{args.folder} (epoch {rows[-1]['epoch']}, T = {config['timesteps']}):")
+    print(f"  SNN     #Add {e['adds'] / 1e6:10.2f} M   #Mult {e['mults'] / 1e6:8.2f} M   energy {e['snn_mj']:.4f} mJ")
+    print(f"  iso-ANN  MACs {e['ann_macs'] / 1e6:9.2f} M                     energy {e['ann_mj']:.4f} mJ")
+    print(f"  SNN / ANN energy {e['ratio']:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mpdagl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,12 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     _train_parser(sub)
     _eval_parser(sub)
     _push_parser(sub)
+    _analyze_parser(sub)
+    _energy_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return {"train": _train, "eval": _eval, "push": _push}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "push": _push, "analyze": _analyze, "energy": _energy}
+        return commands[args.command](args)
     except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
         print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mpdagl_triton import __version__, data, models
+from mpdagl_triton import __version__, analysis, data, models
 from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_json, atomic_write_text,
                                       load_tensors, save_tensors)
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 2025
     out: str = "runs/digits"
     workers: int = 0
-    probe_size: int = 256
+    probe_size: int = 128
     data_path: str | None = None
     image_column: str | None = None
     label_column: str | None = None
@@ -333,26 +333,6 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device) -> dict:
     return {"test_loss": total_loss.item() / seen, "test_acc": correct.item() / seen}
 
 
-@torch.no_grad()
-def layer_stats(model: models.SpikingNetwork, probe: torch.Tensor) -> list[dict]:
-    """Per spiking layer: tau, surrogate widths and firing rate on a fixed probe batch (eval mode)."""
-    model.eval()
-    rates: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda m, args, out, name=name: rates.__setitem__(name, out.float().mean()))
-             for name, module in model.neurons()]
-    try:
-        model(probe)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    rows = []
-    for name, module in model.neurons():
-        k_first, k_rest = module.kappas()
-        rows.append({"layer": name, "tau": float(module.tau.detach()), "kappa_first": float(k_first),
-                     "kappa_rest": float(k_rest), "firing_rate": float(rates[name])})
-    return rows
-
-
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +389,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
         row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device, epoch))
         scheduler.step()
         row.update(evaluate(cfg, step_model, test_loader, device))
-        row["layers"] = layer_stats(model, probe)
+        row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
         best_acc = max(best_acc, row["test_acc"])
         log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
             f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")

@@ -2,6 +2,7 @@
 
     python -m bench.data                                  # digits (embedded)
     python -m bench.data --dataset cifar10 --data-path DIR --batch-size 100 --json out.json
+    python -m bench.data --synthetic 50000          # CIFAR-10-shaped random images, full augmentation
 
 On CUDA the split lives on the GPU; on the CPU batches come through a DataLoader.
 """
@@ -26,12 +27,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=2, help="the first is warm-up")
+    parser.add_argument("--synthetic", type=int, metavar="N",
+                        help="N random 3x32x32 uint8 images with the CIFAR augmentation (no download)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
     t0 = time.perf_counter()
-    dataset = data.load(args.dataset, path=args.data_path, timesteps=args.timesteps)
+    if args.synthetic:
+        images = torch.randint(0, 256, (args.synthetic, 3, 32, 32), dtype=torch.uint8)
+        labels = torch.randint(0, 10, (args.synthetic,))
+        split = data.Split(images, labels)
+        dataset = data.Dataset("synthetic-cifar", split, data.Split(images[:10000], labels[:10000]),
+                               [str(i) for i in range(10)], data.CIFAR_MEAN, data.CIFAR_STD, "cifar")
+        args.dataset = dataset.name
+    else:
+        dataset = data.load(args.dataset, path=args.data_path, timesteps=args.timesteps)
     load_s = time.perf_counter() - t0
     rows = []
     for train in (True, False):

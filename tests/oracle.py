@@ -9,6 +9,9 @@ import torch
 import mpdagl_triton as M
 from mpdagl_triton import reference
 
+#: where the Triton path runs: CUDA when present (the GPU check), else the CPU interpreter
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 @dataclasses.dataclass
 class Case:
@@ -49,7 +52,7 @@ def make_inputs(case: Case) -> dict:
     if case.residual:
         res = (torch.randn(case.shape, generator=g, dtype=torch.float64) * 0.5).to(case.dtype)
         inputs["residual"] = to_channels_last(res) if case.channels_last else res
-    return inputs
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 DIFFERENTIABLE = ("x", "gamma", "beta", "rho", "residual")
@@ -91,7 +94,7 @@ def membrane_margin(case: Case, inputs: dict) -> torch.Tensor:
         running_mean=inputs["running_mean"].double(), running_var=inputs["running_var"].double(),
         training=case.training, vth=0.5,
     )
-    tau = torch.sigmoid(inputs["rho"].double()) if case.learn_tau else torch.tensor(0.3, dtype=torch.float64)
+    tau = torch.sigmoid(inputs["rho"].double()) if case.learn_tau else 0.3
     v = torch.zeros_like(y[0])
     s = torch.zeros_like(y[0])
     margins = []

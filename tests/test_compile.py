@@ -6,24 +6,25 @@ from torch import nn
 
 from mpdagl_triton import TdBNPLIF, kappas
 from mpdagl_triton.ops import _bwd_op, _fwd_op
-from oracle import to_channels_last
+from oracle import DEVICE, to_channels_last
 
 
 def _fwd_args(x, residual=None, running=False):
     C = x.shape[2]
-    gamma = torch.rand(C, dtype=torch.float64).add_(0.5).requires_grad_()
-    beta = torch.randn(C, dtype=torch.float64).mul_(0.3).requires_grad_()
-    rho = torch.tensor(-1.0, dtype=torch.float64, requires_grad=True)
+    f64 = dict(dtype=torch.float64, device=DEVICE)
+    gamma = torch.rand(C, **f64).add_(0.5).requires_grad_()
+    beta = torch.randn(C, **f64).mul_(0.3).requires_grad_()
+    rho = torch.tensor(-1.0, **f64, requires_grad=True)
     tau = torch.sigmoid(rho.detach()).requires_grad_()
     k1, kr = kappas(gamma, rho)
-    rm = torch.zeros(C, dtype=torch.float64) if running else None
-    rv = torch.ones(C, dtype=torch.float64) if running else None
+    rm = torch.zeros(C, **f64) if running else None
+    rv = torch.ones(C, **f64) if running else None
     return (x, gamma, beta, tau, k1, kr, residual, rm, rv, 1e-5, 0.5, 1.0, "rect")
 
 
 @pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
 def test_opcheck_forward(variant):
-    x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64)
+    x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
     if variant == "channels_last":
         x = to_channels_last(x)
     x.requires_grad_()
@@ -33,7 +34,7 @@ def test_opcheck_forward(variant):
 
 @pytest.mark.parametrize("batch_stats", [True, False])
 def test_opcheck_backward(batch_stats):
-    x = torch.randn(3, 2, 4, 6, dtype=torch.float64)
+    x = torch.randn(3, 2, 4, 6, dtype=torch.float64, device=DEVICE)
     x_, gamma, beta, tau, k1, kr, *_ = _fwd_args(x)
     residual = torch.randn_like(x)
     mean, var = x.mean(dim=(0, 1, 3)), x.var(dim=(0, 1, 3), unbiased=False)
@@ -59,12 +60,12 @@ class TwoLayer(nn.Module):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_compile_fullgraph_equals_eager(backend):
     torch.manual_seed(0)
-    eager = TwoLayer(backend).double()
-    compiled_model = TwoLayer(backend).double()
+    eager = TwoLayer(backend).double().to(DEVICE)
+    compiled_model = TwoLayer(backend).double().to(DEVICE)
     compiled_model.load_state_dict(eager.state_dict())
     compiled = torch.compile(compiled_model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(3, 2, 2, 6, 6, dtype=torch.float64) * 2
-    grad = torch.randn(3, 2, 6, 6, 6, dtype=torch.float64)
+    x = torch.randn(3, 2, 2, 6, 6, dtype=torch.float64, device=DEVICE) * 2
+    grad = torch.randn(3, 2, 6, 6, 6, dtype=torch.float64, device=DEVICE)
     out_eager = eager(x)
     out_compiled = compiled(x)
     assert torch.equal(out_eager, out_compiled)
@@ -80,13 +81,13 @@ def test_compile_inductor_no_graph_breaks():
     """The inductor backend too, counting graphs: one forward graph means no break."""
     torch._dynamo.reset()
     torch.manual_seed(1)
-    model = TwoLayer("triton")
-    reference_model = TwoLayer("triton")
+    model = TwoLayer("triton").to(DEVICE)
+    reference_model = TwoLayer("triton").to(DEVICE)
     reference_model.load_state_dict(model.state_dict())
     counters = torch._dynamo.utils.counters
     counters.clear()
     compiled = torch.compile(model, fullgraph=True)
-    x = torch.randn(2, 2, 2, 5, 5)
+    x = torch.randn(2, 2, 2, 5, 5, device=DEVICE)
     out = compiled(x)
     out.sum().backward()
     assert counters["stats"]["unique_graphs"] == 1

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mpdagl_triton import TdBNPLIF, models
+from oracle import DEVICE
 
 SMALL = {  # (in_channels, input_size) small enough for the CPU
     "resnet19": (3, 8), "resnet18": (3, 16), "vggsnn": (2, 16), "vgg13": (3, 32), "tiny": (1, 8),
@@ -85,10 +86,10 @@ def test_compiled_fused_model_matches_the_reference():
     torch._dynamo.reset()
     torch.manual_seed(0)
     fused = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="triton")
-    fused = fused.to(memory_format=torch.channels_last)
-    plain = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="torch")
+    fused = fused.to(DEVICE, memory_format=torch.channels_last)
+    plain = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="torch").to(DEVICE)
     plain.load_state_dict(fused.state_dict())
-    x = torch.rand(2, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 8, 8, device=DEVICE).contiguous(memory_format=torch.channels_last)
     logits = torch.compile(fused, fullgraph=True, backend="aot_eager")(x)
     expected = plain(x)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

@@ -75,9 +75,13 @@ def test_backend_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert M.resolve_backend("auto", cpu) == "torch"  # auto = reference on CPU
     assert M.resolve_backend("torch", cpu) == "torch"
-    assert M.resolve_backend("triton", cpu) == "triton"  # the interpreter is on in tests
+    if torch.cuda.is_available():
+        assert M.resolve_backend("auto", torch.device("cuda")) == "triton"
+    else:  # the interpreter is on in tests without CUDA
+        assert M.resolve_backend("triton", cpu) == "triton"
+        monkeypatch.setenv("MPDAGL_BACKEND", "triton")
+        assert M.resolve_backend("auto", cpu) == "triton"
     monkeypatch.setenv("MPDAGL_BACKEND", "triton")
-    assert M.resolve_backend("auto", cpu) == "triton"
     assert M.resolve_backend("torch", cpu) == "torch"  # an explicit argument wins
     monkeypatch.setenv("MPDAGL_BACKEND", "fast")
     with pytest.raises(ValueError, match="unknown MPDAGL_BACKEND 'fast'"):
@@ -86,12 +90,16 @@ def test_backend_resolution(monkeypatch):
 
 def test_env_backend_selects_triton(monkeypatch):
     """MPDAGL_BACKEND=triton routes auto through the custom op (visible in the autograd graph)."""
-    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    from oracle import DEVICE
+
+    x = torch.randn(2, 3, 4, 5, device=DEVICE, requires_grad=True)
+    on = dict(gamma=torch.ones(4, device=DEVICE), beta=torch.zeros(4, device=DEVICE),
+              rho=torch.tensor(-1.0, device=DEVICE))
     monkeypatch.setenv("MPDAGL_BACKEND", "triton")
-    spikes = call("auto", x=x)
+    spikes = call("auto", x=x, **on)
     assert "mpdagl_tdbn_plif_fwd" in spikes.grad_fn.name()
     monkeypatch.setenv("MPDAGL_BACKEND", "torch")
-    assert "mpdagl" not in call("auto", x=x).grad_fn.name()
+    assert "mpdagl" not in call("auto", x=x, **on).grad_fn.name()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without CUDA")

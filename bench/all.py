@@ -1,0 +1,35 @@
+"""The whole benchmark suite in one command (layer, training step, data pipeline), JSON per part.
+
+    python -m bench.all --out bench/results          # on one GPU: about 5-8 minutes
+
+Each part also runs alone (``python -m bench.layer`` etc.). Record what you measure, with the card
+and date, in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench import data as data_bench
+from bench import layer, train_step
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--quick", action="store_true", help="one layer shape, no fp32 step")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    shapes = ["4x64x128x32x32"] if args.quick else ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8"]
+    layer.main(["--shapes", *shapes, "--json", str(out / "layer.json")])
+    train_step.main(["--json", str(out / "train_step.json")])
+    data_bench.main(["--synthetic", "50000", "--batch-size", "128", "--json", str(out / "data.json")])
+    print(f"suite finished in {time.perf_counter() - start:.0f} s; JSON in {out}")
+
+
+if __name__ == "__main__":
+    main()

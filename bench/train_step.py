@@ -1,0 +1,168 @@
+"""A whole ResNet-19 training step: ours vs the ANN floor vs SpikingJelly vs the compiled reference.
+
+    python -m bench.train_step                       # the two settings of issue 7, bf16 autocast
+    python -m bench.train_step --full                # both settings x fp32/bf16 x NCHW/channels_last
+    python -m bench.train_step --json bench/results/train_step.json
+
+Implementations (all torch.compile'd, same convolutions on T*B images):
+  mpdagl        our ResNet-19, fused Triton tdBN -> PLIF
+  reference     our ResNet-19 on the PyTorch reference neuron
+  ann           the same network with BatchNorm + ReLU in place of every neuron: the floor
+  spikingjelly  cuDNN BatchNorm + SpikingJelly 2.0 multi-step PLIF (Triton), when installed
+
+A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
+median ms/step, images/s, and the peak memory allocated during a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.common import environment, print_table, time_ms, write_json
+from mpdagl_triton import models
+from mpdagl_triton.layers import TdBNPLIF
+
+#: (name, T, B, channels_last) of issue 7's two settings
+SETTINGS = {"t4b64": (4, 64, True), "t2b128": (2, 128, False)}
+IMPLEMENTATIONS = ["mpdagl", "reference", "ann", "spikingjelly"]
+
+
+class AnnNeuron(nn.Module):
+    """BatchNorm over T*B images + ReLU: what an ANN does where we put a spiking neuron."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn2d, self.bn1d = nn.BatchNorm2d(channels), nn.BatchNorm1d(channels)
+
+    def forward(self, x, residual=None):
+        folded = x.flatten(0, 1)
+        y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
+        return F.relu(y).unflatten(0, x.shape[:2])
+
+
+class SpikingJellyNeuron(nn.Module):
+    """cuDNN BatchNorm + SpikingJelly's multi-step PLIF with our dynamics (hard reset, tau = 0.2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        from spikingjelly.activation_based import neuron, surrogate
+
+        self.bn2d, self.bn1d = nn.BatchNorm2d(channels), nn.BatchNorm1d(channels)
+        shape = getattr(surrogate, "Triangle", None) or getattr(surrogate, "PiecewiseQuadratic")
+        self.node = neuron.ParametricLIFNode(init_tau=1.25, decay_input=False, v_threshold=0.5,
+                                             v_reset=0.0, surrogate_function=shape(),
+                                             detach_reset=False, step_mode="m", backend="triton")
+
+    def forward(self, x, residual=None):
+        self.node.reset()
+        folded = x.flatten(0, 1)
+        y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
+        return self.node(y.unflatten(0, x.shape[:2]))
+
+
+def swap_neurons(model: nn.Module, make) -> nn.Module:
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, TdBNPLIF):
+                setattr(parent, name, make(child.channels))
+    return model
+
+
+def build(impl: str, T: int, device: torch.device):
+    if impl == "mpdagl":
+        return models.create("resnet19", 10, T, backend="triton" if device.type == "cuda" else "torch")
+    if impl == "reference":
+        return models.create("resnet19", 10, T, backend="torch")
+    net = models.create("resnet19", 10, T, backend="torch")
+    if impl == "ann":
+        return swap_neurons(net, AnnNeuron)
+    try:
+        return swap_neurons(net, SpikingJellyNeuron)
+    except ImportError:
+        return "spikingjelly not installed"
+
+
+def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model) -> dict:
+    row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
+           "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
+    net = build(impl, T, device)
+    if isinstance(net, str):
+        row["note"] = net
+        return row
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    step_model = torch.compile(net) if compile_model else net
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    images = torch.randn(B, 3, 32, 32, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (B,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = F.cross_entropy(step_model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    try:
+        row["ms"] = time_ms(step, device, warmup, repeats)
+        row["images_per_s"] = B / row["ms"] * 1e3
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except Exception as exc:  # one broken implementation must not hide the others
+        row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--impls", nargs="+", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
+    parser.add_argument("--full", action="store_true", help="fp32 and bf16, NCHW and channels_last")
+    parser.add_argument("--batch", type=int, help="override B (e.g. small runs on the CPU)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+    columns = ["impl", "T", "B", "layout", "dtype", "ms", "images_per_s", "peak_gib", "vs_ann", "note"]
+    rows = []
+    for name in args.settings:
+        T, B, channels_last = SETTINGS[name]
+        B = args.batch or B
+        variants = [(channels_last, torch.bfloat16)]
+        if args.full:
+            variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
+        for cl, dtype in variants:
+            group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile)
+                     for impl in args.impls]
+            floor = next((r.get("ms") for r in group if r["impl"] == "ann"), None)
+            for r in group:
+                if floor and r.get("ms"):
+                    r["vs_ann"] = r["ms"] / floor
+                print_table([r], columns)
+            rows += group
+    env = environment(device)
+    print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}")
+    print_table(rows, columns)
+    payload = {"benchmark": "train_step", "environment": env, "rows": rows}
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

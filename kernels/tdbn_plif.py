@@ -35,6 +35,9 @@ training step: stats (read x), forward (read x, write S), backward sums (read x,
 backward dx (read x, read dS, write dx) = 8 passes of the activation.
 
 Math runs in float32 (float64 for float64 inputs, which the tests use as the exact oracle).
+Synchronized batch statistics across processes (``--sync-bn``) plug in between the passes: the
+caller merges the per-channel (count, mean, var) before the forward pass and the backward sums
+before the dx pass, so the kernels themselves never communicate.
 """
 
 from __future__ import annotations
@@ -235,9 +238,9 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
 
 
 @triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
-def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, sums_ptr,
+def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy_means_ptr,
                      mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
-                     kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan, count,
+                     kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan,
                      x_stride_t, stride_t, stride_row, stride_chan, eps, vth, alpha,
                      T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -264,9 +267,9 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
         xs = xs + (x,)
         vs = vs + (v,)
 
-    if WRITE_DX and BATCH_STATS:
-        mean_dy = tl.load(sums_ptr + chans, mask=chan_mask, other=0).to(COMPUTE) / count
-        mean_dy_xhat = tl.load(sums_ptr + n_chan + chans, mask=chan_mask, other=0).to(COMPUTE) / count
+    if WRITE_DX and BATCH_STATS:  # channel means of dy and dy * xhat, from the ACCUMULATE pass
+        mean_dy = tl.load(dy_means_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
+        mean_dy_xhat = tl.load(dy_means_ptr + n_chan + chans, mask=chan_mask, other=0).to(COMPUTE)
     acc_dy = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dtau = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
@@ -439,10 +442,14 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
              dresidual: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
              tau: torch.Tensor, residual: torch.Tensor | None, mean: torch.Tensor,
              var: torch.Tensor, kappa_first: torch.Tensor, kappa_rest: torch.Tensor, eps: float,
-             vth: float, alpha: float, surrogate: str, batch_stats: bool) -> torch.Tensor:
-    """Writes dx (and dresidual) and returns the channel sums ``[3, C]``: dy, dy * xhat, dtau term.
+             vth: float, alpha: float, surrogate: str, batch_stats: bool,
+             global_dy_means=None) -> torch.Tensor:
+    """Writes dx (and dresidual) and returns this batch's channel sums ``[3, C]``: dy, dy * xhat,
+    and the tau-gradient term.
 
-    ``grad``, ``dx``, ``residual`` and ``dresidual`` share one set of strides; x shares them after T.
+    ``grad``, ``dx``, ``residual`` and ``dresidual`` share one set of strides; x shares them after
+    T. ``global_dy_means(sums, count)``, when given, turns the local sums into the ``[2, C]``
+    means over every process (synchronized batch statistics); the dx pass uses those.
     """
     cdtype = compute_dtype(x.dtype)
     T = x.shape[0]
@@ -450,14 +457,14 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     block_r, block_k = _blocks(layout, x.shape[1], tile=tile)
     grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
     partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
-    count = float(x.numel() // layout.n_chan)
+    count = x.numel() // layout.n_chan
 
-    def launch(accumulate: bool, write_dx: bool, sums: torch.Tensor) -> None:
+    def launch(accumulate: bool, write_dx: bool, dy_means: torch.Tensor) -> None:
         _backward_kernel[grid](
             grad, x, residual if residual is not None else x, dx,
-            dresidual if dresidual is not None else dx, partial, sums, mean, var, gamma, beta,
+            dresidual if dresidual is not None else dx, partial, dy_means, mean, var, gamma, beta,
             tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, col_blocks,
-            layout.n_chan, count, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
+            layout.n_chan, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
             eps, vth, alpha,
             T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
@@ -467,10 +474,11 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
         )
 
     if batch_stats:
-        launch(accumulate=True, write_dx=False, sums=partial)
+        launch(accumulate=True, write_dx=False, dy_means=partial)
         sums = partial.sum(dim=0)
-        launch(accumulate=False, write_dx=True, sums=sums)
+        dy_means = sums[:2] / count if global_dy_means is None else global_dy_means(sums, count)
+        launch(accumulate=False, write_dx=True, dy_means=dy_means)
     else:
-        launch(accumulate=True, write_dx=True, sums=partial)
+        launch(accumulate=True, write_dx=True, dy_means=partial)
         sums = partial.sum(dim=0)
     return sums

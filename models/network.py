@@ -92,6 +92,15 @@ class SpikingNetwork(
         out = self.body(x)
         return out if return_timesteps else out.mean(0)
 
+    def set_runtime_options(self, *, sync_stats: bool | None = None, check_finite: bool | None = None) -> None:
+        """Switch every spiking layer's batch statistics to all processes (``sync_stats``, for
+        DistributedDataParallel) and/or its NaN/Inf input check (``check_finite``)."""
+        for _, layer in self.neurons():
+            if sync_stats is not None:
+                layer.sync_stats = sync_stats
+            if check_finite is not None:
+                layer.check_finite = check_finite
+
     def neurons(self) -> Iterator[tuple[str, TdBNPLIF]]:
         """The spiking layers in forward order, with their names."""
         for name, module in self.named_modules():

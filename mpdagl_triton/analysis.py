@@ -101,6 +101,9 @@ def probe(model: nn.Module, images: Tensor) -> dict:
 
     buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     was_training = model.training
+    synced = [(m, m.sync_stats) for _, m in neurons]  # the probe runs on one process only
+    for m, _ in synced:
+        m.sync_stats = False
     handles = [m.register_forward_pre_hook(measure(n)) for n, m in neurons]
     handles += [m.register_forward_hook(count_synapse(n)) for n, m in synapses]
     try:
@@ -111,6 +114,8 @@ def probe(model: nn.Module, images: Tensor) -> dict:
             h.remove()
         model.load_state_dict(buffers, strict=False)
         model.train(was_training)
+        for m, flag in synced:
+            m.sync_stats = flag
     layers = [{"layer": name, **measured[name]} for name, _ in neurons]
     synapse_rows = [{"layer": name, **activity[name]} for name, _ in synapses if name in activity]
     for i, row in enumerate(synapse_rows):

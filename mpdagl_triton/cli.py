@@ -50,6 +50,10 @@ def _train_parser(sub) -> None:
     p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
     p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
                                        "cifar10-dvs the folder of per-class .aedat folders)")
+    p.add_argument("--sync-bn", action="store_const", const=True,
+                   help="under torchrun: tdBN batch statistics over all processes (fused all-reduce)")
+    p.add_argument("--check-finite", action="store_const", const=True,
+                   help="stop with a clear error when an input batch or a layer input holds NaN/Inf")
     p.add_argument("--probe-size", type=int, help="test images probed once per epoch for the per-layer "
                                                    "statistics (default 128)")
     p.add_argument("--image-column", help="image column of a Hub / local dataset")
@@ -67,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
     fields.setdefault("out", f"runs/{Path(fields['dataset']).name}")
     cfg = TrainConfig(**fields)
     result = train(cfg, resume=args.resume, explicit=set(given))
+    if int(__import__("os").environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun only rank 0 reports
     print(f"final test accuracy {result['test_acc']:.4f} (best {result['best_acc']:.4f}); "
           f"checkpoint in {result['out']}")
     return 0

@@ -333,14 +333,20 @@ class Loader:
 
     Training batches get the dataset's augmentation (see :mod:`mpdagl_triton.augment`) on the
     device; every batch is then normalized by the dataset's mean and std.
+
+    With several processes (``world`` > 1), ``batch_size`` is the global batch: every process
+    walks the same permutation and takes its contiguous share of each training batch, so the
+    global batches equal those of one process; test batches are dealt out whole, round robin.
     """
 
     def __init__(self, split: Split, dataset: Dataset, batch_size: int, device: torch.device,
-                 train: bool, workers: int = 0):
+                 train: bool, workers: int = 0, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if train and batch_size % world:
+            raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
-        self.workers = workers
+        self.workers, self.rank, self.world = workers, rank, world
         self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None
         if self.augment is not None:
             self.augment.to(device)
@@ -354,7 +360,10 @@ class Loader:
 
     def __len__(self) -> int:
         n = len(self.split)
-        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+        batches = n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+        if self.world > 1 and not self.train:
+            return len(range(self.rank, batches, self.world))
+        return batches
 
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         gen = epoch_generator(seed, epoch)
@@ -363,6 +372,13 @@ class Loader:
         batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.train and n >= self.batch_size and len(batches[-1]) < self.batch_size:
             batches.pop()  # full batches only: stable statistics and one compiled shape
+        if self.world > 1:
+            if self.train:
+                share = self.batch_size // self.world
+                batches = [b[self.rank * share:(self.rank + 1) * share] for b in batches]
+                gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) * 1009 + self.rank)
+            else:
+                batches = batches[self.rank::self.world]
         for images, labels in self._gather(batches):
             yield self._prepare(images, gen), labels
 

@@ -77,6 +77,9 @@ class TdBNPLIF(_NeuronOptions):
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels, self.alpha, self.eps, self.momentum = channels, float(alpha), eps, momentum
         self.backend = backend
+        # runtime switches, not part of the saved config: see SpikingNetwork.set_runtime_options
+        self.sync_stats = False
+        self.check_finite = False
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(channels))
@@ -93,7 +96,7 @@ class TdBNPLIF(_NeuronOptions):
             momentum=self.momentum, eps=self.eps, vth=self.vth, alpha=self.alpha,
             learn_tau=self.learn_tau, tau=None if self.learn_tau else self.tau_init,
             surrogate=self.surrogate, width_rule=self.width_rule, kappa0=self.kappa0,
-            backend=self.backend,
+            sync_stats=self.sync_stats, check_finite=self.check_finite, backend=self.backend,
         )
 
     def extra_repr(self) -> str:

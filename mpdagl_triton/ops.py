@@ -64,6 +64,43 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Synchronized batch statistics (several processes, one batch)
+# ----------------------------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    """Processes in the default group (1 when torch.distributed is not in use)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _merge_stats(mean: Tensor, var: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased var over every process's batch (Chan's merge; no host sync)."""
+    import torch.distributed as dist
+
+    local = torch.stack([torch.full_like(mean, count), mean, var * count])  # n, mean, M2
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    n, means, m2 = torch.stack(parts).unbind(1)  # each [world, C]
+    total = n.sum(0)
+    merged_mean = (n * means).sum(0) / total
+    merged_m2 = (m2 + n * (means - merged_mean) ** 2).sum(0)
+    return merged_mean, merged_m2 / total
+
+
+def _global_dy_means(sums: Tensor, count: int) -> Tensor:
+    """[2, C] means of dy and dy * xhat over every process's batch."""
+    import torch.distributed as dist
+
+    totals = torch.cat([sums[:2], torch.full_like(sums[:1], count)])
+    dist.all_reduce(totals)
+    return totals[:2] / totals[2:]
+
+
+# ----------------------------------------------------------------------------------------------
 # Custom ops
 # ----------------------------------------------------------------------------------------------
 
@@ -115,8 +152,11 @@ def _fwd_op(
     vth: float,
     alpha: float,
     surrogate: str,
+    sync: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones)."""
+    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones).
+
+    With ``sync`` the batch statistics are merged over every process of the default group."""
     spikes = _output_like(x)
     work, work_out = x, spikes
     layout = _tile_layout(x, spikes)
@@ -129,6 +169,8 @@ def _fwd_op(
     cdtype = _kernels.compute_dtype(x.dtype)
     if running_mean is None:
         mean, var = _kernels.batch_stats(work, layout)
+        if sync and world_size() > 1:
+            mean, var = _merge_stats(mean, var, x.numel() // x.shape[2])
     else:
         mean = running_mean.to(dtype=cdtype, copy=True)
         var = running_var.to(dtype=cdtype, copy=True)
@@ -140,7 +182,7 @@ def _fwd_op(
 
 @_fwd_op.register_fake
 def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, running_var,
-              eps, vth, alpha, surrogate):
+              eps, vth, alpha, surrogate, sync):
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty(x.shape[2], dtype=cdtype)
     return _output_like(x), stats, torch.empty_like(stats)
@@ -163,6 +205,7 @@ def _bwd_op(
     alpha: float,
     surrogate: str,
     batch_stats: bool,
+    sync: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
     dx = _output_like(x)
@@ -179,7 +222,7 @@ def _bwd_op(
         residual = _in_layout_of(work_dx, residual)
     sums = _kernels.backward(grad, work, layout, work_dx, work_dres, gamma, beta, tau, residual,
                              mean, var, kappa_first, kappa_rest, eps, vth, alpha, surrogate,
-                             batch_stats)
+                             batch_stats, _global_dy_means if sync and world_size() > 1 else None)
     if work_dx is not dx:
         dx.copy_(work_dx)
         if dres is not None:
@@ -192,7 +235,7 @@ def _bwd_op(
 
 @_bwd_op.register_fake
 def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var, eps, vth,
-              alpha, surrogate, batch_stats):
+              alpha, surrogate, batch_stats, sync):
     dres = x.new_empty(0) if residual is None else _output_like(x, residual.dtype)
     return (_output_like(x), torch.empty_like(gamma), torch.empty_like(beta),
             torch.empty_like(tau), dres)
@@ -200,21 +243,21 @@ def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean
 
 def _fwd_setup_context(ctx, inputs, output):
     (x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, _running_var,
-     eps, vth, alpha, surrogate) = inputs
+     eps, vth, alpha, surrogate, sync) = inputs
     _, mean, var = output
     ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
-    ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None)
+    ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None, sync)
     ctx.mark_non_differentiable(mean, var)
 
 
 def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
     x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var = ctx.saved_tensors
-    eps, vth, alpha, surrogate, batch_stats = ctx.hyper
+    eps, vth, alpha, surrogate, batch_stats, sync = ctx.hyper
     dx, dgamma, dbeta, dtau, dres = _bwd_op(grad_spikes, x, gamma, beta, tau, kappa_first,
                                             kappa_rest, residual, mean, var, eps, vth, alpha,
-                                            surrogate, batch_stats)
+                                            surrogate, batch_stats, sync)
     return (dx, dgamma, dbeta, dtau, None, None, dres if residual is not None else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -319,6 +362,8 @@ def tdbn_plif(
     surrogate: str = "rect",
     width_rule: str = "mpdagl",
     kappa0: float = 1.0,
+    sync_stats: bool = False,
+    check_finite: bool = False,
     backend: str = "auto",
 ) -> Tensor:
     """tdBN -> PLIF with the adaptive surrogate gradient, fused.
@@ -333,6 +378,10 @@ def tdbn_plif(
         tau: fixed decay used when ``learn_tau=False``.
         surrogate: ``rect`` | ``triangle`` | ``sigmoid`` | ``atan``.
         width_rule: ``mpdagl`` | ``lsg`` | ``fixed`` (with ``kappa0``).
+        sync_stats: in training, batch statistics over every process of the default
+            ``torch.distributed`` group (all processes must call the op together).
+        check_finite: raise ValueError when x (or residual) holds NaN or Inf, which would
+            otherwise silently give no spikes. It reads a flag back from the device (a sync).
         backend: ``auto`` (Triton on CUDA, reference elsewhere; ``$MPDAGL_BACKEND`` overrides),
             ``triton`` or ``torch``.
 
@@ -349,12 +398,18 @@ def tdbn_plif(
              running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
              alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
              width_rule=width_rule, kappa0=kappa0)
+    if check_finite:
+        for name, t in (("x", x), ("residual", residual)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} holds NaN or Inf (shape {list(t.shape)}); a neuron would "
+                                 "silently never fire")
+    sync = bool(sync_stats and training and world_size() > 1)
     if resolve_backend(backend, x.device) == "torch":
         return reference.tdbn_plif(
             x, gamma, beta, rho, residual=residual, running_mean=running_mean,
             running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
             alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
-            width_rule=width_rule, kappa0=kappa0,
+            width_rule=width_rule, kappa0=kappa0, sync_stats=sync,
         )
     cdtype = reference.compute_dtype(x.dtype)
     if learn_tau:
@@ -366,10 +421,10 @@ def tdbn_plif(
     spikes, mean, var = _fwd_op(
         x, gamma, beta, tau_t, kappa_first, kappa_rest, residual,
         None if training else running_mean, None if training else running_var,
-        float(eps), float(vth), float(alpha), surrogate,
+        float(eps), float(vth), float(alpha), surrogate, sync,
     )
     if training and running_mean is not None:
-        n = x.numel() // x.shape[2]
+        n = x.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
         with torch.no_grad():
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
             running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), momentum)

@@ -31,6 +31,22 @@ class SpikeFunction(torch.autograd.Function):
         return grad * surrogate_derivative(u, kappa, ctx.surrogate), None, None
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over every process; its gradient is summed the same way (as in SyncBatchNorm)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
 def channel_dims(x: torch.Tensor) -> list[int]:
     """Every axis of ``[T, B, C, *S]`` except C."""
     return [0, 1] + list(range(3, x.dim()))
@@ -54,21 +70,28 @@ def tdbn(
     eps: float = 1e-5,
     vth: float = 0.5,
     alpha: float = 1.0,
+    sync_stats: bool = False,
 ) -> torch.Tensor:
     """Threshold-dependent batch norm of ``x [T, B, C, *S]``; returns ``y`` in the compute dtype.
 
     ``y = gamma * alpha * Vth * (x - mu) / sqrt(var + eps) + beta (+ residual)`` with batch
     statistics over every axis but C in training (running stats updated in place when given),
-    running statistics in eval.
+    running statistics in eval. ``sync_stats``: statistics over every process's batch, through
+    differentiable all-reduces (gradients then flow as in SyncBatchNorm).
     """
     dtype = compute_dtype(x.dtype)
     xc = x.to(dtype)
     if training:
         dims = channel_dims(x)
-        mean = xc.mean(dim=dims)
-        var = xc.var(dim=dims, unbiased=False)
+        n = x.numel() // x.shape[2]
+        if sync_stats:
+            n *= torch.distributed.get_world_size()
+            mean = _AllReduceSum.apply(xc.sum(dim=dims)) / n
+            var = _AllReduceSum.apply(((xc - per_channel(mean, x)) ** 2).sum(dim=dims)) / n
+        else:
+            mean = xc.mean(dim=dims)
+            var = xc.var(dim=dims, unbiased=False)
         if running_mean is not None and running_var is not None:
-            n = x.numel() // x.shape[2]
             with torch.no_grad():
                 running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)
                 unbiased = var.detach() * (n / (n - 1))
@@ -126,11 +149,12 @@ def tdbn_plif(
     surrogate: str = "rect",
     width_rule: str = "mpdagl",
     kappa0: float = 1.0,
+    sync_stats: bool = False,
 ) -> torch.Tensor:
     """Reference of :func:`mpdagl_triton.tdbn_plif` (same arguments, no validation, no backend)."""
     y = tdbn(
         x, gamma, beta, residual=residual, running_mean=running_mean, running_var=running_var,
-        training=training, momentum=momentum, eps=eps, vth=vth, alpha=alpha,
+        training=training, momentum=momentum, eps=eps, vth=vth, alpha=alpha, sync_stats=sync_stats,
     )
     if learn_tau:
         tau_t = torch.sigmoid(rho.to(y.dtype))

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ class TrainConfig:
     data_path: str | None = None
     image_column: str | None = None
     label_column: str | None = None
+    sync_bn: bool = False
+    check_finite: bool = False
 
 
 #: SPEC.md section 7, the authors' recipes; the command line overrides any field.
@@ -78,7 +81,8 @@ RECIPES: dict[str, dict] = {
 }
 
 #: Fields a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size", "data_path")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size", "data_path",
+                       "check_finite")
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,8 +127,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_output_dir(out: Path) -> None:
-    """Fail before training when the folder cannot take a checkpoint."""
+def prepare_output_dir(out: Path, needed_bytes: int = 0) -> None:
+    """Fail before training when the folder cannot take a checkpoint (unwritable, or too full)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -132,6 +136,49 @@ def prepare_output_dir(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"output folder {out} is not writable: {exc}") from exc
+    free = shutil.disk_usage(out).free
+    if free < needed_bytes:
+        raise ValueError(f"output folder {out} has {free / 2**20:.1f} MiB free; a checkpoint needs about "
+                         f"{needed_bytes / 2**20:.1f} MiB (model, optimizer state and a temporary copy)")
+
+
+@dataclasses.dataclass
+class Distributed:
+    """This process's place among ``torchrun``'s processes (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, *values: torch.Tensor) -> list[torch.Tensor]:
+        """Sums over every process (a no-op alone)."""
+        if self.world == 1:
+            return list(values)
+        stacked = torch.stack([v.double() for v in values])
+        torch.distributed.all_reduce(stacked)
+        return list(stacked.unbind())
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world <= 1:
+        return Distributed(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(rank, world), device
 
 
 def build_model(cfg: TrainConfig, dataset: data.Dataset) -> models.SpikingNetwork:
@@ -170,6 +217,14 @@ def loss_fn(cfg: TrainConfig, per_timestep: torch.Tensor, labels: torch.Tensor) 
 
 
 def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+    try:
+        _write_checkpoint(out, model, optimizer, scheduler, scaler, state)
+    except OSError as exc:
+        raise OSError(f"could not write the checkpoint of epoch {state['epoch']} into {out} ({exc}); "
+                      "the previous checkpoint is intact") from exc
+
+
+def _write_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
     for index, slots in optim_state["state"].items():
@@ -270,7 +325,8 @@ def append_metrics(out: Path, row: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch, log_every=20):
+def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch,
+                    dist: Distributed = Distributed(), log_every=20):
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -278,8 +334,10 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     start = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
-    torch.manual_seed(data.epoch_seed(cfg.seed, epoch))  # kornia's draws: same epoch, same augmentation
+    torch.manual_seed(data.epoch_seed(cfg.seed, epoch) + dist.rank)  # kornia's draws: same epoch, same augmentation
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
+        if cfg.check_finite and not bool(torch.isfinite(images).all()):
+            raise ValueError(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(cfg, device):
@@ -297,7 +355,8 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
         correct += (per_timestep.detach().mean(0).argmax(1) == labels).sum()
         seen += len(labels)
         if step % log_every == 0 or step == len(loader):  # the only host syncs of the epoch
-            mean_loss = total_loss.item() / seen
+            (global_loss,) = dist.sum(total_loss.detach().clone())
+            mean_loss = global_loss.item() / (seen * dist.world)
             if not math.isfinite(mean_loss):
                 bar.close()
                 raise TrainingDiverged(f"loss became {mean_loss} at epoch {epoch}, step {step}")
@@ -306,8 +365,10 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-            "seconds": seconds, "images_per_s": seen / seconds}
+    total_loss, correct, count = dist.sum(total_loss, correct, torch.tensor(float(seen), device=device))
+    count = max(count.item(), 1)
+    return {"train_loss": total_loss.item() / count, "train_acc": correct.item() / count,
+            "seconds": seconds, "images_per_s": count / seconds}
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -316,8 +377,9 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, eval_model, loader, device) -> dict:
-    """Test loss and accuracy over the whole split (eval mode: running statistics)."""
+def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = Distributed()) -> dict:
+    """Test loss and accuracy over the whole split (eval mode: running statistics); with several
+    processes each evaluates its share and the sums are combined."""
     eval_model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -330,7 +392,8 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device) -> dict:
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return {"test_loss": total_loss.item() / seen, "test_acc": correct.item() / seen}
+    total_loss, correct, count = dist.sum(total_loss, correct, torch.tensor(float(seen), device=device))
+    return {"test_loss": total_loss.item() / count.item(), "test_acc": correct.item() / count.item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,16 +414,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
         tensors, saved = load_checkpoint(out)
         cfg = merge_resumed_config(saved["config"], cfg, explicit or set())
     validate(cfg)
-    prepare_output_dir(out)
-    device = resolve_device(cfg.device)
+    dist, device = init_distributed(cfg.device)
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"batch_size {cfg.batch_size} (the global batch) does not split over {dist.world} processes")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     dataset = data.load(cfg.dataset, path=cfg.data_path, timesteps=cfg.timesteps,
                         image_column=cfg.image_column, label_column=cfg.label_column)
     model = build_model(cfg, dataset).to(device)
+    model.set_runtime_options(sync_stats=cfg.sync_bn, check_finite=cfg.check_finite)
+    if dist.is_main:  # model + trainer state (weights, two optimizer slots) + a temporary copy
+        prepare_output_dir(out, needed_bytes=6 * sum(p.numel() * p.element_size() for p in model.parameters()))
+    dist.barrier()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model)
@@ -370,33 +438,41 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
         restore(tensors, saved, model, optimizer, scheduler, scaler)
         start_epoch, best_acc = saved["epoch"], saved["best_acc"]
         history = read_metrics(out, start_epoch)
-        atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
-        log(f"resuming {out} after epoch {start_epoch}")
-    elif (out / METRICS_NAME).exists():
+        if dist.is_main:
+            atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+            log(f"resuming {out} after epoch {start_epoch}")
+    elif dist.is_main and (out / METRICS_NAME).exists():
         (out / METRICS_NAME).unlink()  # a fresh run owns the folder
 
-    step_model = torch.compile(model) if cfg.compile else model
+    wrapped = model
+    if dist.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
     train_loader = data.Loader(dataset.train, dataset, cfg.batch_size, device, train=True,
-                               workers=cfg.workers)
+                               workers=cfg.workers, rank=dist.rank, world=dist.world)
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,
-                              workers=cfg.workers)
+                              workers=cfg.workers, rank=dist.rank, world=dist.world)
     probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
 
     row = history[-1] if history else {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr}
-        row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device, epoch))
+        row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
+                                   epoch, dist))
         scheduler.step()
-        row.update(evaluate(cfg, step_model, test_loader, device))
-        row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
+        row.update(evaluate(cfg, step_model, test_loader, device, dist))
         best_acc = max(best_acc, row["test_acc"])
-        log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
-            f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
-        append_metrics(out, row)
-        state = {"epoch": epoch, "step": epoch * len(train_loader), "best_acc": best_acc,
-                 "config": dataclasses.asdict(cfg)}
-        save_checkpoint(out, model, optimizer, scheduler, scaler, state)
+        if dist.is_main:  # metrics and checkpoints come from one process
+            row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
+            log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
+                f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
+            append_metrics(out, row)
+            state = {"epoch": epoch, "step": epoch * len(train_loader), "best_acc": best_acc,
+                     "config": dataclasses.asdict(cfg), "world_size": dist.world}
+            save_checkpoint(out, model, optimizer, scheduler, scaler, state)
+        dist.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return {**row, "best_acc": best_acc, "out": str(out)}

@@ -24,7 +24,7 @@ def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = "*" + pointers[name]
-        elif name in ("eps", "vth", "alpha", "count"):
+        elif name in ("eps", "vth", "alpha"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
@@ -60,7 +60,7 @@ def main() -> int:
             compile_kernel(
                 K._backward_kernel,
                 {"grad_ptr": x_type, "x_ptr": x_type, "res_ptr": x_type, "dx_ptr": x_type,
-                 "dres_ptr": x_type, "partial_ptr": compute, "sums_ptr": compute,
+                 "dres_ptr": x_type, "partial_ptr": compute, "dy_means_ptr": compute,
                  "kappa_first_ptr": compute, "kappa_rest_ptr": compute, **per_channel},
                 dict(T=1 if variant == 2 and not channels_last else 4, SURROGATE=surrogate,
                      HAS_RESIDUAL=channels_last, WRITE_RESIDUAL_GRAD=channels_last,

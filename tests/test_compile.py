@@ -19,7 +19,7 @@ def _fwd_args(x, residual=None, running=False):
     k1, kr = kappas(gamma, rho)
     rm = torch.zeros(C, **f64) if running else None
     rv = torch.ones(C, **f64) if running else None
-    return (x, gamma, beta, tau, k1, kr, residual, rm, rv, 1e-5, 0.5, 1.0, "rect")
+    return (x, gamma, beta, tau, k1, kr, residual, rm, rv, 1e-5, 0.5, 1.0, "rect", False)
 
 
 @pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
@@ -39,7 +39,7 @@ def test_opcheck_backward(batch_stats):
     residual = torch.randn_like(x)
     mean, var = x.mean(dim=(0, 1, 3)), x.var(dim=(0, 1, 3), unbiased=False)
     args = (torch.randn_like(x), x, gamma.detach(), beta.detach(), tau.detach(), k1, kr, residual,
-            mean, var, 1e-5, 0.5, 1.0, "atan", batch_stats)
+            mean, var, 1e-5, 0.5, 1.0, "atan", batch_stats, False)
     torch.library.opcheck(_bwd_op, args)
 
 

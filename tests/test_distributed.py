@@ -1,0 +1,119 @@
+"""Several processes (gloo on the CPU): synchronized tdBN statistics and DistributedDataParallel."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import mpdagl_triton as M
+from mpdagl_triton import models
+
+WORLD = 2
+
+
+def _init(rank: int, store: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+
+
+def _full_batch_case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 4, 5, 6, 7, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    gamma = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    beta = torch.randn(5, generator=g, dtype=torch.float64) * 0.3
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    return x, gamma, beta, grad
+
+
+def _op_outputs(x, gamma, beta, grad, backend, sync):
+    x = x.clone().requires_grad_()
+    gamma, beta = gamma.clone().requires_grad_(), beta.clone().requires_grad_()
+    rho = torch.tensor(-0.8, dtype=torch.float64, requires_grad=True)
+    rm, rv = torch.zeros(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)
+    s = M.tdbn_plif(x, gamma, beta, rho, running_mean=rm, running_var=rv, backend=backend,
+                    sync_stats=sync)
+    s.backward(grad)
+    return {"spikes": s.detach(), "dx": x.grad, "dgamma": gamma.grad, "dbeta": beta.grad,
+            "drho": rho.grad, "running_mean": rm, "running_var": rv}
+
+
+def _sync_worker(rank: int, store: str, backend: str, result: str) -> None:
+    _init(rank, store)
+    x, gamma, beta, grad = _full_batch_case()
+    half = x.shape[1] // WORLD
+    part = slice(rank * half, (rank + 1) * half)
+    out = _op_outputs(x[:, part], gamma, beta, grad[:, part], backend, sync=True)
+    for key in ("dgamma", "dbeta", "drho"):  # per-process parameter gradients add up (DDP averages them)
+        dist.all_reduce(out[key])
+    torch.save(out, f"{result}.{rank}")  # a test artifact of our own, read back below
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_sync_bn_equals_one_process_on_the_whole_batch(tmp_path, backend):
+    mp.spawn(_sync_worker, args=(str(tmp_path / "store"), backend, str(tmp_path / "out")), nprocs=WORLD)
+    x, gamma, beta, grad = _full_batch_case()
+    full = _op_outputs(x, gamma, beta, grad, backend, sync=False)
+    half = x.shape[1] // WORLD
+    for rank in range(WORLD):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True)
+        part = slice(rank * half, (rank + 1) * half)
+        torch.testing.assert_close(got["running_mean"], full["running_mean"], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got["running_var"], full["running_var"], rtol=1e-12, atol=1e-12)
+        assert torch.equal(got["spikes"], full["spikes"][:, part])
+        torch.testing.assert_close(got["dx"], full["dx"][:, part], rtol=1e-9, atol=1e-12)
+        for key in ("dgamma", "dbeta", "drho"):
+            torch.testing.assert_close(got[key], full[key], rtol=1e-9, atol=1e-12)
+
+
+def _ddp_step_worker(rank: int, store: str, result: str) -> None:
+    _init(rank, store)
+    torch.manual_seed(0)
+    net = models.create("tiny", 10, 2, in_channels=1, input_size=8)
+    net.set_runtime_options(sync_stats=True)
+    ddp = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(2))
+    share = slice(rank * 4, (rank + 1) * 4)
+    loss = torch.nn.functional.cross_entropy(ddp(images[share]), labels[share])
+    loss.backward()
+    opt.step()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save({"ranks": gathered}, result)
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_agree_and_match_one_process(tmp_path):
+    mp.spawn(_ddp_step_worker, args=(str(tmp_path / "store"), str(tmp_path / "w")), nprocs=WORLD)
+    ranks = torch.load(tmp_path / "w", weights_only=True)["ranks"]
+    assert torch.equal(ranks[0], ranks[1])  # both ranks hold the same weights after the step
+    torch.manual_seed(0)
+    net = models.create("tiny", 10, 2, in_channels=1, input_size=8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(2))
+    torch.nn.functional.cross_entropy(net(images), labels).backward()
+    opt.step()
+    single = torch.cat([p.detach().flatten() for p in net.parameters()])
+    torch.testing.assert_close(ranks[0], single, rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_train_command(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
+           "-m", "mpdagl_triton.cli", "train", "--epochs", "1", "--sync-bn", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("final test accuracy") == 1  # only rank 0 reports
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    state = __import__("json").loads((out / "trainer_state.json").read_text())
+    assert state["world_size"] == WORLD and state["config"]["sync_bn"] is True
+    assert M.load(out).num_classes == 10

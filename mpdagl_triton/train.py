@@ -134,6 +134,8 @@ def prepare_output_dir(out: Path, needed_bytes: int = 0) -> None:
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"x")
         probe.unlink()
+        for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
+            stale.unlink()
     except OSError as exc:
         raise ValueError(f"output folder {out} is not writable: {exc}") from exc
     free = shutil.disk_usage(out).free

@@ -1,0 +1,96 @@
+"""Killed runs lose nothing: SIGKILL mid-epoch and mid-checkpoint, then --resume; disk problems."""
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+import mpdagl_triton as M
+from mpdagl_triton import cli, train as train_module
+from mpdagl_triton.train import TrainConfig, load_checkpoint, train
+
+RUNNER = Path(__file__).with_name("fault_runner.py")
+EPOCHS = 3  # 22 steps per epoch on digits
+TIMING = {"seconds", "images_per_s"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("faults") / "full"
+    train(TrainConfig(out=str(out), epochs=EPOCHS))
+    return out
+
+
+def kill_run(out: Path, *how: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(RUNNER), *how, "--out", str(out), "--epochs", str(EPOCHS)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def metrics(out: Path) -> list[dict]:
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = M.load(a).state_dict(), M.load(b).state_dict()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert metrics(a) == metrics(b)
+
+
+@pytest.mark.parametrize(
+    "how,completed",
+    [
+        (("step", "30"), 1),  # in the middle of epoch 2
+        (("replace", "trainer_state.safetensors", "2"), 1),  # epoch 2's resume point, not yet renamed
+        (("replace", "model.safetensors", "2"), 2),  # epoch 2's resume point in place, the model not
+    ],
+)
+def test_sigkill_then_resume_loses_nothing(tmp_path, uninterrupted, how, completed):
+    out = tmp_path / "run"
+    killed = kill_run(out, *how)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    # the last completed epoch is intact and loadable
+    assert load_checkpoint(out)[1]["epoch"] == completed
+    assert M.load(out).num_classes == 10
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert not list(out.glob(".*.tmp-*"))  # the killed write's temporary is gone
+    assert_same_run(out, uninterrupted)
+
+
+def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "MiB free; a checkpoint needs about" in capsys.readouterr().err
+
+
+def test_no_space_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    real = train_module.save_tensors
+    calls = {"n": 0}
+
+    def full_disk(path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2's resume point
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_tensors", full_disk)
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "could not write the checkpoint of epoch 2" in err and "No space left on device" in err
+    assert "the previous checkpoint is intact" in err
+    assert load_checkpoint(tmp_path / "run")[1]["epoch"] == 1
+
+
+def test_resume_refuses_a_pickled_trainer_state(tmp_path, capsys):
+    train(TrainConfig(out=str(tmp_path / "run"), epochs=1))
+    state = tmp_path / "run" / "trainer_state.safetensors"
+    torch.save({"epoch": 1}, state)  # a pickle where a safetensors file belongs
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "looks like a pickle / torch.save file" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The whole benchmark suite in one command (layer, training step, data pipeline), JSON per part.
+"""The whole benchmark suite in one command (layer, training step, data pipeline, per-epoch probe),
+JSON per part.
 
     python -m bench.all --out bench/results          # on one GPU: about 5-8 minutes
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import data as data_bench
-from bench import layer, train_step
+from bench import layer, probe, train_step
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     layer.main(["--shapes", *shapes, "--json", str(out / "layer.json")])
     train_step.main(["--json", str(out / "train_step.json")])
     data_bench.main(["--synthetic", "50000", "--batch-size", "128", "--json", str(out / "data.json")])
+    probe.main(["--arch", "resnet19", "--images", "50000", "--batch-size", "128", "-T", "2", "--size", "32",
+                "--channels", "3", "--json", str(out / "probe.json")])
     print(f"suite finished in {time.perf_counter() - start:.0f} s; JSON in {out}")
 
 

@@ -29,8 +29,9 @@ E_ADD_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm energies per operation (paper Section 5.4
 # ----------------------------------------------------------------------------------------------
 
 
-def _neuron_stats(layer: TdBNPLIF, x: Tensor, residual: Tensor | None) -> dict:
-    """Everything the paper plots about one layer, from its input, by the readable reference."""
+def _neuron_stats(layer: TdBNPLIF, x: Tensor, residual: Tensor | None) -> tuple[dict, Tensor]:
+    """Everything the paper plots about one layer, from its input, by the readable reference;
+    and the layer's spikes (training-mode statistics), so the layer need not run twice."""
     y = reference.tdbn(x.float(), layer.gamma.float(), layer.beta.float(),
                        residual=None if residual is None else residual.float(), training=True,
                        eps=layer.eps, vth=layer.vth, alpha=layer.alpha)
@@ -64,7 +65,7 @@ def _neuron_stats(layer: TdBNPLIF, x: Tensor, residual: Tensor | None) -> dict:
         "theorem1_mean": beta_bar, "theorem1_var": sigma2,
         "theorem2_rest_mean": (1 + tau) * beta_bar, "theorem2_rest_var": (1 + tau * tau) * sigma2,
     }
-    return stats
+    return stats, torch.stack(spikes).to(x.dtype)
 
 
 def _macs(module: nn.Module, output: Tensor) -> int:
@@ -86,11 +87,11 @@ def probe(model: nn.Module, images: Tensor) -> dict:
     measured: dict[str, dict] = {}
     activity: dict[str, dict] = {}
 
-    def measure(name):  # right away: only one layer's membrane trajectory is ever held
-        def hook(module, args):
-            residual = args[1] if len(args) > 1 else None
-            measured[name] = _neuron_stats(module, args[0], residual)
-        return hook
+    def measure_and_fire(name, module):  # stands in for the layer's forward during the probe
+        def forward(x, residual=None):
+            measured[name], spikes = _neuron_stats(module, x, residual)
+            return spikes
+        return forward
 
     def count_synapse(name):
         def hook(module, args, output):
@@ -99,23 +100,19 @@ def probe(model: nn.Module, images: Tensor) -> dict:
                               "input_is_binary": bool(((x == 0) | (x == 1)).all())}
         return hook
 
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     was_training = model.training
-    synced = [(m, m.sync_stats) for _, m in neurons]  # the probe runs on one process only
-    for m, _ in synced:
-        m.sync_stats = False
-    handles = [m.register_forward_pre_hook(measure(n)) for n, m in neurons]
-    handles += [m.register_forward_hook(count_synapse(n)) for n, m in synapses]
+    for name, module in neurons:  # one process only, never synchronized; running stats untouched
+        module.forward = measure_and_fire(name, module)
+    handles = [m.register_forward_hook(count_synapse(n)) for n, m in synapses]
     try:
         model.train()
         model(images)
     finally:
         for h in handles:
             h.remove()
-        model.load_state_dict(buffers, strict=False)
+        for _, module in neurons:
+            del module.forward
         model.train(was_training)
-        for m, flag in synced:
-            m.sync_stats = flag
     layers = [{"layer": name, **measured[name]} for name, _ in neurons]
     synapse_rows = [{"layer": name, **activity[name]} for name, _ in synapses if name in activity]
     for i, row in enumerate(synapse_rows):

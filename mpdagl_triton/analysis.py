@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mpdagl_triton import reference
+from mpdagl_triton.checkpoint import read_jsonl
 from mpdagl_triton.layers import TdBNPLIF
 
 E_ADD_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm energies per operation (paper Section 5.4)
@@ -158,12 +159,7 @@ def read_run(folder: str | Path) -> tuple[list[dict], dict]:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no metrics.jsonl (is it a training output folder?)")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path} holds no completed epoch")
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}

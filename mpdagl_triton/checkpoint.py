@@ -100,3 +100,18 @@ def read_json(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} must hold a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The complete JSON lines of a file (a torn last line, from a crash mid-append, is skipped);
+    [] when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

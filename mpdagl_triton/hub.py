@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mpdagl_triton.checkpoint import CheckpointError, read_json
+from mpdagl_triton.checkpoint import CheckpointError, read_json, read_jsonl
 from mpdagl_triton.models import SpikingNetwork
 from mpdagl_triton.models.network import CONFIG_NAME, LIBRARY, WEIGHTS_NAME
 
@@ -120,19 +120,6 @@ def _download(repo_id: str, filename: str, revision: str | None) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_metrics(folder: Path) -> list[dict]:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def _normalization(norm: dict | None) -> str:
     if not norm:
         return "none"
@@ -158,7 +145,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
     config = read_json(folder / CONFIG_NAME)
     state = json.loads((folder / "trainer_state.json").read_text()) if (folder / "trainer_state.json").is_file() else {}
     train_cfg = state.get("config", {})
-    rows = _read_metrics(folder)
+    rows = read_jsonl(folder / "metrics.jsonl")
     last = rows[-1] if rows else {}
     dataset = config.get("dataset") or "unknown"
     dataset_id = HUB_DATASET_IDS.get(dataset, dataset if REPO_ID.match(dataset) else None)

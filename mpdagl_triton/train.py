@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mpdagl_triton import __version__, analysis, data, models
-from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_json, atomic_write_text,
-                                      load_tensors, save_tensors)
+from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_text, load_tensors, read_jsonl,
+                                      save_tensors)
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
 
 STATE_NAME = "trainer_state.safetensors"
@@ -301,18 +301,7 @@ def merge_resumed_config(saved: dict, cfg: TrainConfig, explicit: set[str]) -> T
 
 def read_metrics(out: Path, upto_epoch: int) -> list[dict]:
     """Complete lines of metrics.jsonl for epochs <= upto_epoch (a torn last line is dropped)."""
-    path = out / METRICS_NAME
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("epoch", 0) <= upto_epoch:
-            rows.append(row)
-    return rows
+    return [row for row in read_jsonl(out / METRICS_NAME) if row.get("epoch", 0) <= upto_epoch]
 
 
 def append_metrics(out: Path, row: dict) -> None:

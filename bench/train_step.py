@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--impls", nargs="+", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
     parser.add_argument("--full", action="store_true", help="fp32 and bf16, NCHW and channels_last")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (without --full)")
     parser.add_argument("--batch", type=int, help="override B (e.g. small runs on the CPU)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=5)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.settings:
         T, B, channels_last = SETTINGS[name]
         B = args.batch or B
-        variants = [(channels_last, torch.bfloat16)]
+        variants = [(channels_last, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
         if args.full:
             variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
         for cl, dtype in variants:

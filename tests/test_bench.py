@@ -1,0 +1,38 @@
+"""The benchmark commands still run (tiny sizes, CPU), as documented: `python -m bench.<name>` from
+the repository root. They assert nothing about speed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, *args: str, json_out: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as a user runs it
+    done = subprocess.run([sys.executable, "-m", f"bench.{name}", *args, "--json", str(json_out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(json_out.read_text())
+
+
+def test_layer_benchmark(tmp_path):
+    rows = bench("layer", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--impls", "reference", "fused",
+                 "--warmup", "0", "--repeats", "1", json_out=tmp_path / "l.json")["rows"]
+    assert rows[0]["impl"] == "reference" and rows[0]["fwd_bwd_ms"] > 0
+    assert rows[1]["note"] == "needs CUDA" or rows[1]["fwd_bwd_ms"] > 0
+
+
+def test_train_step_benchmark(tmp_path):
+    rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
+                 "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", json_out=tmp_path / "t.json")["rows"]
+    assert [r["impl"] for r in rows] == ["mpdagl", "ann"]
+    assert rows[0]["ms"] > 0 and rows[1]["vs_ann"] == 1.0
+
+
+def test_data_and_probe_benchmarks(tmp_path):
+    rows = bench("data", "--synthetic", "256", "--batch-size", "64", "--epochs", "1", json_out=tmp_path / "d.json")["rows"]
+    assert rows[0]["images"] == 256 and rows[0]["augmentation"] == "cifar"
+    assert 0 < bench("probe", "--images", "256", "--probe-size", "16", json_out=tmp_path / "p.json")["overhead"]

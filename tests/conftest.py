@@ -4,7 +4,9 @@ TRITON_INTERPRET and the Hugging Face variables must be set before triton / data
 huggingface_hub are first imported, which is why this happens here, at the top.
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -12,6 +14,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mpdagl-test-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 os.environ.pop("HF_TOKEN", None)
 
 import torch

@@ -316,8 +316,36 @@ def append_metrics(out: Path, row: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+class LaggedReadout:
+    """Device scalars read on the host without waiting for the device.
+
+    ``post(values, tag)`` starts a non-blocking copy into pinned memory; ``latest`` is the last
+    ``(values, tag)`` whose copy has already landed (on the CPU, at once). The training loop thus
+    shows progress and catches a NaN loss a few steps late, but never stalls the GPU queue.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.latest: tuple[list[float], object] | None = None
+        self._buffer = self._event = self._tag = None
+
+    def post(self, values: torch.Tensor, tag: object) -> None:
+        if not self.cuda:
+            self.latest = (values.tolist(), tag)
+            return
+        if self._event is not None:
+            if not self._event.query():
+                return  # the previous copy is still in flight; skip this one
+            self.latest = (self._buffer.tolist(), self._tag)
+        self._buffer = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        self._buffer.copy_(values, non_blocking=True)
+        self._event, self._tag = torch.cuda.Event(), tag
+        self._event.record()
+
+
 def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch,
                     dist: Distributed = Distributed(), log_every=20):
+    """One epoch; host syncs only after the loop (progress and NaN checks read lagged copies)."""
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -325,6 +353,7 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     start = time.perf_counter()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    readout = LaggedReadout(device)
     torch.manual_seed(data.epoch_seed(cfg.seed, epoch) + dist.rank)  # kornia's draws: same epoch, same augmentation
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
         if cfg.check_finite and not bool(torch.isfinite(images).all()):
@@ -345,19 +374,23 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
         total_loss += loss.detach() * len(labels)
         correct += (per_timestep.detach().mean(0).argmax(1) == labels).sum()
         seen += len(labels)
-        if step % log_every == 0 or step == len(loader):  # the only host syncs of the epoch
-            (global_loss,) = dist.sum(total_loss.detach().clone())
-            mean_loss = global_loss.item() / (seen * dist.world)
-            if not math.isfinite(mean_loss):
-                bar.close()
-                raise TrainingDiverged(f"loss became {mean_loss} at epoch {epoch}, step {step}")
-            bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{correct.item() / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if step % log_every == 0:
+            readout.post(torch.stack([total_loss, correct.to(total_loss.dtype)]), tag=seen)
+            if readout.latest is not None:
+                (loss_sum, right), counted = readout.latest
+                # with several processes a NaN is caught after the loop, where all stop together
+                if dist.world == 1 and not math.isfinite(loss_sum):
+                    bar.close()
+                    raise TrainingDiverged(f"loss became {loss_sum} at epoch {epoch}, by step {step}")
+                bar.set_postfix(loss=f"{loss_sum / counted:.4f}", acc=f"{right / counted:.4f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
     total_loss, correct, count = dist.sum(total_loss, correct, torch.tensor(float(seen), device=device))
     count = max(count.item(), 1)
+    if not math.isfinite(total_loss.item()):
+        raise TrainingDiverged(f"loss became {total_loss.item()} during epoch {epoch}")
     return {"train_loss": total_loss.item() / count, "train_acc": correct.item() / count,
             "seconds": seconds, "images_per_s": count / seconds}
 

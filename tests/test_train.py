@@ -184,3 +184,10 @@ def test_compiled_training_epoch(tmp_path):
     """--compile runs the whole model through torch.compile (reference ops on the CPU)."""
     result = train(short(tmp_path, epochs=1, compile=True))
     assert result["test_acc"] > 0.5
+
+
+def test_lagged_readout_on_the_cpu_is_immediate():
+    readout = train_module.LaggedReadout(torch.device("cpu"))
+    assert readout.latest is None
+    readout.post(torch.tensor([2.0, 3.0]), tag=7)
+    assert readout.latest == ([2.0, 3.0], 7)

@@ -369,6 +369,8 @@ class Loader:
         gen = epoch_generator(seed, epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        if self.on_device:  # one copy of the epoch's order; batches are slices of it on the GPU
+            order = order.to(self.device, non_blocking=True)
         batches = [order[i:i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.train and n >= self.batch_size and len(batches[-1]) < self.batch_size:
             batches.pop()  # full batches only: stable statistics and one compiled shape
@@ -385,7 +387,6 @@ class Loader:
     def _gather(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         if self.on_device:
             for index in batches:
-                index = index.to(self.device)
                 yield self.images[index], self.labels[index]
             return
         loader = torch.utils.data.DataLoader(_Gather(self.split), batch_sampler=batches,

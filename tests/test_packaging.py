@@ -29,5 +29,6 @@ def test_wheel_installs_kernels_and_models_inside_the_package(tmp_path):
     assert "mpdagl_triton/kernels/tdbn_plif.py" in names
     assert "mpdagl_triton/models/__init__.py" in names
     assert "mpdagl_triton/ops.py" in names
+    assert "mpdagl_triton/assets/digits.npz" in names  # the default run needs no network
     top_level = {n.split("/")[0] for n in names}
     assert not top_level & {"kernels", "models", "tests", "bench"}, top_level

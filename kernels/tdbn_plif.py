@@ -364,7 +364,17 @@ def _packed(shape, strides, inner: int) -> bool:
     return True
 
 
-def _blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
+FORWARD_TILE = 2048  # elements per program in the stats and forward kernels
+
+
+def backward_tile(T: int) -> int:
+    """Elements per backward program: it keeps x and V of all T timesteps in registers, so the
+    tile shrinks with T (sm_90 cubins: T=2 / 1024 elements and T=4 / 512 use ~72 registers per
+    thread at 4 warps, no spills; see ``python -m bench.registers``)."""
+    return max(256, min(1024, 2048 // triton.next_power_of_2(T)))
+
+
+def blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
     if layout.channels_last:
         block_k = min(triton.next_power_of_2(layout.n_cols), 64)
         block_r = max(1, tile // block_k)
@@ -391,21 +401,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _num_warps(block_r: int, block_k: int) -> int:
+def num_warps(block_r: int, block_k: int) -> int:
     return 8 if block_r * block_k >= 2048 else 4
 
 
 def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``x`` over every axis but C."""
     cdtype = compute_dtype(x.dtype)
-    block_r, block_k = _blocks(layout, x.shape[1], tile=2048)
+    block_r, block_k = blocks(layout, x.shape[1], tile=FORWARD_TILE)
     grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
     partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     _stats_partial_kernel[grid](
         x, partial, layout.n_rows, layout.n_cols, col_blocks, layout.n_chan,
         x.stride(0), layout.stride_row, layout.stride_chan,
         T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r, BLOCK_K=block_k,
-        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=_num_warps(block_r, block_k),
+        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=num_warps(block_r, block_k),
     )
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
@@ -425,7 +435,7 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     ``out`` and ``residual`` share x's strides after T; x may differ in its T stride (0 for a
     broadcast input).
     """
-    block_r, block_k = _blocks(layout, x.shape[1], tile=2048)
+    block_r, block_k = blocks(layout, x.shape[1], tile=FORWARD_TILE)
     grid, col_blocks, _ = _grid(layout, block_r, block_k)
     _forward_kernel[grid](
         x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
@@ -434,7 +444,7 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
         layout.stride_chan, eps, vth, alpha,
         T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
         BLOCK_R=block_r, BLOCK_K=block_k, INT64=layout.int64,
-        COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=_num_warps(block_r, block_k),
+        COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=num_warps(block_r, block_k),
     )
 
 
@@ -453,8 +463,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     """
     cdtype = compute_dtype(x.dtype)
     T = x.shape[0]
-    tile = max(256, min(1024, 4096 // triton.next_power_of_2(T)))
-    block_r, block_k = _blocks(layout, x.shape[1], tile=tile)
+    block_r, block_k = blocks(layout, x.shape[1], tile=backward_tile(T))
     grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
     partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     count = x.numel() // layout.n_chan
@@ -470,7 +479,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
             BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r,
             BLOCK_K=block_k, INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype],
-            num_warps=_num_warps(block_r, block_k),
+            num_warps=num_warps(block_r, block_k),
         )
 
     if batch_stats:

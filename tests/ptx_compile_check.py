@@ -5,32 +5,17 @@ lowers each variant the op can launch through the real compiler, down to a cubin
 Must run without TRITON_INTERPRET.
 """
 
-import itertools
 import sys
 
 import triton
 import triton.language as tl
-from triton.backends.compiler import GPUTarget
 
 from mpdagl_triton.kernels import tdbn_plif as K
-
-TARGET = GPUTarget("cuda", 90, 32)
+from mpdagl_triton.kernels.offline import compile_variant
 
 
 def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = "*" + pointers[name]
-        elif name in ("eps", "vth", "alpha"):
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=TARGET)
-    assert "cubin" in compiled.asm
+    assert "cubin" in compile_variant(kernel, pointers, constexprs).asm
 
 
 def main() -> int:

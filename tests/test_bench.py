@@ -36,3 +36,9 @@ def test_data_and_probe_benchmarks(tmp_path):
     rows = bench("data", "--synthetic", "256", "--batch-size", "64", "--epochs", "1", json_out=tmp_path / "d.json")["rows"]
     assert rows[0]["images"] == 256 and rows[0]["augmentation"] == "cifar"
     assert 0 < bench("probe", "--images", "256", "--probe-size", "16", json_out=tmp_path / "p.json")["overhead"]
+
+
+def test_register_report(tmp_path):
+    rows = bench("registers", "--timesteps", "4", "--layers", "head", json_out=tmp_path / "r.json")["rows"]
+    assert {r["kernel"] for r in rows} == {"stats", "forward", "backward sums", "backward dx"}
+    assert all(r["registers"] > 0 and r["spill_bytes"] == 0 for r in rows)  # no kernel spills

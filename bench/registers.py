@@ -1,0 +1,78 @@
+"""Registers, spills and an occupancy estimate of every kernel at the block sizes the launchers pick,
+read from sm_90 cubins compiled on this machine (no GPU needed).
+
+    python -m bench.registers                    # ResNet-19-like layers, bf16, T in 1 2 4 6 10
+    python -m bench.registers --json out.json
+
+Occupancy here is only the register limit: 65536 registers per SM, 64 warps at most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.pop("TRITON_INTERPRET", None)  # the real compiler, never the interpreter
+
+import torch  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from bench.common import print_table, write_json  # noqa: E402
+from mpdagl_triton.kernels import tdbn_plif as K  # noqa: E402
+from mpdagl_triton.kernels.offline import compile_variant, resource_usage  # noqa: E402
+
+PER_CHANNEL = {"mean_ptr": "fp32", "var_ptr": "fp32", "gamma_ptr": "fp32", "beta_ptr": "fp32", "tau_ptr": "fp32"}
+#: [B, C, H, W] of typical layers: ResNet-19 stages at 32x32 and its head
+LAYERS = {"stage1": (64, 128, 32, 32), "stage3": (64, 512, 8, 8), "head": (64, 256)}
+
+
+def _layout(shape, T, channels_last):
+    x = torch.empty((T,) + shape, device="meta")
+    if channels_last and x.dim() == 5:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, shape[0]))
+    return K.Layout.of(x)
+
+
+def variants(T: int, layout: K.Layout, batch: int):
+    common = dict(CHANNELS_LAST=layout.channels_last, INT64=False, COMPUTE=tl.float32)
+    r, k = K.blocks(layout, batch, K.FORWARD_TILE)
+    yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
+        dict(T=T, BLOCK_R=r, BLOCK_K=k, **common), r * k
+    yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "out_ptr": "bf16", **PER_CHANNEL}, \
+        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=r, BLOCK_K=k, **common), r * k
+    r, k = K.blocks(layout, batch, K.backward_tile(T))
+    pointers = {"grad_ptr": "bf16", "x_ptr": "bf16", "res_ptr": "bf16", "dx_ptr": "bf16", "dres_ptr": "bf16",
+                "partial_ptr": "fp32", "dy_means_ptr": "fp32", "kappa_first_ptr": "fp32",
+                "kappa_rest_ptr": "fp32", **PER_CHANNEL}
+    for name, acc, dx in (("backward sums", True, False), ("backward dx", False, True)):
+        yield name, K._backward_kernel, pointers, dict(
+            T=T, SURROGATE=0, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False, ACCUMULATE=acc,
+            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=r, BLOCK_K=k, **common), r * k
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timesteps", nargs="+", type=int, default=[1, 2, 4, 6, 10])
+    parser.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    rows = []
+    for layer in args.layers:
+        shape = LAYERS[layer]
+        for channels_last in ((False, True) if len(shape) == 4 else (True,)):
+            layout = _layout(shape, 1, channels_last)
+            for T in args.timesteps:
+                for kernel_name, kernel, pointers, constexprs, tile in variants(T, layout, shape[0]):
+                    warps = K.num_warps(constexprs["BLOCK_R"], constexprs["BLOCK_K"])
+                    usage = resource_usage(compile_variant(kernel, pointers, constexprs, warps))
+                    warps_per_sm = min(64, 65536 // (usage["registers"] * 32 * warps) * warps)
+                    rows.append({"layer": layer, "layout": "channels_last" if layout.channels_last else "nchw",
+                                 "T": T, "kernel": kernel_name, "tile": tile, "warps": warps, **usage,
+                                 "occupancy": warps_per_sm / 64})
+                    print_table([rows[-1]], list(rows[-1]))
+    write_json(args.json, {"benchmark": "registers", "target": "sm_90", "rows": rows})
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Compile a kernel for a GPU target without a GPU, with Triton's real compiler and ptxas.
+
+The CPU interpreter accepts code the compiler rejects; this lowers a kernel variant all the way to a
+cubin for an H100 (sm_90) and reads its register, spill and shared-memory use from the cubin.
+Nothing here launches anything. Must run without TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+HOPPER = GPUTarget("cuda", 90, 32)
+FLOAT_SCALARS = ("eps", "vth", "alpha")
+
+
+def compile_variant(kernel, pointers: dict[str, str], constexprs: dict, num_warps: int = 4,
+                    target: GPUTarget = HOPPER):
+    """Compile ``kernel`` for ``target``: pointer args typed by ``pointers`` (e.g. ``"bf16"``),
+    ``constexprs`` fixed, float scalars fp32, other scalars i32. Returns Triton's CompiledKernel."""
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in pointers:
+            signature[name] = "*" + pointers[name]
+        else:
+            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=target, options={"num_warps": num_warps})
+
+
+def resource_usage(compiled) -> dict[str, int]:
+    """Registers, local memory (spills) and shared memory per thread block, from the cubin."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                              text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|LOCAL|SHARED|STACK):(\d+)", text))
+    return {"registers": int(usage["REG"]), "spill_bytes": int(usage["LOCAL"]),
+            "shared_bytes": int(usage["SHARED"]), "stack_bytes": int(usage["STACK"])}

@@ -22,12 +22,12 @@ TIMING = {"seconds", "images_per_s"}
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("faults") / "full"
-    train(TrainConfig(out=str(out), epochs=EPOCHS))
+    train(TrainConfig(out=str(out), epochs=EPOCHS, device="cpu"))
     return out
 
 
 def kill_run(out: Path, *how: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(RUNNER), *how, "--out", str(out), "--epochs", str(EPOCHS)]
+    cmd = [sys.executable, str(RUNNER), *how, "--out", str(out), "--epochs", str(EPOCHS), "--device", "cpu"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 

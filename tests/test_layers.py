@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mpdagl_triton import PLIF, TdBN, TdBNPLIF, kappas
+from oracle import DEVICE
 
 
 @pytest.mark.parametrize(
@@ -51,14 +52,14 @@ def _copy_into_unfused(fused: TdBNPLIF, bn: TdBN, neuron: PLIF) -> None:
 def test_fused_module_equals_tdbn_then_plif(backend, learn_tau):
     torch.manual_seed(0)
     opts = dict(vth=0.4, tau=0.3, learn_tau=learn_tau, surrogate="triangle", width_rule="mpdagl")
-    fused = TdBNPLIF(5, backend=backend, **opts).double()
-    bn = TdBN(5, vth=0.4).double()
-    neuron = PLIF(**opts).double()
+    fused = TdBNPLIF(5, backend=backend, **opts).double().to(DEVICE)
+    bn = TdBN(5, vth=0.4).double().to(DEVICE)
+    neuron = PLIF(**opts).double().to(DEVICE)
     with torch.no_grad():
         fused.gamma.uniform_(0.5, 1.5)
         fused.beta.normal_(0, 0.3)
     _copy_into_unfused(fused, bn, neuron)
-    x = torch.randn(4, 3, 5, 6, 6, dtype=torch.float64) * 2
+    x = torch.randn(4, 3, 5, 6, 6, dtype=torch.float64, device=DEVICE) * 2
     grad = torch.randn_like(x)
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()

@@ -87,7 +87,8 @@ def build(impl: str, T: int, device: torch.device):
         return "spikingjelly not installed"
 
 
-def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model) -> dict:
+def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
+            compile_mode="default") -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
     net = build(impl, T, device)
@@ -97,7 +98,7 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    step_model = torch.compile(net) if compile_model else net
+    step_model = torch.compile(net, mode=compile_mode) if compile_model else net
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(B, 3, 32, 32, device=device)
     if channels_last:
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (without --full)")
     parser.add_argument("--batch", type=int, help="override B (e.g. small runs on the CPU)")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json")
@@ -149,8 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.full:
             variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
         for cl, dtype in variants:
-            group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile)
-                     for impl in args.impls]
+            group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
+                             args.compile_mode) for impl in args.impls]
             floor = next((r.get("ms") for r in group if r["impl"] == "ann"), None)
             for r in group:
                 if floor and r.get("ms"):

@@ -41,6 +41,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--width-rule", choices=list(WIDTH_RULES), help="surrogate width rule (default mpdagl)")
     p.add_argument("--surrogate", choices=list(SURROGATES), help="surrogate shape (default rect)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
+    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode; reduce-overhead replays the step as CUDA graphs")
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (fp16 needs CUDA)")
     p.add_argument("--channels-last", action="store_const", const=True, help="channels_last memory format")
     p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: cuda when available)")

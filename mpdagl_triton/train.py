@@ -52,6 +52,7 @@ class TrainConfig:
     width_rule: str = "mpdagl"
     surrogate: str = "rect"
     compile: bool = False
+    compile_mode: str = "default"
     amp: str = "off"
     channels_last: bool = False
     device: str = "auto"
@@ -81,8 +82,8 @@ RECIPES: dict[str, dict] = {
 }
 
 #: Fields a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "out", "probe_size", "data_path",
-                       "check_finite")
+RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "compile_mode", "out", "probe_size",
+                       "data_path", "check_finite")
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,6 +113,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
     choices = {"optimizer": ("sgd", "adam"), "loss": ("ce", "tet"), "neuron": ("plif", "lif"),
+               "compile_mode": ("default", "reduce-overhead", "max-autotune"),
                "amp": ("bf16", "fp16", "off"), "width_rule": WIDTH_RULES, "surrogate": SURROGATES}
     for name, valid in choices.items():
         if getattr(cfg, name) not in valid:
@@ -472,7 +474,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(wrapped) if cfg.compile else wrapped
+    step_model = torch.compile(wrapped, mode=cfg.compile_mode) if cfg.compile else wrapped
     train_loader = data.Loader(dataset.train, dataset, cfg.batch_size, device, train=True,
                                workers=cfg.workers, rank=dist.rank, world=dist.world)
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,

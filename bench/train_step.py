@@ -11,7 +11,8 @@ Implementations (all torch.compile'd, same convolutions on T*B images):
   spikingjelly  cuDNN BatchNorm + SpikingJelly 2.0 multi-step PLIF (Triton), when installed
 
 A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
-median ms/step, images/s, and the peak memory allocated during a step.
+median ms/step, images/s, the peak memory allocated during a step, and for ours whether a step
+syncs with the host (CUDA's sync debug mode set to error).
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def build(impl: str, T: int, device: torch.device):
         return "spikingjelly not installed"
 
 
+def host_syncs(step, device: torch.device) -> str:
+    """'none' when a step runs with CUDA's sync debug mode set to error, else what synced."""
+    if device.type != "cuda":
+        return "n/a (CPU)"
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        return "none"
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:120]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
             compile_mode="default") -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
@@ -121,6 +136,8 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             step()
             torch.cuda.synchronize()
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if impl == "mpdagl":
+                row["host_syncs"] = host_syncs(step, device)
     except Exception as exc:  # one broken implementation must not hide the others
         row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return row
@@ -142,7 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
-    columns = ["impl", "T", "B", "layout", "dtype", "ms", "images_per_s", "peak_gib", "vs_ann", "note"]
+    columns = ["impl", "T", "B", "layout", "dtype", "ms", "images_per_s", "peak_gib", "vs_ann", "host_syncs",
+               "note"]
     rows = []
     for name in args.settings:
         T, B, channels_last = SETTINGS[name]

@@ -19,14 +19,16 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
 - ``_stats_finalize_kernel``  merges the per-tile partials into mean and biased var. Grid
   ``(cdiv(C, BLOCK_C),)``.
 - ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes.
-- ``_backward_kernel``        recomputes y and V from x (a tuple of T register tiles, never memory),
+  Same grid as the statistics (tiles of FORWARD_TILE elements).
+- ``_backward_kernel``        same grid shape with smaller tiles (``backward_tile(T)``); recomputes y and V from x (a tuple of T register tiles, never memory),
   runs the recurrence backward; with ACCUMULATE it writes per-tile channel sums of dy, dy * xhat
   and the tau-gradient term, with WRITE_DX it writes dx (and dresidual). Training uses it twice
   (sums first, since dx needs their channel means); eval once with both flags.
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
-innermost: rows = the merged (b, s) index, cols = c). Any stride over T and B is fine.
+innermost: rows = the merged (b, s) index, cols = c). Any stride over T works (0 included: an
+input broadcast over T is read in place), and channel-major tiles take any stride over B.
 
 Saved for backward per element: nothing but the layer input x (and the residual when one is
 given), in their own dtypes; per channel: mean and var (compute dtype). The membrane trajectory is

@@ -389,11 +389,13 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - start
-    total_loss, correct, count = dist.sum(total_loss, correct, torch.tensor(float(seen), device=device))
-    count = max(count.item(), 1)
-    if not math.isfinite(total_loss.item()):
-        raise TrainingDiverged(f"loss became {total_loss.item()} during epoch {epoch}")
-    return {"train_loss": total_loss.item() / count, "train_acc": correct.item() / count,
+    # the epoch's one read-back of its totals (after the loop, never inside a step)
+    loss_sum, right, count = torch.stack(
+        dist.sum(total_loss.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device))).tolist()
+    count = max(count, 1)
+    if not math.isfinite(loss_sum):
+        raise TrainingDiverged(f"loss became {loss_sum} during epoch {epoch}")
+    return {"train_loss": loss_sum / count, "train_acc": right / count,
             "seconds": seconds, "images_per_s": count / seconds}
 
 
@@ -418,8 +420,9 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = D
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    total_loss, correct, count = dist.sum(total_loss, correct, torch.tensor(float(seen), device=device))
-    return {"test_loss": total_loss.item() / count.item(), "test_acc": correct.item() / count.item()}
+    loss_sum, right, count = torch.stack(
+        dist.sum(total_loss.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device))).tolist()
+    return {"test_loss": loss_sum / count, "test_acc": right / count}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class SpikingJellyLayer(nn.Module):
         # SpikingJelly decays by sigmoid(w) = 1 / tau_sj; ours keeps tau * V, so tau_sj = 1 / (1 - tau)
         self.neuron = neuron.ParametricLIFNode(
             init_tau=1.0 / (1.0 - tau), decay_input=False, v_threshold=vth, v_reset=0.0,
-            surrogate_function=shape(), detach_reset=False, step_mode="m", backend="triton",
+            surrogate_function=shape(), detach_reset=False, step_mode="m",
         )
         self.surrogate_name = shape.__name__
 

@@ -366,19 +366,23 @@ def _packed(shape, strides, inner: int) -> bool:
     return True
 
 
+# Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU.
 FORWARD_TILE = 2048  # elements per program in the stats and forward kernels
+BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-1024
+CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile
+EIGHT_WARPS_FROM = 2048  # tiles of at least this many elements run 8 warps, smaller ones 4
 
 
 def backward_tile(T: int) -> int:
     """Elements per backward program: it keeps x and V of all T timesteps in registers, so the
     tile shrinks with T (sm_90 cubins: T=2 / 1024 elements and T=4 / 512 use ~72 registers per
     thread at 4 warps, no spills; see ``python -m bench.registers``)."""
-    return max(256, min(1024, 2048 // triton.next_power_of_2(T)))
+    return max(256, min(1024, BACKWARD_BUDGET // triton.next_power_of_2(T)))
 
 
 def blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
     if layout.channels_last:
-        block_k = min(triton.next_power_of_2(layout.n_cols), 64)
+        block_k = min(triton.next_power_of_2(layout.n_cols), CHANNELS_LAST_BLOCK_K)
         block_r = max(1, tile // block_k)
         block_r = min(block_r, triton.next_power_of_2(layout.n_rows))
     else:
@@ -404,7 +408,7 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def num_warps(block_r: int, block_k: int) -> int:
-    return 8 if block_r * block_k >= 2048 else 4
+    return 8 if block_r * block_k >= EIGHT_WARPS_FROM else 4
 
 
 def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:

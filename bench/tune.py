@@ -1,0 +1,182 @@
+"""Launch-parameter sweep of the fused kernels, kernel by kernel, on a GPU.
+
+    python -m bench.tune --json bench/results/tune.json
+
+For each shape it times the statistics, forward and backward launchers of
+:mod:`mpdagl_triton.kernels.tdbn_plif` alone (``triton.testing.do_bench``, median, rotating over
+three input sets so that nothing is served from L2) under several settings of the module's launch
+parameters, and reports the achieved bandwidth of each against a device copy measured in the same
+run. It also times the whole layer (``TdBNPLIF`` forward + backward) eagerly and as a replayed CUDA
+graph: the difference is host-side launch overhead, not GPU work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+from bench.common import copy_bandwidth_gbs, environment, print_table, write_json
+from mpdagl_triton import TdBNPLIF
+from mpdagl_triton.kernels import tdbn_plif as K
+
+#: name -> (FORWARD_TILE, BACKWARD_BUDGET, EIGHT_WARPS_FROM, CHANNELS_LAST_BLOCK_K)
+CONFIGS = {
+    "default": (2048, 2048, 2048, 64),
+    "small": (1024, 1024, 2048, 64),
+    "large": (4096, 4096, 2048, 64),
+    "huge-4w": (8192, 4096, 1 << 30, 64),
+    "all-4w": (2048, 2048, 1 << 30, 64),
+    "fwd4096-bwd8w": (4096, 2048, 512, 64),
+    "small-8w": (1024, 1024, 256, 64),
+    "huge-8w": (8192, 4096, 4096, 64),
+    "cl-k32": (2048, 2048, 2048, 32),
+    "cl-k128": (2048, 2048, 2048, 128),
+}
+#: (shape, dtype, channels_last, configs) — the ResNet-19 stage-1 layer at both issue-7 settings
+CASES = [
+    ("4x64x128x32x32", "fp32", False, ["default", "small", "large", "huge-4w", "all-4w", "huge-8w"]),
+    ("4x64x128x32x32", "bf16", True, ["default", "small", "large", "all-4w", "cl-k32", "cl-k128"]),
+    ("2x128x128x32x32", "bf16", False, ["default", "large"]),
+    ("4x64x512x8x8", "bf16", True, ["default", "cl-k128"]),
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def apply(config: str) -> None:
+    K.FORWARD_TILE, K.BACKWARD_BUDGET, K.EIGHT_WARPS_FROM, K.CHANNELS_LAST_BLOCK_K = CONFIGS[config]
+
+
+def make_inputs(shape, dtype, channels_last, device, sets: int = 3):
+    T, B, C = shape[:3]
+    out = []
+    for _ in range(sets):
+        x = torch.randn(shape, device=device, dtype=dtype) * 1.5 + 0.3
+        grad = torch.randn(shape, device=device, dtype=dtype)
+        if channels_last:
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, B))
+            grad = grad.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (T, B))
+        out.append((x, grad))
+    params = {
+        "gamma": torch.rand(C, device=device) + 0.5,
+        "beta": torch.randn(C, device=device) * 0.3,
+        "tau": torch.tensor(0.2, device=device),
+        "kappa_first": torch.tensor(1.1, device=device),
+        "kappa_rest": torch.tensor(0.9, device=device),
+    }
+    return out, params
+
+
+def time_kernels(shape, dtype, channels_last, config, device, bandwidth) -> dict:
+    import triton.testing
+
+    apply(config)
+    sets, p = make_inputs(shape, dtype, channels_last, device)
+    layout = K.Layout.of(sets[0][0])
+    outs = [torch.empty_like(x) for x, _ in sets]
+    dxs = [torch.empty_like(x) for x, _ in sets]
+    mean, var = K.batch_stats(sets[0][0], layout)
+    counter = [0]
+
+    def pick():
+        counter[0] = (counter[0] + 1) % len(sets)
+        return counter[0]
+
+    def stats():
+        K.batch_stats(sets[pick()][0], layout)
+
+    def forward():
+        i = pick()
+        K.forward(sets[i][0], layout, outs[i], p["gamma"], p["beta"], p["tau"], None, mean, var,
+                  1e-5, 0.5, 1.0)
+
+    def backward():
+        i = pick()
+        x, grad = sets[i]
+        K.backward(grad, x, layout, dxs[i], None, p["gamma"], p["beta"], p["tau"], None, mean, var,
+                   p["kappa_first"], p["kappa_rest"], 1e-5, 0.5, 1.0, "rect", True)
+
+    row = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
+           "layout": "channels_last" if channels_last else "nchw", "config": config}
+    pass_bytes = math.prod(shape) * dtype.itemsize
+    for name, fn, passes in (("stats", stats, 1), ("forward", forward, 2), ("backward", backward, 5)):
+        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+        row[f"{name}_ms"] = ms
+        row[f"{name}_gbs"] = passes * pass_bytes / (ms * 1e-3) / 1e9
+    row["total_ms"] = row["stats_ms"] + row["forward_ms"] + row["backward_ms"]
+    row["roofline_ms"] = 8 * pass_bytes / (bandwidth * 1e9) * 1e3
+    apply("default")
+    return row
+
+
+def time_layer(shape, dtype, channels_last, device) -> dict:
+    """The whole TdBNPLIF forward + backward: eager, and replayed as one CUDA graph."""
+    sets, _ = make_inputs(shape, dtype, channels_last, device, sets=1)
+    x, grad = sets[0]
+    x.requires_grad_()
+    layer = TdBNPLIF(shape[2], backend="triton").to(device)
+
+    def step():
+        x.grad = None
+        layer(x).backward(grad)
+
+    import triton.testing
+
+    row = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
+           "layout": "channels_last" if channels_last else "nchw"}
+    row["eager_ms"] = triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        x.grad = None
+        with torch.cuda.graph(graph):
+            layer(x).backward(grad)
+        row["graph_ms"] = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+    except Exception as exc:  # report, don't hide the eager number
+        row["note"] = f"graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json")
+    parser.add_argument("--quick", action="store_true", help="default configuration only")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda")
+    bandwidth = copy_bandwidth_gbs(device)
+    print(f"copy bandwidth {bandwidth:.0f} GB/s")
+    columns = ["shape", "dtype", "layout", "config", "stats_ms", "forward_ms", "backward_ms", "total_ms",
+               "roofline_ms", "stats_gbs", "forward_gbs", "backward_gbs"]
+    rows, layers = [], []
+    for shape_text, dtype_name, channels_last, configs in CASES:
+        shape = [int(v) for v in shape_text.split("x")]
+        dtype = DTYPES[dtype_name]
+        for config in (["default"] if args.quick else configs):
+            try:
+                row = time_kernels(shape, dtype, channels_last, config, device, bandwidth)
+            except Exception as exc:
+                row = {"shape": shape_text, "dtype": dtype_name, "config": config,
+                       "note": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+                columns_now = ["shape", "dtype", "config", "note"]
+                print_table([row], columns_now)
+            else:
+                print_table([row], columns)
+            rows.append(row)
+        layers.append(time_layer(shape, dtype, channels_last, device))
+        print_table(layers[-1:], ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
+        write_json(args.json, {"benchmark": "tune", "environment": environment(device),
+                               "copy_bandwidth_gbs": bandwidth, "kernels": rows, "layer": layers})
+    print()
+    print_table(rows, columns)
+    print_table(layers, ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
+    return {"kernels": rows, "layer": layers}
+
+
+if __name__ == "__main__":
+    main()

@@ -21,31 +21,36 @@ from bench.common import copy_bandwidth_gbs, environment, print_table, write_jso
 from mpdagl_triton import TdBNPLIF
 from mpdagl_triton.kernels import tdbn_plif as K
 
-#: name -> (FORWARD_TILE, BACKWARD_BUDGET, EIGHT_WARPS_FROM, CHANNELS_LAST_BLOCK_K)
+KNOBS = ("FORWARD_TILE", "BACKWARD_BUDGET", "EIGHT_WARPS_FROM", "CHANNELS_LAST_BLOCK_K", "STATS_PROGRAMS")
+DEFAULTS = {name: getattr(K, name) for name in KNOBS}
+#: name -> launch parameters changed from the module's defaults
 CONFIGS = {
-    "default": (2048, 2048, 2048, 64),
-    "small": (1024, 1024, 2048, 64),
-    "large": (4096, 4096, 2048, 64),
-    "huge-4w": (8192, 4096, 1 << 30, 64),
-    "all-4w": (2048, 2048, 1 << 30, 64),
-    "fwd4096-bwd8w": (4096, 2048, 512, 64),
-    "small-8w": (1024, 1024, 256, 64),
-    "huge-8w": (8192, 4096, 4096, 64),
-    "cl-k32": (2048, 2048, 2048, 32),
-    "cl-k128": (2048, 2048, 2048, 128),
+    "default": {},
+    "small": {"FORWARD_TILE": 1024, "BACKWARD_BUDGET": 1024},
+    "large": {"FORWARD_TILE": 4096, "BACKWARD_BUDGET": 4096},
+    "huge": {"FORWARD_TILE": 8192, "BACKWARD_BUDGET": 4096},
+    "all-8w": {"EIGHT_WARPS_FROM": 256},
+    "bwd-small": {"BACKWARD_BUDGET": 1024},
+    "stats-256": {"STATS_PROGRAMS": 256},
+    "stats-4096": {"STATS_PROGRAMS": 4096},
+    "cl-k32": {"CHANNELS_LAST_BLOCK_K": 32},
+    "cl-k128": {"CHANNELS_LAST_BLOCK_K": 128},
 }
 #: (shape, dtype, channels_last, configs) — the ResNet-19 stage-1 layer at both issue-7 settings
 CASES = [
-    ("4x64x128x32x32", "fp32", False, ["default", "small", "large", "huge-4w", "all-4w", "huge-8w"]),
-    ("4x64x128x32x32", "bf16", True, ["default", "small", "large", "all-4w", "cl-k32", "cl-k128"]),
-    ("2x128x128x32x32", "bf16", False, ["default", "large"]),
-    ("4x64x512x8x8", "bf16", True, ["default", "cl-k128"]),
+    ("4x64x128x32x32", "fp32", False, ["default", "small", "large", "huge", "all-8w", "bwd-small", "stats-256",
+                                       "stats-4096"]),
+    ("4x64x128x32x32", "bf16", True, ["default", "small", "large", "all-8w", "stats-256", "stats-4096", "cl-k32",
+                                      "cl-k128"]),
+    ("2x128x128x32x32", "bf16", False, ["default", "large", "all-8w", "bwd-small"]),
+    ("4x64x512x8x8", "bf16", True, ["default", "cl-k32", "cl-k128"]),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def apply(config: str) -> None:
-    K.FORWARD_TILE, K.BACKWARD_BUDGET, K.EIGHT_WARPS_FROM, K.CHANNELS_LAST_BLOCK_K = CONFIGS[config]
+    for name, value in {**DEFAULTS, **CONFIGS[config]}.items():
+        setattr(K, name, value)
 
 
 def make_inputs(shape, dtype, channels_last, device, sets: int = 3):
@@ -143,6 +148,40 @@ def time_layer(shape, dtype, channels_last, device) -> dict:
     return row
 
 
+def host_overheads(device: torch.device) -> list[dict]:
+    """Host microseconds per call on a tiny layer, where the GPU has next to nothing to do: what a
+    Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it)."""
+    import time
+
+    sets, p = make_inputs([4, 2, 8, 4, 4], torch.float32, False, device, sets=1)
+    x, grad = sets[0]
+    layout = K.Layout.of(x)
+    out = torch.empty_like(x)
+    mean, var = K.batch_stats(x, layout)
+    layer = TdBNPLIF(8, backend="triton").to(device)
+    compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device))
+    xg = x.clone().requires_grad_()
+
+    def per_call(fn, n: int = 1000) -> float:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    calls = {
+        "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["tau"],
+                                                          None, mean, var, 1e-5, 0.5, 1.0),
+        "torch add_": lambda: out.add_(1.0),
+        "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
+        "layer fwd+bwd, torch.compile": lambda: compiled(xg).backward(grad),
+    }
+    return [{"call": name, "host_us": per_call(fn)} for name, fn in calls.items()]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json")
@@ -153,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"copy bandwidth {bandwidth:.0f} GB/s")
     columns = ["shape", "dtype", "layout", "config", "stats_ms", "forward_ms", "backward_ms", "total_ms",
                "roofline_ms", "stats_gbs", "forward_gbs", "backward_gbs"]
+    overheads = host_overheads(device)
+    print_table(overheads, ["call", "host_us"])
     rows, layers = [], []
     for shape_text, dtype_name, channels_last, configs in CASES:
         shape = [int(v) for v in shape_text.split("x")]
@@ -171,11 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
         layers.append(time_layer(shape, dtype, channels_last, device))
         print_table(layers[-1:], ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
         write_json(args.json, {"benchmark": "tune", "environment": environment(device),
-                               "copy_bandwidth_gbs": bandwidth, "kernels": rows, "layer": layers})
+                               "copy_bandwidth_gbs": bandwidth, "host_overheads": overheads,
+                               "kernels": rows, "layer": layers})
     print()
     print_table(rows, columns)
     print_table(layers, ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
-    return {"kernels": rows, "layer": layers}
+    print_table(overheads, ["call", "host_us"])
+    return {"host_overheads": overheads, "kernels": rows, "layer": layers}
 
 
 if __name__ == "__main__":

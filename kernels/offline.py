@@ -46,3 +46,21 @@ def resource_usage(compiled) -> dict[str, int]:
     usage = dict(re.findall(r"(REG|LOCAL|SHARED|STACK):(\d+)", text))
     return {"registers": int(usage["REG"]), "spill_bytes": int(usage["LOCAL"]),
             "shared_bytes": int(usage["SHARED"]), "stack_bytes": int(usage["STACK"])}
+
+
+def compile_call(kernel, args: tuple, kwargs: dict, target: GPUTarget = HOPPER):
+    """Compile exactly the variant that ``kernel[grid](*args, **kwargs)`` would compile on a
+    ``target`` GPU: the same specialization of every argument (pointer alignment, integers equal
+    to 1 or divisible by 16), the same constexprs and options. Tensors may live on the CPU; only
+    their dtype and alignment matter. Uses Triton's own binder (a private API, stable from
+    Triton 3.3 to 3.9)."""
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound_args, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args,
+                                                             specialization, options)
+    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
+                          options=options.__dict__)

@@ -60,23 +60,14 @@ PI = tl.constexpr(math.pi)
 
 
 @triton.jit
-def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
-          CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-          INT64: tl.constexpr):
-    """This program's tile: offsets within one timestep, mask, its channel index and mask, and
-    the T strides (64-bit when offsets may pass 2**31: t * stride can, even when a stride fits).
+def _tile_at(row_block, col_block, chan_program, n_rows, n_cols, n_chan, stride_row, stride_chan,
+             CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+             INT64: tl.constexpr):
+    """Offsets within one timestep, mask, channel index and channel mask of one tile.
 
-    The channel index is ``[1, 1]`` (channel-major: one channel per program) or ``[1, BLOCK_K]``
-    (channels-last), so per-channel loads and sums broadcast against the tile either way.
+    The channel index is ``[1, 1]`` (channel-major: one channel per program, ``chan_program``) or
+    ``[1, BLOCK_K]`` (channels-last), so per-channel loads broadcast against the tile either way.
     """
-    pid0 = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    if CHANNELS_LAST:
-        row_block = pid0
-        col_block = pid1
-    else:
-        row_block = pid0 // n_col_blocks
-        col_block = pid0 % n_col_blocks
     rows = row_block * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = col_block * BLOCK_K + tl.arange(0, BLOCK_K)
     if INT64:
@@ -86,15 +77,35 @@ def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_strid
     if CHANNELS_LAST:
         chans = cols[None, :]
     else:
-        chans = tl.full([1, 1], 0, tl.int32) + pid1
+        chans = tl.full([1, 1], 0, tl.int32) + chan_program
         if INT64:
-            offs += pid1.to(tl.int64) * stride_chan
+            offs += chan_program.to(tl.int64) * stride_chan
         else:
-            offs += pid1 * stride_chan
+            offs += chan_program * stride_chan
+    return offs, mask, chans, chans < n_chan
+
+
+@triton.jit
+def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
+          CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+          INT64: tl.constexpr):
+    """This program's tile (see ``_tile_at``) and the T strides, 64-bit when offsets may pass
+    2**31 (t * stride can, even when a stride fits)."""
+    pid0 = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    if CHANNELS_LAST:
+        row_block = pid0
+        col_block = pid1
+    else:
+        row_block = pid0 // n_col_blocks
+        col_block = pid0 % n_col_blocks
+    offs, mask, chans, chan_mask = _tile_at(row_block, col_block, pid1, n_rows, n_cols, n_chan,
+                                            stride_row, stride_chan, CHANNELS_LAST, BLOCK_R,
+                                            BLOCK_K, INT64)
     if INT64:
         x_stride_t = x_stride_t.to(tl.int64)
         stride_t = stride_t.to(tl.int64)
-    return offs, mask, chans, chans < n_chan, x_stride_t, stride_t
+    return offs, mask, chans, chan_mask, x_stride_t, stride_t
 
 
 @triton.jit
@@ -150,39 +161,76 @@ def _surrogate(u, kappa, SURROGATE: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["x_stride_t"])
-def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_chan,
-                          x_stride_t, stride_row, stride_chan,
-                          T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
-                          BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    offs, mask, chans, chan_mask, x_stride_t, _ = _tile(
-        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, x_stride_t,
-        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
-    # per-channel sums keep a [1, BLOCK_K] (channels-last) or [1, 1] shape: they broadcast back
-    count = tl.sum(mask.to(COMPUTE), axis=0, keep_dims=True)
-    if not CHANNELS_LAST:
-        count = tl.sum(count, axis=1, keep_dims=True)
-    safe_count = tl.maximum(count, 1.0)
-    n = count * 0.0
-    mean = count * 0.0
-    m2 = count * 0.0
+@triton.jit
+def _per_channel(a, CHANNELS_LAST: tl.constexpr):
+    """Sum of a tile per channel: ``[BLOCK_K]`` (channels-last) or a scalar (one channel)."""
+    if CHANNELS_LAST:
+        total = tl.sum(a, axis=0)
+    else:
+        total = tl.sum(tl.sum(a, axis=1), axis=0)
+    return total
+
+
+@triton.jit
+def _tile_moments(x_ptr, offs, mask, x_stride_t, T: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                  COMPUTE: tl.constexpr):
+    """(count, mean, M2) per channel of one tile over all T timesteps: the T loads are issued
+    before any reduction, then one reduction for the mean and one for M2."""
+    xs = ()
+    total = tl.zeros(offs.shape, COMPUTE)
     for t in tl.static_range(T):
         x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        tile_sum = tl.sum(x, axis=0, keep_dims=True)
-        if not CHANNELS_LAST:
-            tile_sum = tl.sum(tile_sum, axis=1, keep_dims=True)
-        tile_mean = tile_sum / safe_count
-        centered = tl.where(mask, x - tile_mean, 0.0)
-        tile_m2 = tl.sum(centered * centered, axis=0, keep_dims=True)
-        if not CHANNELS_LAST:
-            tile_m2 = tl.sum(tile_m2, axis=1, keep_dims=True)
-        # Chan et al.: merge (n, mean, m2) with this timestep's (count, tile_mean, tile_m2)
-        merged = tl.maximum(n + count, 1.0)
+        xs = xs + (x,)
+        total += x
+    count = _per_channel(mask.to(COMPUTE), CHANNELS_LAST) * T
+    mean = _per_channel(total, CHANNELS_LAST) / tl.maximum(count, 1.0)
+    if CHANNELS_LAST:
+        centre = mean[None, :]
+    else:
+        centre = mean
+    squares = tl.zeros(offs.shape, COMPUTE)
+    for t in tl.static_range(T):
+        d = tl.where(mask, xs[t] - centre, 0.0)
+        squares += d * d
+    return count, mean, _per_channel(squares, CHANNELS_LAST)
+
+
+@triton.jit(do_not_specialize=["row_iters"])
+def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_chan,
+                          x_stride_t, stride_row, stride_chan, row_iters,
+                          T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
+    pid0 = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    if CHANNELS_LAST:
+        row_group = pid0
+        col_block = pid1
+        chans = col_block * BLOCK_K + tl.arange(0, BLOCK_K)
+    else:
+        row_group = pid0 // n_col_blocks
+        col_block = pid0 % n_col_blocks
+        chans = pid1
+    if INT64:
+        x_stride_t = x_stride_t.to(tl.int64)
+    # row_iters consecutive row blocks per program, merged with Chan et al.'s formula
+    first = row_group * row_iters
+    offs, mask, _, _ = _tile_at(first, col_block, pid1, n_rows, n_cols, n_chan, stride_row,
+                                stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    n, mean, m2 = _tile_moments(x_ptr, offs, mask, x_stride_t, T, CHANNELS_LAST, COMPUTE)
+    for i in range(1, row_iters):
+        offs, mask, _, _ = _tile_at(first + i, col_block, pid1, n_rows, n_cols, n_chan,
+                                    stride_row, stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K,
+                                    INT64)
+        count, tile_mean, tile_m2 = _tile_moments(x_ptr, offs, mask, x_stride_t, T,
+                                                  CHANNELS_LAST, COMPUTE)
+        merged = n + count
+        weight = count / tl.maximum(merged, 1.0)
         delta = tile_mean - mean
-        mean = mean + delta * (count / merged)
-        m2 = m2 + tile_m2 + delta * delta * (n * count / merged)
-        n = n + count
-    base = partial_ptr + tl.program_id(0) * 3 * n_chan + chans  # partial is [P, 3, C]
+        mean = mean + delta * weight
+        m2 = m2 + tile_m2 + delta * delta * (n * weight)
+        n = merged
+    base = partial_ptr + pid0 * 3 * n_chan + chans  # partial is [P, 3, C]
+    chan_mask = chans < n_chan
     tl.store(base, n, mask=chan_mask)
     tl.store(base + n_chan, mean, mask=chan_mask)
     tl.store(base + 2 * n_chan, m2, mask=chan_mask)
@@ -218,7 +266,7 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
     tl.store(var_ptr + chans, m2 / tl.maximum(total, 1.0), mask=chan_mask)
 
 
-@triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
+@triton.jit
 def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
                     n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row, stride_chan,
                     eps, vth, alpha,
@@ -239,7 +287,7 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
         tl.store(out_ptr + t * stride_t + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["x_stride_t", "stride_t"])
+@triton.jit
 def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy_means_ptr,
                      mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
                      kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan,
@@ -370,7 +418,8 @@ def _packed(shape, strides, inner: int) -> bool:
 FORWARD_TILE = 2048  # elements per program in the stats and forward kernels
 BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-1024
 CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile
-EIGHT_WARPS_FROM = 2048  # tiles of at least this many elements run 8 warps, smaller ones 4
+EIGHT_WARPS_FROM = 4096  # tiles of at least this many elements run 8 warps, smaller ones 4
+STATS_PROGRAMS = 1024  # the statistics kernel merges row blocks until about this many programs
 
 
 def backward_tile(T: int) -> int:
@@ -415,20 +464,26 @@ def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Te
     """Per-channel mean and biased variance of ``x`` over every axis but C."""
     cdtype = compute_dtype(x.dtype)
     block_r, block_k = blocks(layout, x.shape[1], tile=FORWARD_TILE)
-    grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
-    partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
+    row_blocks = triton.cdiv(layout.n_rows, block_r)
+    col_blocks = triton.cdiv(layout.n_cols, block_k)
+    # several row blocks per program when tiles are many: fewer partials for the finalize pass
+    tiles = row_blocks * col_blocks * (1 if layout.channels_last else layout.n_chan)
+    row_iters = min(row_blocks, max(1, tiles // STATS_PROGRAMS))
+    row_groups = triton.cdiv(row_blocks, row_iters)
+    grid = (row_groups, col_blocks) if layout.channels_last else (row_groups * col_blocks, layout.n_chan)
+    partial = torch.empty((grid[0], 3, layout.n_chan), dtype=cdtype, device=x.device)
     _stats_partial_kernel[grid](
         x, partial, layout.n_rows, layout.n_cols, col_blocks, layout.n_chan,
-        x.stride(0), layout.stride_row, layout.stride_chan,
+        x.stride(0), layout.stride_row, layout.stride_chan, row_iters,
         T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r, BLOCK_K=block_k,
-        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=num_warps(block_r, block_k),
+        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=4,
     )
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
-    block_c = min(triton.next_power_of_2(layout.n_chan), 64)
+    block_c = min(triton.next_power_of_2(layout.n_chan), 16)
     _stats_finalize_kernel[(triton.cdiv(layout.n_chan, block_c),)](
-        partial, mean, var, n_partials, layout.n_chan,
-        BLOCK_P=32, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[cdtype],
+        partial, mean, var, grid[0], layout.n_chan,
+        BLOCK_P=64, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[cdtype],
     )
     return mean, var
 

@@ -137,26 +137,10 @@ def _tile_layout(x: Tensor, out: Tensor):
     return _kernels.Layout.of(x)
 
 
-@torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
-def _fwd_op(
-    x: Tensor,
-    gamma: Tensor,
-    beta: Tensor,
-    tau: Tensor,
-    kappa_first: Tensor,
-    kappa_rest: Tensor,
-    residual: Optional[Tensor],
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    eps: float,
-    vth: float,
-    alpha: float,
-    surrogate: str,
-    sync: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones).
-
-    With ``sync`` the batch statistics are merged over every process of the default group."""
+def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor, residual: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
+                  vth: float, alpha: float, sync: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones)."""
     spikes = _output_like(x)
     work, work_out = x, spikes
     layout = _tile_layout(x, spikes)
@@ -180,6 +164,30 @@ def _fwd_op(
     return spikes, mean, var
 
 
+@torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
+def _fwd_op(
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    tau: Tensor,
+    kappa_first: Tensor,
+    kappa_rest: Tensor,
+    residual: Optional[Tensor],
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    eps: float,
+    vth: float,
+    alpha: float,
+    surrogate: str,
+    sync: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones).
+
+    With ``sync`` the batch statistics are merged over every process of the default group."""
+    return _forward_impl(x, gamma, beta, tau, residual, running_mean, running_var, eps, vth, alpha,
+                         sync)
+
+
 @_fwd_op.register_fake
 def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, running_var,
               eps, vth, alpha, surrogate, sync):
@@ -188,25 +196,10 @@ def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_me
     return _output_like(x), stats, torch.empty_like(stats)
 
 
-@torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
-def _bwd_op(
-    grad: Tensor,
-    x: Tensor,
-    gamma: Tensor,
-    beta: Tensor,
-    tau: Tensor,
-    kappa_first: Tensor,
-    kappa_rest: Tensor,
-    residual: Optional[Tensor],
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-    vth: float,
-    alpha: float,
-    surrogate: str,
-    batch_stats: bool,
-    sync: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor,
+                   kappa_first: Tensor, kappa_rest: Tensor, residual: Optional[Tensor], mean: Tensor,
+                   var: Tensor, eps: float, vth: float, alpha: float, surrogate: str,
+                   batch_stats: bool, sync: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
     dx = _output_like(x)
     dres = None if residual is None else _output_like(x, residual.dtype)
@@ -233,6 +226,30 @@ def _bwd_op(
     return dx, dgamma, dbeta, dtau, x.new_empty(0) if dres is None else dres
 
 
+@torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
+def _bwd_op(
+    grad: Tensor,
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    tau: Tensor,
+    kappa_first: Tensor,
+    kappa_rest: Tensor,
+    residual: Optional[Tensor],
+    mean: Tensor,
+    var: Tensor,
+    eps: float,
+    vth: float,
+    alpha: float,
+    surrogate: str,
+    batch_stats: bool,
+    sync: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
+    return _backward_impl(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var,
+                          eps, vth, alpha, surrogate, batch_stats, sync)
+
+
 @_bwd_op.register_fake
 def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var, eps, vth,
               alpha, surrogate, batch_stats, sync):
@@ -241,26 +258,56 @@ def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean
             torch.empty_like(tau), dres)
 
 
-def _fwd_setup_context(ctx, inputs, output):
-    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, _running_var,
-     eps, vth, alpha, surrogate, sync) = inputs
-    _, mean, var = output
+def _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
+          alpha, surrogate, sync, mean, var) -> None:
     ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
     ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None, sync)
     ctx.mark_non_differentiable(mean, var)
 
 
-def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+def _grads(ctx, grad_spikes, backward) -> tuple:
     x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var = ctx.saved_tensors
     eps, vth, alpha, surrogate, batch_stats, sync = ctx.hyper
-    dx, dgamma, dbeta, dtau, dres = _bwd_op(grad_spikes, x, gamma, beta, tau, kappa_first,
-                                            kappa_rest, residual, mean, var, eps, vth, alpha,
-                                            surrogate, batch_stats, sync)
+    dx, dgamma, dbeta, dtau, dres = backward(grad_spikes, x, gamma, beta, tau, kappa_first,
+                                             kappa_rest, residual, mean, var, eps, vth, alpha,
+                                             surrogate, batch_stats, sync)
     return (dx, dgamma, dbeta, dtau, None, None, dres if residual is not None else None,
             None, None, None, None, None, None, None)
 
 
+def _fwd_setup_context(ctx, inputs, output):
+    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, _running_var,
+     eps, vth, alpha, surrogate, sync) = inputs
+    _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
+          alpha, surrogate, sync, *output[1:])
+
+
+def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+    return _grads(ctx, grad_spikes, _bwd_op)
+
+
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _EagerTdBNPLIF(torch.autograd.Function):
+    """The custom ops' implementation as a plain autograd Function, for eager mode.
+
+    The dispatcher route of ``torch.library`` ops costs a few hundred microseconds of host time
+    per layer and step; outside torch.compile this calls the same implementations directly.
+    Under torch.compile the registered custom ops are used (see ``tdbn_plif``)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean,
+                running_var, eps, vth, alpha, surrogate, sync):
+        spikes, mean, var = _forward_impl(x, gamma, beta, tau, residual, running_mean,
+                                          running_var, eps, vth, alpha, sync)
+        _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
+              alpha, surrogate, sync, mean, var)
+        return spikes, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_spikes, _grad_mean, _grad_var):
+        return _grads(ctx, grad_spikes, _backward_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +465,8 @@ def tdbn_plif(
     else:
         tau_t = torch.full((), float(tau), dtype=cdtype, device=x.device)
         kappa_first, kappa_rest = kappas(gamma, tau, vth, width_rule, kappa0)
-    spikes, mean, var = _fwd_op(
+    fused = _fwd_op if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
+    spikes, mean, var = fused(
         x, gamma, beta, tau_t, kappa_first, kappa_rest, residual,
         None if training else running_mean, None if training else running_var,
         float(eps), float(vth), float(alpha), surrogate, sync,

@@ -1,24 +1,38 @@
-"""Compile every kernel variant for an H100 (sm_90) without a GPU; run by test_ptx_compile.py.
+"""Compile kernel variants for an H100 (sm_90) without a GPU, through Triton's real compiler.
 
-The interpreter runs kernels as Python and accepts code that Triton's compiler rejects, so this
-lowers each variant the op can launch through the real compiler, down to a cubin with ptxas.
-Must run without TRITON_INTERPRET.
+The interpreter runs kernels as Python and accepts code that Triton's compiler rejects (and some
+variants hit compiler bugs of one Triton version only), so this lowers kernels down to cubins:
+
+    python tests/ptx_compile_check.py                 the fixed set below (run by test_packaging)
+    python tests/ptx_compile_check.py --from-tests tests/test_op.py ...
+        runs those tests through the interpreter, records every launch (argument dtypes and
+        alignment, integer values, constexprs, warps), then compiles each distinct variant
+        exactly as the GPU would; run it with each Triton version the project supports.
+
+Compiling must run without TRITON_INTERPRET.
 """
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
 
-import triton
-import triton.language as tl
-
-from mpdagl_triton.kernels import tdbn_plif as K
-from mpdagl_triton.kernels.offline import compile_variant
+KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel")
 
 
 def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
+    from mpdagl_triton.kernels.offline import compile_variant
+
     assert "cubin" in compile_variant(kernel, pointers, constexprs).asm
 
 
-def main() -> int:
+def fixed_set() -> int:
+    import triton
+    import triton.language as tl
+
+    from mpdagl_triton.kernels import tdbn_plif as K
+
     count = 0
     for x_type, channels_last in [("bf16", False), ("bf16", True), ("fp32", False),
                                   ("fp32", True), ("fp64", False)]:
@@ -56,5 +70,100 @@ def main() -> int:
     return 0
 
 
+def _describe(value):
+    import torch
+    import triton.language as tl
+
+    if isinstance(value, torch.Tensor):
+        return {"tensor": str(value.dtype).removeprefix("torch."), "aligned": value.data_ptr() % 16 == 0}
+    if isinstance(value, tl.dtype):
+        return {"tl": value.name}
+    return value
+
+
+def _rebuild(value):
+    import torch
+    import triton.language as tl
+
+    if isinstance(value, dict) and "tensor" in value:
+        t = torch.empty(64 + 1, dtype=getattr(torch, value["tensor"]))
+        return t[:64] if value["aligned"] else t[1:]
+    if isinstance(value, dict) and "tl" in value:
+        return {"fp32": tl.float32, "fp64": tl.float64}[value["tl"]]
+    return value
+
+
+def record(pytest_args: list[str], path: str) -> int:
+    """Run pytest in the interpreter with every kernel launch recorded into ``path``."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    import pytest
+
+    from mpdagl_triton.kernels import tdbn_plif as K
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def call(*args, **kwargs):
+                entry = {"kernel": self.name, "args": [_describe(a) for a in args],
+                         "kwargs": {k: _describe(v) for k, v in kwargs.items()}}
+                seen.setdefault(json.dumps(entry, sort_keys=True), entry)
+                return launch(*args, **kwargs)
+
+            return call
+
+    for name in KERNELS:
+        setattr(K, name, Recorder(name, getattr(K, name)))
+    code = pytest.main(["-q", "-p", "no:cacheprovider", *pytest_args])
+    with open(path, "w") as f:
+        json.dump(list(seen.values()), f)
+    print(f"recorded {len(seen)} distinct launches")
+    return int(code)
+
+
+def compile_recorded(path: str) -> int:
+    import triton
+
+    from mpdagl_triton.kernels import tdbn_plif as K
+    from mpdagl_triton.kernels.offline import compile_call
+
+    entries = json.load(open(path))
+    failures = 0
+    for entry in entries:
+        kernel = getattr(K, entry["kernel"])
+        args = tuple(_rebuild(a) for a in entry["args"])
+        kwargs = {k: _rebuild(v) for k, v in entry["kwargs"].items()}
+        try:
+            assert "cubin" in compile_call(kernel, args, kwargs).asm
+        except Exception as exc:
+            failures += 1
+            consts = {k: v for k, v in entry["kwargs"].items()}
+            print(f"FAILED {entry['kernel']} {consts}: {type(exc).__name__}: {str(exc)[:200]}")
+    print(f"compiled {len(entries) - failures} of {len(entries)} recorded variants for sm_90 "
+          f"with triton {triton.__version__}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--record"]:
+        return record(argv[2:], argv[1])
+    if argv[:1] == ["--compile"]:
+        return compile_recorded(argv[1])
+    if argv[:1] == ["--from-tests"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "launches.json")
+            code = subprocess.call([sys.executable, __file__, "--record", path, *argv[1:]])
+            if code != 0:
+                return code
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+            return subprocess.call([sys.executable, __file__, "--compile", path], env=env)
+    return fixed_set()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

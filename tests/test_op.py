@@ -92,6 +92,33 @@ def test_many_tiles_per_channel(shape, channels_last):
     check_float64(Case(shape, channels_last=channels_last, seed=11))
 
 
+@pytest.mark.parametrize("programs", [1, 32])
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 5, 7), False), ((3, 5, 6, 4, 5), True)])
+def test_statistics_merge_row_blocks_within_a_program(shape, channels_last, programs, monkeypatch):
+    """Small tiles and few statistics programs: each program merges several row blocks with
+    Chan's formula (all of them with 1 program per column block; with 32, 3 blocks each, the
+    last group running past the rows)."""
+    from mpdagl_triton.kernels import tdbn_plif as K
+
+    monkeypatch.setattr(K, "FORWARD_TILE", 8)
+    monkeypatch.setattr(K, "CHANNELS_LAST_BLOCK_K", 4)
+    monkeypatch.setattr(K, "STATS_PROGRAMS", programs)
+    x = make_inputs(Case(shape, channels_last=channels_last))["x"]
+    layout = K.Layout.of(x)
+    block_r, _ = K.blocks(layout, shape[1], K.FORWARD_TILE)
+    assert triton_cdiv(layout.n_rows, block_r) >= 3, "the case must span several row blocks"
+    mean, var = K.batch_stats(x, layout)
+    want_mean = x.mean(dim=(0, 1, 3, 4))
+    want_var = x.var(dim=(0, 1, 3, 4), unbiased=False)
+    assert_close_to_max(mean, want_mean, 1e-12, "mean")
+    assert_close_to_max(var, want_var, 1e-12, "var")
+    check_float64(Case(shape, channels_last=channels_last, seed=5))
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_low_precision_matches_float64_reference(dtype, channels_last):

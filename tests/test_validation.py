@@ -89,7 +89,7 @@ def test_backend_resolution(monkeypatch):
 
 
 def test_env_backend_selects_triton(monkeypatch):
-    """MPDAGL_BACKEND=triton routes auto through the custom op (visible in the autograd graph)."""
+    """MPDAGL_BACKEND=triton routes auto through the fused op (visible in the autograd graph)."""
     from oracle import DEVICE
 
     x = torch.randn(2, 3, 4, 5, device=DEVICE, requires_grad=True)
@@ -97,9 +97,9 @@ def test_env_backend_selects_triton(monkeypatch):
               rho=torch.tensor(-1.0, device=DEVICE))
     monkeypatch.setenv("MPDAGL_BACKEND", "triton")
     spikes = call("auto", x=x, **on)
-    assert "mpdagl_tdbn_plif_fwd" in spikes.grad_fn.name()
+    assert "EagerTdBNPLIF" in spikes.grad_fn.name()
     monkeypatch.setenv("MPDAGL_BACKEND", "torch")
-    assert "mpdagl" not in call("auto", x=x, **on).grad_fn.name()
+    assert "TdBNPLIF" not in call("auto", x=x, **on).grad_fn.name()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without CUDA")

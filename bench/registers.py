@@ -35,11 +35,12 @@ def _layout(shape, T, channels_last):
 
 def variants(T: int, layout: K.Layout, batch: int):
     common = dict(CHANNELS_LAST=layout.channels_last, INT64=False, COMPUTE=tl.float32)
-    r, k = K.blocks(layout, batch, K.FORWARD_TILE)
+    r, k = K.blocks(layout, batch, K.stats_tile(T))
     yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
-        dict(T=T, BLOCK_R=r, BLOCK_K=k, **common), r * k
+        dict(T=T, BLOCK_R=r, BLOCK_K=k, **common), r * k, 4  # batch_stats launches 4 warps
+    r, k = K.blocks(layout, batch, K.FORWARD_TILE)
     yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "out_ptr": "bf16", **PER_CHANNEL}, \
-        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=r, BLOCK_K=k, **common), r * k
+        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=r, BLOCK_K=k, **common), r * k, K.num_warps(r, k)
     r, k = K.blocks(layout, batch, K.backward_tile(T))
     pointers = {"grad_ptr": "bf16", "x_ptr": "bf16", "res_ptr": "bf16", "dx_ptr": "bf16", "dres_ptr": "bf16",
                 "partial_ptr": "fp32", "dy_means_ptr": "fp32", "kappa_first_ptr": "fp32",
@@ -47,7 +48,7 @@ def variants(T: int, layout: K.Layout, batch: int):
     for name, acc, dx in (("backward sums", True, False), ("backward dx", False, True)):
         yield name, K._backward_kernel, pointers, dict(
             T=T, SURROGATE=0, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False, ACCUMULATE=acc,
-            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=r, BLOCK_K=k, **common), r * k
+            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=r, BLOCK_K=k, **common), r * k, K.num_warps(r, k)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         for channels_last in ((False, True) if len(shape) == 4 else (True,)):
             layout = _layout(shape, 1, channels_last)
             for T in args.timesteps:
-                for kernel_name, kernel, pointers, constexprs, tile in variants(T, layout, shape[0]):
-                    warps = K.num_warps(constexprs["BLOCK_R"], constexprs["BLOCK_K"])
+                for kernel_name, kernel, pointers, constexprs, tile, warps in variants(T, layout, shape[0]):
                     usage = resource_usage(compile_variant(kernel, pointers, constexprs, warps))
                     warps_per_sm = min(64, 65536 // (usage["registers"] * 32 * warps) * warps)
                     rows.append({"layer": layer, "layout": "channels_last" if layout.channels_last else "nchw",

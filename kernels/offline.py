@@ -30,7 +30,7 @@ def compile_variant(kernel, pointers: dict[str, str], constexprs: dict, num_warp
         elif name in pointers:
             signature[name] = "*" + pointers[name]
         else:
-            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+            signature[name] = "fp64" if name in FLOAT_SCALARS else "i32"
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=target, options={"num_warps": num_warps})
 

@@ -13,13 +13,15 @@ and backward, from dL/dS_t, going t = T-1 .. 0 (reset not detached):
 
 Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every timestep):
 
-- ``_stats_partial_kernel``   training statistics: per tile and channel (count, mean, M2), merged over
-  t with Chan's formula. Grid: NCHW-like ``(row blocks * col blocks, C)``; channels-last
-  ``(row blocks, channel blocks)``.
-- ``_stats_finalize_kernel``  merges the per-tile partials into mean and biased var. Grid
+- ``_stats_partial_kernel``   training statistics: per channel (count, mean, M2) of ``row_iters``
+  consecutive row blocks, each tile loading all T timesteps before two reductions, the blocks
+  merged with Chan's formula. Grid: NCHW-like ``(row groups * col blocks, C)``; channels-last
+  ``(row groups, channel blocks)``, with ``row_iters`` chosen for about STATS_PROGRAMS programs.
+- ``_stats_finalize_kernel``  merges the per-program partials into mean and biased var. Grid
   ``(cdiv(C, BLOCK_C),)``.
 - ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes.
-  Same grid as the statistics (tiles of FORWARD_TILE elements).
+  Grid: NCHW-like ``(row blocks * col blocks, C)``; channels-last ``(row blocks, channel
+  blocks)``, tiles of FORWARD_TILE elements.
 - ``_backward_kernel``        same grid shape with smaller tiles (``backward_tile(T)``); recomputes y and V from x (a tuple of T register tiles, never memory),
   runs the recurrence backward; with ACCUMULATE it writes per-tile channel sums of dy, dy * xhat
   and the tau-gradient term, with WRITE_DX it writes dx (and dresidual). Training uses it twice
@@ -106,6 +108,14 @@ def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_strid
         x_stride_t = x_stride_t.to(tl.int64)
         stride_t = stride_t.to(tl.int64)
     return offs, mask, chans, chan_mask, x_stride_t, stride_t
+
+
+@triton.jit
+def _scalar(value, COMPUTE: tl.constexpr):
+    """A float argument in the compute dtype. Float arguments are declared float64 so that
+    float64 math sees thresholds such as 0.4 unrounded (Triton passes Python floats as float32
+    otherwise); ``tl.full`` keeps the value exact under the CPU interpreter too."""
+    return tl.full([], value, COMPUTE)
 
 
 @triton.jit
@@ -269,10 +279,11 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
 @triton.jit
 def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
                     n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row, stride_chan,
-                    eps, vth, alpha,
+                    eps: tl.float64, vth: tl.float64, alpha: tl.float64,
                     T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
+    eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
     offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
         n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
         CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
@@ -291,12 +302,14 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
 def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy_means_ptr,
                      mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
                      kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan,
-                     x_stride_t, stride_t, stride_row, stride_chan, eps, vth, alpha,
+                     x_stride_t, stride_t, stride_row, stride_chan,
+                     eps: tl.float64, vth: tl.float64, alpha: tl.float64,
                      T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
                      WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                      INT64: tl.constexpr, COMPUTE: tl.constexpr):
+    eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
     offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
         n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
         CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
@@ -414,24 +427,34 @@ def _packed(shape, strides, inner: int) -> bool:
     return True
 
 
-# Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU.
-FORWARD_TILE = 2048  # elements per program in the stats and forward kernels
-BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-1024
-CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile
+# Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU; the
+# values are the best of that sweep on an H200 (bench/RESULTS.md).
+FORWARD_TILE = 2048  # elements per program in the forward kernel (and at most in the stats kernel)
+STATS_BUDGET = 8192  # stats elements per program times next_pow2(T): it holds all T tiles at once
+BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-512
+CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile ...
+CHANNELS_LAST_WIDE_FROM = 512  # ... doubled from this many channels on
 EIGHT_WARPS_FROM = 4096  # tiles of at least this many elements run 8 warps, smaller ones 4
 STATS_PROGRAMS = 1024  # the statistics kernel merges row blocks until about this many programs
 
 
+def stats_tile(T: int) -> int:
+    """Elements per statistics program: all T tiles are loaded before reducing, so the tile
+    shrinks with T (no spills up to T = 16 at 4 warps)."""
+    return max(256, min(FORWARD_TILE, STATS_BUDGET // triton.next_power_of_2(T)))
+
+
 def backward_tile(T: int) -> int:
     """Elements per backward program: it keeps x and V of all T timesteps in registers, so the
-    tile shrinks with T (sm_90 cubins: T=2 / 1024 elements and T=4 / 512 use ~72 registers per
-    thread at 4 warps, no spills; see ``python -m bench.registers``)."""
-    return max(256, min(1024, BACKWARD_BUDGET // triton.next_power_of_2(T)))
+    tile shrinks with T. 512 elements at 4 warps (4 per thread and timestep) was fastest at
+    T = 2 and T = 4 on an H200; see ``python -m bench.tune`` and ``python -m bench.registers``."""
+    return max(256, min(512, BACKWARD_BUDGET // triton.next_power_of_2(T)))
 
 
 def blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
     if layout.channels_last:
-        block_k = min(triton.next_power_of_2(layout.n_cols), CHANNELS_LAST_BLOCK_K)
+        wide = 2 if layout.n_cols >= CHANNELS_LAST_WIDE_FROM else 1
+        block_k = min(triton.next_power_of_2(layout.n_cols), CHANNELS_LAST_BLOCK_K * wide)
         block_r = max(1, tile // block_k)
         block_r = min(block_r, triton.next_power_of_2(layout.n_rows))
     else:
@@ -463,7 +486,7 @@ def num_warps(block_r: int, block_k: int) -> int:
 def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``x`` over every axis but C."""
     cdtype = compute_dtype(x.dtype)
-    block_r, block_k = blocks(layout, x.shape[1], tile=FORWARD_TILE)
+    block_r, block_k = blocks(layout, x.shape[1], tile=stats_tile(x.shape[0]))
     row_blocks = triton.cdiv(layout.n_rows, block_r)
     col_blocks = triton.cdiv(layout.n_cols, block_k)
     # several row blocks per program when tiles are many: fewer partials for the finalize pass

@@ -67,7 +67,30 @@ def fixed_set() -> int:
             )
             count += 1
     print(f"compiled {count} kernel variants for sm_90 with triton {triton.__version__}")
+    check_float_arguments_are_float64()
     return 0
+
+
+def check_float_arguments_are_float64() -> None:
+    """eps, vth and alpha must reach the GPU kernels as float64: Triton passes a Python float as
+    float32 unless the parameter says otherwise, and a float32 0.4 threshold broke float64
+    agreement with the reference on a real GPU (the interpreter keeps Python floats exact)."""
+    import re
+
+    import torch
+    import triton.language as tl
+
+    from mpdagl_triton.kernels import tdbn_plif as K
+    from mpdagl_triton.kernels.offline import compile_call
+
+    x = torch.empty(64, dtype=torch.float64)
+    args = (x, x, x, x, x, x, x, x, 4, 36, 1, 5, 720, 720, 180, 36, 1e-5, 0.4, 1.0)
+    kwargs = dict(T=4, HAS_RESIDUAL=False, CHANNELS_LAST=False, BLOCK_R=4, BLOCK_K=64,
+                  INT64=False, COMPUTE=tl.float64)
+    ttir = compile_call(K._forward_kernel, args, kwargs).asm["ttir"]
+    types = dict(re.findall(r"%(eps|vth|alpha): (\w+)", ttir))
+    assert types == {"eps": "f64", "vth": "f64", "alpha": "f64"}, types
+    print("float arguments reach the kernels as f64")
 
 
 def _describe(value):

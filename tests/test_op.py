@@ -100,12 +100,12 @@ def test_statistics_merge_row_blocks_within_a_program(shape, channels_last, prog
     last group running past the rows)."""
     from mpdagl_triton.kernels import tdbn_plif as K
 
-    monkeypatch.setattr(K, "FORWARD_TILE", 8)
+    monkeypatch.setattr(K, "stats_tile", lambda T: 8)
     monkeypatch.setattr(K, "CHANNELS_LAST_BLOCK_K", 4)
     monkeypatch.setattr(K, "STATS_PROGRAMS", programs)
     x = make_inputs(Case(shape, channels_last=channels_last))["x"]
     layout = K.Layout.of(x)
-    block_r, _ = K.blocks(layout, shape[1], K.FORWARD_TILE)
+    block_r, _ = K.blocks(layout, shape[1], K.stats_tile(shape[0]))
     assert triton_cdiv(layout.n_rows, block_r) >= 3, "the case must span several row blocks"
     mean, var = K.batch_stats(x, layout)
     want_mean = x.mean(dim=(0, 1, 3, 4))

@@ -15,6 +15,7 @@ def test_kernels_compile_for_sm90():
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "compiled 30 kernel variants for sm_90" in out.stdout
+    assert "float arguments reach the kernels as f64" in out.stdout
 
 
 def test_wheel_installs_kernels_and_models_inside_the_package(tmp_path):

@@ -74,7 +74,20 @@ def swap_neurons(model: nn.Module, make) -> nn.Module:
     return model
 
 
-def build(impl: str, T: int, device: torch.device):
+def spikingjelly_low_precision(net: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """SpikingJelly's Triton PLIF refuses a bf16/fp16 state under autocast (it falls back to its
+    reference, which SJ_PLIF_CUDA_IMPLEMENTATION=triton forbids) unless the node is given a
+    storage precision, as SpikingJelly's precision converter does."""
+    from spikingjelly._ops.triton_layout import _prepare_triton_neuron_execution_plan
+    from spikingjelly.activation_based.neuron import ParametricLIFNode
+
+    _prepare_triton_neuron_execution_plan(neuron_type="plif", device=device, storage_dtype=dtype)
+    for module in net.modules():
+        if isinstance(module, ParametricLIFNode):
+            module._neuron_precision = (dtype, "fp32", "fp32")
+
+
+def build(impl: str, T: int, device: torch.device, dtype: torch.dtype = torch.float32):
     if impl == "mpdagl":
         return models.create("resnet19", 10, T, backend="triton" if device.type == "cuda" else "torch")
     if impl == "reference":
@@ -83,9 +96,12 @@ def build(impl: str, T: int, device: torch.device):
     if impl == "ann":
         return swap_neurons(net, AnnNeuron)
     try:
-        return swap_neurons(net, SpikingJellyNeuron)
+        net = swap_neurons(net, SpikingJellyNeuron)
     except ImportError:
         return "spikingjelly not installed"
+    if device.type == "cuda" and dtype != torch.float32:
+        spikingjelly_low_precision(net, dtype, device)
+    return net
 
 
 def host_syncs(step, device: torch.device) -> str:
@@ -106,7 +122,10 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             compile_mode="default") -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
-    net = build(impl, T, device)
+    try:
+        net = build(impl, T, device, dtype)
+    except Exception as exc:  # e.g. a SpikingJelly version without the precision API
+        net = f"failed to build: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     if isinstance(net, str):
         row["note"] = net
         return row

@@ -18,15 +18,20 @@ from torch import Tensor, nn
 class ImageAugment(nn.Module):
     """Random crop with zero padding, horizontal flip, and optionally AutoAugment (CIFAR10 policy).
 
-    kornia's AutoAugment draws one sub-policy per call; torchvision's draws one per image. We keep
-    the per-image semantics: every image draws its sub-policy, and each sub-policy runs once on
-    the images that drew it.
+    Crop and flip draw per image. AutoAugment draws one of its 25 sub-policies for each of
+    ``policy_groups`` consecutive slices of the (already shuffled) batch: every image still gets
+    a uniformly drawn sub-policy, but the images of a slice share it. One draw per image would
+    cost up to 25 kornia calls per batch, each a few dozen small launches: on an H200 host that
+    capped the pipeline at 2,000 images/s, below the training step (bench/RESULTS.md).
     """
 
-    def __init__(self, size: int, padding: int, autoaugment: bool):
+    def __init__(self, size: int, padding: int, autoaugment: bool, policy_groups: int = 4):
         super().__init__()
+        if policy_groups < 1:
+            raise ValueError(f"policy_groups must be >= 1, got {policy_groups}")
         self.crop_flip = K.AugmentationSequential(
             K.RandomCrop((size, size), padding=padding), K.RandomHorizontalFlip())
+        self.policy_groups = policy_groups
         self.subpolicies = None
         if autoaugment:
             self.subpolicies = nn.ModuleList(m for _, m in AutoAugment("cifar10").named_children())
@@ -34,14 +39,10 @@ class ImageAugment(nn.Module):
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
         x = self.crop_flip(images.float() / 255)
         if self.subpolicies is not None:
-            choice = torch.randint(len(self.subpolicies), (len(x),), generator=generator)
-            out = x.clone()
-            for index in range(len(self.subpolicies)):
-                picked = (choice == index).nonzero().flatten()  # on the CPU: no device sync
-                if len(picked):
-                    picked = picked.to(x.device, non_blocking=True)
-                    out[picked] = self.subpolicies[index](x[picked]).clamp(0, 1)
-            x = out
+            slices = x.chunk(self.policy_groups)
+            # drawn on the CPU from the epoch's generator: no device sync
+            choice = torch.randint(len(self.subpolicies), (len(slices),), generator=generator).tolist()
+            x = torch.cat([self.subpolicies[c](part).clamp(0, 1) for c, part in zip(choice, slices)])
         return x
 
 

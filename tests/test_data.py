@@ -173,6 +173,28 @@ def test_image_augmentation_per_sample_and_reproducible():
     assert not torch.equal(a, images.float() / 255)
 
 
+def test_autoaugment_draws_one_subpolicy_per_slice_of_the_batch():
+    """Each of the policy_groups slices goes through the sub-policy the generator drew for it."""
+    aug = ImageAugment(8, padding=0, autoaugment=True, policy_groups=3)
+
+    class Mark(torch.nn.Module):  # a stand-in sub-policy that writes its own index
+        def __init__(self, index):
+            super().__init__()
+            self.index = index
+
+        def forward(self, x):
+            return torch.full_like(x, self.index / 100)
+
+    aug.subpolicies = torch.nn.ModuleList(Mark(i) for i in range(25))
+    out = aug(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(4))
+    choice = torch.randint(25, (3,), generator=torch.Generator().manual_seed(4)).tolist()
+    for part, c in zip(out.chunk(3), choice):
+        assert torch.equal(part, torch.full_like(part, c / 100))
+    assert [len(p) for p in out.chunk(3)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="policy_groups"):
+        ImageAugment(8, padding=0, autoaugment=True, policy_groups=0)
+
+
 def test_event_augmentation_is_a_flip_and_a_roll():
     frames = torch.rand(6, 2, 2, 10, 12)
     out = EventAugment(5)(frames, torch.Generator().manual_seed(3))

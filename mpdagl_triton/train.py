@@ -362,6 +362,8 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
             raise ValueError(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
+        if cfg.compile and cfg.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are dead
         with autocast(cfg, device):
             per_timestep = step_model(images, return_timesteps=True)
             loss = loss_fn(cfg, per_timestep, labels)

@@ -21,7 +21,8 @@ from bench.common import copy_bandwidth_gbs, environment, print_table, write_jso
 from mpdagl_triton import TdBNPLIF
 from mpdagl_triton.kernels import tdbn_plif as K
 
-KNOBS = ("FORWARD_TILE", "BACKWARD_BUDGET", "EIGHT_WARPS_FROM", "CHANNELS_LAST_BLOCK_K", "STATS_PROGRAMS")
+KNOBS = ("FORWARD_TILE", "BACKWARD_BUDGET", "EIGHT_WARPS_FROM", "CHANNELS_LAST_BLOCK_K", "CHANNELS_LAST_WIDE_FROM",
+         "STATS_PROGRAMS")
 DEFAULTS = {name: getattr(K, name) for name in KNOBS}
 #: name -> launch parameters changed from the module's defaults
 CONFIGS = {
@@ -33,8 +34,9 @@ CONFIGS = {
     "bwd-small": {"BACKWARD_BUDGET": 1024},
     "stats-256": {"STATS_PROGRAMS": 256},
     "stats-4096": {"STATS_PROGRAMS": 4096},
-    "cl-k32": {"CHANNELS_LAST_BLOCK_K": 32},
-    "cl-k128": {"CHANNELS_LAST_BLOCK_K": 128},
+    "cl-k32": {"CHANNELS_LAST_BLOCK_K": 32, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
+    "cl-k64": {"CHANNELS_LAST_WIDE_FROM": 1 << 30},
+    "cl-k128": {"CHANNELS_LAST_BLOCK_K": 128, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
 }
 #: (shape, dtype, channels_last, configs) — the ResNet-19 stage-1 layer at both issue-7 settings
 CASES = [
@@ -43,7 +45,7 @@ CASES = [
     ("4x64x128x32x32", "bf16", True, ["default", "small", "large", "all-8w", "stats-256", "stats-4096", "cl-k32",
                                       "cl-k128"]),
     ("2x128x128x32x32", "bf16", False, ["default", "large", "all-8w", "bwd-small"]),
-    ("4x64x512x8x8", "bf16", True, ["default", "cl-k32", "cl-k128"]),
+    ("4x64x512x8x8", "bf16", True, ["default", "cl-k64", "cl-k128"]),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -428,7 +428,7 @@ def _packed(shape, strides, inner: int) -> bool:
 
 
 # Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU; the
-# values are the best of that sweep on an H200 (bench/RESULTS.md).
+# values follow that sweep on an H200 (bench/RESULTS.md says which shapes backed each choice).
 FORWARD_TILE = 2048  # elements per program in the forward kernel (and at most in the stats kernel)
 STATS_BUDGET = 8192  # stats elements per program times next_pow2(T): it holds all T tiles at once
 BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-512

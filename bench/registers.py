@@ -35,20 +35,22 @@ def _layout(shape, T, channels_last):
 
 def variants(T: int, layout: K.Layout, batch: int):
     common = dict(CHANNELS_LAST=layout.channels_last, INT64=False, COMPUTE=tl.float32)
-    r, k = K.blocks(layout, batch, K.stats_tile(T))
+    p = K.plan("stats", layout, T, batch)
     yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
-        dict(T=T, BLOCK_R=r, BLOCK_K=k, **common), r * k, 4  # batch_stats launches 4 warps
-    r, k = K.blocks(layout, batch, K.FORWARD_TILE)
+        dict(T=T, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), p.block_r * p.block_k, p.num_warps
+    p = K.plan("forward", layout, T, batch)
     yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "out_ptr": "bf16", **PER_CHANNEL}, \
-        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=r, BLOCK_K=k, **common), r * k, K.num_warps(r, k)
-    r, k = K.blocks(layout, batch, K.backward_tile(T))
+        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
+        p.block_r * p.block_k, p.num_warps
+    p = K.plan("backward", layout, T, batch)
     pointers = {"grad_ptr": "bf16", "x_ptr": "bf16", "res_ptr": "bf16", "dx_ptr": "bf16", "dres_ptr": "bf16",
                 "partial_ptr": "fp32", "dy_means_ptr": "fp32", "kappa_first_ptr": "fp32",
                 "kappa_rest_ptr": "fp32", **PER_CHANNEL}
     for name, acc, dx in (("backward sums", True, False), ("backward dx", False, True)):
         yield name, K._backward_kernel, pointers, dict(
             T=T, SURROGATE=0, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False, ACCUMULATE=acc,
-            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=r, BLOCK_K=k, **common), r * k, K.num_warps(r, k)
+            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
+            p.block_r * p.block_k, p.num_warps
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -7,7 +7,8 @@ For each shape it times the statistics, forward and backward launchers of
 three input sets so that nothing is served from L2) under several settings of the module's launch
 parameters, and reports the achieved bandwidth of each against a device copy measured in the same
 run. It also times the whole layer (``TdBNPLIF`` forward + backward) eagerly and as a replayed CUDA
-graph: the difference is host-side launch overhead, not GPU work.
+graph: the difference is host-side launch overhead, not GPU work; and the library's own host path
+per layer with the Triton launches stubbed (``bench.host``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import math
 
 import torch
 
+from bench import host
 from bench.common import copy_bandwidth_gbs, environment, print_table, write_json
 from mpdagl_triton import TdBNPLIF
 from mpdagl_triton.kernels import tdbn_plif as K
 
-KNOBS = ("FORWARD_TILE", "BACKWARD_BUDGET", "EIGHT_WARPS_FROM", "CHANNELS_LAST_BLOCK_K", "CHANNELS_LAST_WIDE_FROM",
-         "STATS_PROGRAMS")
-DEFAULTS = {name: getattr(K, name) for name in KNOBS}
+DEFAULTS = {name: getattr(K, name) for name in K.KNOBS}
 #: name -> launch parameters changed from the module's defaults
 CONFIGS = {
     "default": {},
@@ -181,7 +181,48 @@ def host_overheads(device: torch.device) -> list[dict]:
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
         "layer fwd+bwd, torch.compile": lambda: compiled(xg).backward(grad),
     }
-    return [{"call": name, "host_us": per_call(fn)} for name, fn in calls.items()]
+    rows = [{"call": name, "host_us": per_call(fn)} for name, fn in calls.items()]
+    rows.append(inductor_launch(x, p, mean, var, per_call))
+    return rows
+
+
+def inductor_launch(x, p, mean, var, per_call, chain: int = 16) -> dict:
+    """Host cost of one forward-kernel launch when inductor launches it from its generated code
+    (``torch.library.triton_op`` + ``wrap_triton``), not through Triton's JIT dispatch: the
+    lever that would remove our Python from default-mode compiled steps. A compiled chain of
+    ``chain`` launches, so that the compiled function's own call cost is shared."""
+    import triton.language as tl
+    from torch.library import triton_op, wrap_triton
+
+    row = {"call": "forward-kernel launch by inductor (triton_op, per launch)"}
+    layout = K.Layout.of(x)
+    plan = K.plan("forward", layout, x.shape[0], x.shape[1])
+
+    @triton_op("mpdagl_bench::forward_launch", mutates_args=())
+    def forward_launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor,
+                       mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        wrap_triton(K._forward_kernel)[plan.grid](
+            x, x, out, mean, var, gamma, beta, tau, layout.n_rows, layout.n_cols, plan.col_blocks,
+            layout.n_chan, x.stride(0), out.stride(0), layout.stride_row, layout.stride_chan,
+            1e-5, 0.5, 1.0, T=x.shape[0], HAS_RESIDUAL=False, CHANNELS_LAST=layout.channels_last,
+            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, INT64=layout.int64, COMPUTE=tl.float32,
+            num_warps=plan.num_warps)
+        return out
+
+    def chained(x):
+        for _ in range(chain):
+            x = forward_launch(x, p["gamma"], p["beta"], p["tau"], mean, var)
+        return x
+
+    try:
+        want = chained(x)
+        compiled = torch.compile(chained, fullgraph=True)
+        row["agrees_with_eager"] = bool(torch.equal(compiled(x), want))
+        row["host_us"] = per_call(lambda: compiled(x)) / chain
+    except Exception as exc:  # a torch without inductor support for these kernels: say so
+        row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -195,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["shape", "dtype", "layout", "config", "stats_ms", "forward_ms", "backward_ms", "total_ms",
                "roofline_ms", "stats_gbs", "forward_gbs", "backward_gbs"]
     overheads = host_overheads(device)
-    print_table(overheads, ["call", "host_us"])
+    print_table(overheads, ["call", "host_us", "agrees_with_eager", "note"])
+    library_host = host.measure(device)  # our host path per layer, Triton launches stubbed
+    print_table(library_host, ["mode", "host_us", "triton_launches", "torch_kernels"])
     rows, layers = [], []
     for shape_text, dtype_name, channels_last, configs in CASES:
         shape = [int(v) for v in shape_text.split("x")]
@@ -215,12 +258,13 @@ def main(argv: list[str] | None = None) -> dict:
         print_table(layers[-1:], ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
         write_json(args.json, {"benchmark": "tune", "environment": environment(device),
                                "copy_bandwidth_gbs": bandwidth, "host_overheads": overheads,
+                               "library_host": library_host,
                                "kernels": rows, "layer": layers})
     print()
     print_table(rows, columns)
     print_table(layers, ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
-    print_table(overheads, ["call", "host_us"])
-    return {"host_overheads": overheads, "kernels": rows, "layer": layers}
+    print_table(overheads, ["call", "host_us", "agrees_with_eager", "note"])
+    return {"host_overheads": overheads, "library_host": library_host, "kernels": rows, "layer": layers}
 
 
 if __name__ == "__main__":

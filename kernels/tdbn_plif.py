@@ -46,7 +46,10 @@ before the dx pass, so the kernels themselves never communicate.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+from typing import NamedTuple
 
 import torch
 import triton
@@ -387,34 +390,41 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy
 # ----------------------------------------------------------------------------------------------
 
 
-class Layout:
-    """How ``x [T, B, C, *S]`` maps onto 2-D tiles, from its strides; None when unsupported."""
+class Layout(NamedTuple):
+    """How ``x [T, B, C, *S]`` maps onto 2-D tiles, from its strides (``Layout.of``)."""
 
-    def __init__(self, channels_last: bool, n_rows: int, n_cols: int, n_chan: int,
-                 stride_row: int, stride_chan: int, int64: bool):
-        self.channels_last = channels_last
-        self.n_rows, self.n_cols, self.n_chan = n_rows, n_cols, n_chan
-        self.stride_row, self.stride_chan = stride_row, stride_chan
-        self.int64 = int64
+    channels_last: bool
+    n_rows: int
+    n_cols: int
+    n_chan: int
+    stride_row: int
+    stride_chan: int
+    int64: bool
 
     @staticmethod
     def of(x: torch.Tensor) -> "Layout | None":
-        _, batch, chan = x.shape[:3]
-        spatial = x.shape[3:]
-        s_b, s_c = x.stride()[1:3]
-        spatial_size = math.prod(spatial)
-        int64 = x.numel() >= 2**31 or sum((n - 1) * st for n, st in zip(x.shape, x.stride())) >= 2**31
-        if spatial_size > 1 and _packed(spatial, x.stride()[3:], inner=1):
-            return Layout(False, batch, spatial_size, chan, s_b, s_c, int64)
-        if s_c == 1 or chan == 1:
-            if spatial_size == 1:
-                return Layout(True, batch, chan, chan, s_b, 1, int64)
-            row = x.stride()[-1]
-            if _packed(spatial, x.stride()[3:], inner=row) and (batch == 1 or s_b == row * spatial_size):
-                return Layout(True, batch * spatial_size, chan, chan, row, 1, int64)
+        """x's layout, or None when the tiles cannot walk it in place."""
+        return _layout(x.shape, x.stride())
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout(shape: tuple[int, ...], strides: tuple[int, ...]) -> Layout | None:
+    _, batch, chan = shape[:3]
+    spatial = shape[3:]
+    s_b, s_c = strides[1:3]
+    spatial_size = math.prod(spatial)
+    int64 = math.prod(shape) >= 2**31 or sum((n - 1) * st for n, st in zip(shape, strides)) >= 2**31
+    if spatial_size > 1 and _packed(spatial, strides[3:], inner=1):
+        return Layout(False, batch, spatial_size, chan, s_b, s_c, int64)
+    if s_c == 1 or chan == 1:
         if spatial_size == 1:
-            return Layout(False, batch, 1, chan, s_b, s_c, int64)
-        return None
+            return Layout(True, batch, chan, chan, s_b, 1, int64)
+        row = strides[-1]
+        if _packed(spatial, strides[3:], inner=row) and (batch == 1 or s_b == row * spatial_size):
+            return Layout(True, batch * spatial_size, chan, chan, row, 1, int64)
+    if spatial_size == 1:
+        return Layout(False, batch, 1, chan, s_b, s_c, int64)
+    return None
 
 
 def _packed(shape, strides, inner: int) -> bool:
@@ -432,23 +442,27 @@ def _packed(shape, strides, inner: int) -> bool:
 FORWARD_TILE = 2048  # elements per program in the forward kernel (and at most in the stats kernel)
 STATS_BUDGET = 8192  # stats elements per program times next_pow2(T): it holds all T tiles at once
 BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-512
+MIN_TILE = 256  # no statistics or backward tile is smaller (2 elements per thread at 4 warps)
 CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile ...
 CHANNELS_LAST_WIDE_FROM = 512  # ... doubled from this many channels on
 EIGHT_WARPS_FROM = 4096  # tiles of at least this many elements run 8 warps, smaller ones 4
 STATS_PROGRAMS = 1024  # the statistics kernel merges row blocks until about this many programs
+KNOBS = ("FORWARD_TILE", "STATS_BUDGET", "BACKWARD_BUDGET", "MIN_TILE", "CHANNELS_LAST_BLOCK_K",
+         "CHANNELS_LAST_WIDE_FROM", "EIGHT_WARPS_FROM", "STATS_PROGRAMS")
+_knob_values = operator.itemgetter(*KNOBS)
 
 
 def stats_tile(T: int) -> int:
     """Elements per statistics program: all T tiles are loaded before reducing, so the tile
     shrinks with T (no spills up to T = 16 at 4 warps)."""
-    return max(256, min(FORWARD_TILE, STATS_BUDGET // triton.next_power_of_2(T)))
+    return max(MIN_TILE, min(FORWARD_TILE, STATS_BUDGET // triton.next_power_of_2(T)))
 
 
 def backward_tile(T: int) -> int:
     """Elements per backward program: it keeps x and V of all T timesteps in registers, so the
     tile shrinks with T. 512 elements at 4 warps (4 per thread and timestep) was fastest at
     T = 2 and T = 4 on an H200; see ``python -m bench.tune`` and ``python -m bench.registers``."""
-    return max(256, min(512, BACKWARD_BUDGET // triton.next_power_of_2(T)))
+    return max(MIN_TILE, min(512, BACKWARD_BUDGET // triton.next_power_of_2(T)))
 
 
 def blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
@@ -463,13 +477,58 @@ def blocks(layout: Layout, batch: int, tile: int) -> tuple[int, int]:
     return block_r, block_k
 
 
-def _grid(layout: Layout, block_r: int, block_k: int) -> tuple[tuple[int, int], int, int]:
-    """(grid, number of column blocks, number of partial rows P)."""
+def num_warps(block_r: int, block_k: int) -> int:
+    return 8 if block_r * block_k >= EIGHT_WARPS_FROM else 4
+
+
+class Launch(NamedTuple):
+    """Geometry of one launch of a tiled kernel."""
+
+    grid: tuple[int, ...]
+    block_r: int
+    block_k: int
+    col_blocks: int
+    partials: int  # rows P of the [P, 3, C] per-program partial results
+    num_warps: int
+    row_iters: int = 1  # row blocks per program (statistics kernel)
+
+
+def plan(kernel: str, layout: Layout, T: int, batch: int) -> Launch:
+    """The launch geometry of ``kernel`` (``"stats"``, ``"finalize"``, ``"forward"`` or
+    ``"backward"``) for a layout, memoized: working it out costs more host time than a small kernel's GPU time. The
+    key holds the launch parameters above, so changing one (as ``bench.tune`` does) takes effect."""
+    return _plan(kernel, layout, T, batch, _knob_values(globals()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(kernel: str, layout: Layout, T: int, batch: int, _knobs: tuple) -> Launch:
+    if kernel == "finalize":  # BLOCK_P partials x BLOCK_C channels per step, one channel block each
+        block_c = min(triton.next_power_of_2(layout.n_chan), 16)
+        partials = _plan("stats", layout, T, batch, _knobs).partials
+        return Launch((triton.cdiv(layout.n_chan, block_c),), 64, block_c, 1, partials, 4)
+    if kernel == "stats":
+        tile = stats_tile(T)
+    elif kernel == "forward":
+        tile = FORWARD_TILE
+    else:
+        tile = backward_tile(T)
+    block_r, block_k = blocks(layout, batch, tile)
     row_blocks = triton.cdiv(layout.n_rows, block_r)
     col_blocks = triton.cdiv(layout.n_cols, block_k)
+    row_iters = 1
+    if kernel == "stats":
+        # several row blocks per program when tiles are many: fewer partials for the finalize pass
+        tiles = row_blocks * col_blocks * (1 if layout.channels_last else layout.n_chan)
+        row_iters = min(row_blocks, max(1, tiles // STATS_PROGRAMS))
+        row_blocks = triton.cdiv(row_blocks, row_iters)
+        warps = 4
+    else:
+        warps = num_warps(block_r, block_k)
     if layout.channels_last:
-        return (row_blocks, col_blocks), col_blocks, row_blocks
-    return (row_blocks * col_blocks, layout.n_chan), col_blocks, row_blocks * col_blocks
+        grid, partials = (row_blocks, col_blocks), row_blocks
+    else:
+        grid, partials = (row_blocks * col_blocks, layout.n_chan), row_blocks * col_blocks
+    return Launch(grid, block_r, block_k, col_blocks, partials, warps, row_iters)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -479,34 +538,23 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def num_warps(block_r: int, block_k: int) -> int:
-    return 8 if block_r * block_k >= EIGHT_WARPS_FROM else 4
-
-
 def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``x`` over every axis but C."""
     cdtype = compute_dtype(x.dtype)
-    block_r, block_k = blocks(layout, x.shape[1], tile=stats_tile(x.shape[0]))
-    row_blocks = triton.cdiv(layout.n_rows, block_r)
-    col_blocks = triton.cdiv(layout.n_cols, block_k)
-    # several row blocks per program when tiles are many: fewer partials for the finalize pass
-    tiles = row_blocks * col_blocks * (1 if layout.channels_last else layout.n_chan)
-    row_iters = min(row_blocks, max(1, tiles // STATS_PROGRAMS))
-    row_groups = triton.cdiv(row_blocks, row_iters)
-    grid = (row_groups, col_blocks) if layout.channels_last else (row_groups * col_blocks, layout.n_chan)
-    partial = torch.empty((grid[0], 3, layout.n_chan), dtype=cdtype, device=x.device)
-    _stats_partial_kernel[grid](
-        x, partial, layout.n_rows, layout.n_cols, col_blocks, layout.n_chan,
-        x.stride(0), layout.stride_row, layout.stride_chan, row_iters,
-        T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r, BLOCK_K=block_k,
-        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=4,
+    p = plan("stats", layout, x.shape[0], x.shape[1])
+    partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
+    _stats_partial_kernel[p.grid](
+        x, partial, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
+        x.stride(0), layout.stride_row, layout.stride_chan, p.row_iters,
+        T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
+        INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
     )
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
-    block_c = min(triton.next_power_of_2(layout.n_chan), 16)
-    _stats_finalize_kernel[(triton.cdiv(layout.n_chan, block_c),)](
-        partial, mean, var, grid[0], layout.n_chan,
-        BLOCK_P=64, BLOCK_C=block_c, COMPUTE=_TL_DTYPES[cdtype],
+    f = plan("finalize", layout, x.shape[0], x.shape[1])
+    _stats_finalize_kernel[f.grid](
+        partial, mean, var, f.partials, layout.n_chan,
+        BLOCK_P=f.block_r, BLOCK_C=f.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=f.num_warps,
     )
     return mean, var
 
@@ -519,16 +567,14 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     ``out`` and ``residual`` share x's strides after T; x may differ in its T stride (0 for a
     broadcast input).
     """
-    block_r, block_k = blocks(layout, x.shape[1], tile=FORWARD_TILE)
-    grid, col_blocks, _ = _grid(layout, block_r, block_k)
-    _forward_kernel[grid](
+    p = plan("forward", layout, x.shape[0], x.shape[1])
+    _forward_kernel[p.grid](
         x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
-        layout.n_rows, layout.n_cols, col_blocks, layout.n_chan, x.stride(0), out.stride(0),
-        layout.stride_row,
-        layout.stride_chan, eps, vth, alpha,
+        layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan, x.stride(0), out.stride(0),
+        layout.stride_row, layout.stride_chan, eps, vth, alpha,
         T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
-        BLOCK_R=block_r, BLOCK_K=block_k, INT64=layout.int64,
-        COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=num_warps(block_r, block_k),
+        BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
+        COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=p.num_warps,
     )
 
 
@@ -547,23 +593,22 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     """
     cdtype = compute_dtype(x.dtype)
     T = x.shape[0]
-    block_r, block_k = blocks(layout, x.shape[1], tile=backward_tile(T))
-    grid, col_blocks, n_partials = _grid(layout, block_r, block_k)
-    partial = torch.empty((n_partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
+    p = plan("backward", layout, T, x.shape[1])
+    partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     count = x.numel() // layout.n_chan
 
     def launch(accumulate: bool, write_dx: bool, dy_means: torch.Tensor) -> None:
-        _backward_kernel[grid](
+        _backward_kernel[p.grid](
             grad, x, residual if residual is not None else x, dx,
             dresidual if dresidual is not None else dx, partial, dy_means, mean, var, gamma, beta,
-            tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, col_blocks,
+            tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, p.col_blocks,
             layout.n_chan, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
             eps, vth, alpha,
             T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
-            BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=block_r,
-            BLOCK_K=block_k, INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype],
-            num_warps=num_warps(block_r, block_k),
+            BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r,
+            BLOCK_K=p.block_k, INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype],
+            num_warps=p.num_warps,
         )
 
     if batch_stats:

@@ -263,6 +263,7 @@ def _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_m
     ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
     ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None, sync)
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # the unused grads of mean and var stay None, not zero tensors
 
 
 def _grads(ctx, grad_spikes, backward) -> tuple:

@@ -88,5 +88,5 @@ def kappas(
         k = 2 * vth * spread
         return k, k.clone()
     g = gamma.to(dtype).mean().abs().clamp(min=GAMMA_FLOOR)
-    first = 2 * g * vth
+    first = g * (2 * vth)  # one device op, not two
     return first, first * spread

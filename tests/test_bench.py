@@ -42,3 +42,11 @@ def test_register_report(tmp_path):
     rows = bench("registers", "--timesteps", "4", "--layers", "head", json_out=tmp_path / "r.json")["rows"]
     assert {r["kernel"] for r in rows} == {"stats", "forward", "backward sums", "backward dx"}
     assert all(r["registers"] > 0 and r["spill_bytes"] == 0 for r in rows)  # no kernel spills
+
+
+def test_host_cost_benchmark(tmp_path):
+    rows = bench("host", "--depth", "2", json_out=tmp_path / "h.json")["rows"]
+    assert [r["mode"] for r in rows] == ["eager", "torch.compile"]
+    # training: statistics, their merge, forward, backward sums, backward dx
+    assert all(r["triton_launches"] == 5 and r["host_us"] > 0 for r in rows)
+    assert rows[0]["torch_kernels"] == sum(rows[0]["ops"].values()) > 0

@@ -100,7 +100,8 @@ def test_statistics_merge_row_blocks_within_a_program(shape, channels_last, prog
     last group running past the rows)."""
     from mpdagl_triton.kernels import tdbn_plif as K
 
-    monkeypatch.setattr(K, "stats_tile", lambda T: 8)
+    monkeypatch.setattr(K, "MIN_TILE", 8)
+    monkeypatch.setattr(K, "FORWARD_TILE", 8)
     monkeypatch.setattr(K, "CHANNELS_LAST_BLOCK_K", 4)
     monkeypatch.setattr(K, "STATS_PROGRAMS", programs)
     x = make_inputs(Case(shape, channels_last=channels_last))["x"]

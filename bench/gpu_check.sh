@@ -4,8 +4,9 @@
 # Run on the device machine from the repo root (the device tool's README explains .whl):
 #   bash bench/gpu_check.sh                      every stage
 #   bash bench/gpu_check.sh tests tune step      some stages
-# Stages: tests tune step step-ro step-others layer data probe. JSON per stage and one log, all.log,
-# go to $OUT (or bench/results): the device tool brings back at most 8 files.
+# Stages: tests tune step step-ro step-others layer data probe (the default list), and train (only
+# when named: `mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs). JSON per stage
+# and one log, all.log, go to $OUT (or bench/results): the device tool brings back at most 8 files.
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -46,6 +47,10 @@ for stage in $stages; do
     data) run data 60 python3 -m bench.data --synthetic 20000 --batch-size 128 --json "$OUT/data.json" ;;
     probe) run probe 60 python3 -m bench.probe --arch resnet19 --images 50000 --batch-size 128 -T 2 --size 32 \
              --channels 3 --json "$OUT/probe.json" ;;
+    train) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=10000, n_test=1000)" &&
+           run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 2 \
+             --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
+           cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

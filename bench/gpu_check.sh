@@ -4,8 +4,9 @@
 # Run on the device machine from the repo root (the device tool's README explains .whl):
 #   bash bench/gpu_check.sh                      every stage
 #   bash bench/gpu_check.sh tests tune step      some stages
-# Stages: tests tune step step-ro step-others layer data probe (the default list), and train (only
-# when named: `mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs). JSON per stage
+# Stages: tests tune step step-ro step-others layer data probe (the default list); only when named:
+# train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
+# (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes). JSON per stage
 # and one log, all.log, go to $OUT (or bench/results): the device tool brings back at most 8 files.
 set -uo pipefail
 OUT=${OUT:-bench/results}
@@ -51,6 +52,7 @@ for stage in $stages; do
            run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 2 \
              --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
            cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
+    suite) run suite 540 python3 -m bench.all --out "$OUT/suite" ;;
     *) echo "unknown stage $stage" ;;
   esac
 done

@@ -5,12 +5,13 @@
 Outside CUDA graphs every fused layer costs more host time than GPU time (on an H200, 1.5 ms of
 host time per layer forward + backward against 0.33 ms of GPU work; bench/RESULTS.md). This
 measures the part the library controls, without a GPU: the four Triton kernels are replaced by
-counters, so a forward + backward of a stack of tiny ``TdBNPLIF`` layers times our Python, PyTorch's dispatch and
-autograd, and the small PyTorch ops around the kernels. It reports microseconds per layer
-fwd+bwd (eager and ``torch.compile``; a stack, so that torch.compile's per-graph cost is shared as
-in a real network), the Triton launches, and the PyTorch ops that launch a
-device kernel in eager mode (views and allocations excluded). On a GPU (``--device cuda``) the
-small ops launch real CUDA kernels; ``python -m bench.tune`` times a real Triton launch there.
+counters, so a forward + backward of a stack of tiny ``TdBNPLIF`` layers times our Python,
+PyTorch's dispatch and autograd, and the small PyTorch ops around the kernels. It reports, per
+layer fwd+bwd, the host microseconds (eager and ``torch.compile``; a stack, so that
+torch.compile's per-graph cost is shared as in a real network), the Triton launches, and the
+PyTorch ops that launch a device kernel in eager mode (views and allocations excluded). On a GPU
+(``--device cuda``) the small ops launch real CUDA kernels; ``python -m bench.tune`` times a real
+Triton launch there.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def measure(device: torch.device, shape=(4, 2, 8, 4, 4), depth: int = 8) -> list
     rows = []
     with stubbed_kernels() as stubs:
         for mode in ("eager", "torch.compile"):
-            layer = torch.nn.Sequential(*(TdBNPLIF(shape[2], backend="triton") for _ in range(depth))).to(device)
+            layers = (TdBNPLIF(shape[2], backend="triton") for _ in range(depth))
+            layer = torch.nn.Sequential(*layers).to(device)
             if mode == "torch.compile":
                 layer = torch.compile(layer, fullgraph=True)
 
@@ -117,7 +119,8 @@ def measure(device: torch.device, shape=(4, 2, 8, 4, 4), depth: int = 8) -> list
             else:
                 step()
             launches = sum(s.launches for s in stubs.values()) - before
-            row = {"mode": mode, "host_us": host_us(step, device) / depth, "triton_launches": launches / depth,
+            row = {"mode": mode, "host_us": host_us(step, device) / depth,
+                   "triton_launches": launches / depth,
                    "torch_kernels": sum(counter.ops.values()) / depth if mode == "eager" else None}
             if mode == "eager":
                 row["ops"] = {name: n / depth for name, n in sorted(counter.ops.items())}

@@ -495,8 +495,9 @@ class Launch(NamedTuple):
 
 def plan(kernel: str, layout: Layout, T: int, batch: int) -> Launch:
     """The launch geometry of ``kernel`` (``"stats"``, ``"finalize"``, ``"forward"`` or
-    ``"backward"``) for a layout, memoized: working it out costs more host time than a small kernel's GPU time. The
-    key holds the launch parameters above, so changing one (as ``bench.tune`` does) takes effect."""
+    ``"backward"``) for a layout. Memoized: working it out took more host time than a small
+    kernel's GPU time. The key holds the launch parameters above, so changing one (as
+    ``bench.tune`` does) takes effect at the next launch."""
     return _plan(kernel, layout, T, batch, _knob_values(globals()))
 
 

@@ -4,10 +4,12 @@
 # Run on the device machine from the repo root (the device tool's README explains .whl):
 #   bash bench/gpu_check.sh                      every stage
 #   bash bench/gpu_check.sh tests tune step      some stages
-# Stages: tests tune step step-ro step-others layer data probe (the default list); only when named:
+# Stages: tests tune step-ro step step-others data layer probe (the default list, most important
+# first: a call cut off by the device limit still brings back what finished); only when named:
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
-# (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes). JSON per stage
-# and one log, all.log, go to $OUT (or bench/results): the device tool brings back at most 8 files.
+# (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
+# JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
+# at most 8 files. The stage limits add up to more than one device call's 600 s: name stages.
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -18,7 +20,7 @@ else
   export PYTHONPATH=$PWD
 fi
 export SJ_PLIF_CUDA_IMPLEMENTATION=triton PYTHONUNBUFFERED=1
-stages=${*:-tests tune step step-ro step-others layer data probe}
+stages=${*:-tests tune step-ro step step-others data layer probe}
 LOG=$OUT/all.log
 run() {  # run NAME SECONDS CMD...: append its output to all.log, stop it after SECONDS
   local name=$1 limit=$2; shift 2

@@ -195,3 +195,19 @@ def test_broadcast_over_time_is_read_in_place(channels_last):
     assert got["spikes"].stride()[1:] == frame.stride()
     for name in want["grads"]:
         assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
+
+
+def test_launch_plans_follow_the_launch_parameters(monkeypatch):
+    """Plans are memoized, but keyed by the module's launch parameters: changing one (as
+    bench.tune does) changes the next launch, and restoring it restores the plan."""
+    from mpdagl_triton.kernels import tdbn_plif as K
+
+    layout = K.Layout.of(torch.empty(2, 8, 4, 16, 16))
+    default = K.plan("forward", layout, 2, 8)
+    assert K.plan("forward", layout, 2, 8) is default  # memoized
+    monkeypatch.setattr(K, "FORWARD_TILE", 64)
+    small = K.plan("forward", layout, 2, 8)
+    assert small.block_r * small.block_k == 64 < default.block_r * default.block_k
+    assert small.grid[0] == 32 and default.grid[0] == 1  # 8 rows x 4 column blocks vs one tile
+    monkeypatch.undo()
+    assert K.plan("forward", layout, 2, 8) == default

@@ -11,7 +11,8 @@ Implementations (all torch.compile'd, same convolutions on T*B images):
   spikingjelly  cuDNN BatchNorm + SpikingJelly 2.0 multi-step PLIF (Triton), when installed
 
 A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
-median ms/step, images/s, the peak memory allocated during a step, and for ours whether a step
+median ms/step, images/s, the peak memory allocated during a step, the host time to issue one
+step from an idle GPU (``host_ms``: near ``ms`` means host-bound), and for ours whether a step
 syncs with the host (CUDA's sync debug mode set to error).
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +121,19 @@ def host_syncs(step, device: torch.device) -> str:
         torch.cuda.set_sync_debug_mode("default")
 
 
+def host_ms(step, device: torch.device, repeats: int) -> float:
+    """Median wall time for the host to issue one step, starting from an idle GPU. Close to the
+    step's ms means the step is host-bound: the GPU waits for launches, not the other way round."""
+    samples = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize(device)
+    return statistics.median(samples)
+
+
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
             compile_mode="default") -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
@@ -155,6 +171,7 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             step()
             torch.cuda.synchronize()
             row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            row["host_ms"] = host_ms(step, device, repeats)
             if impl == "mpdagl":
                 row["host_syncs"] = host_syncs(step, device)
     except Exception as exc:  # one broken implementation must not hide the others
@@ -178,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
-    columns = ["impl", "T", "B", "layout", "dtype", "ms", "images_per_s", "peak_gib", "vs_ann", "host_syncs",
-               "note"]
+    columns = ["impl", "T", "B", "layout", "dtype", "ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
+               "host_syncs", "note"]
     rows = []
     for name in args.settings:
         T, B, channels_last = SETTINGS[name]

@@ -153,8 +153,6 @@ def time_layer(shape, dtype, channels_last, device) -> dict:
 def host_overheads(device: torch.device) -> list[dict]:
     """Host microseconds per call on a tiny layer, where the GPU has next to nothing to do: what a
     Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it)."""
-    import time
-
     sets, p = make_inputs([4, 2, 8, 4, 4], torch.float32, False, device, sets=1)
     x, grad = sets[0]
     layout = K.Layout.of(x)
@@ -164,16 +162,6 @@ def host_overheads(device: torch.device) -> list[dict]:
     compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device))
     xg = x.clone().requires_grad_()
 
-    def per_call(fn, n: int = 1000) -> float:
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / n * 1e6
-
     calls = {
         "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["tau"],
                                                           None, mean, var, 1e-5, 0.5, 1.0),
@@ -181,12 +169,12 @@ def host_overheads(device: torch.device) -> list[dict]:
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
         "layer fwd+bwd, torch.compile": lambda: compiled(xg).backward(grad),
     }
-    rows = [{"call": name, "host_us": per_call(fn)} for name, fn in calls.items()]
-    rows.append(inductor_launch(x, p, mean, var, per_call))
+    rows = [{"call": name, "host_us": host.host_us(fn, device)} for name, fn in calls.items()]
+    rows.append(inductor_launch(x, p, mean, var))
     return rows
 
 
-def inductor_launch(x, p, mean, var, per_call, chain: int = 16) -> dict:
+def inductor_launch(x, p, mean, var, chain: int = 16) -> dict:
     """Host cost of one forward-kernel launch when inductor launches it from its generated code
     (``torch.library.triton_op`` + ``wrap_triton``), not through Triton's JIT dispatch: the
     lever that would remove our Python from default-mode compiled steps. A compiled chain of
@@ -219,7 +207,7 @@ def inductor_launch(x, p, mean, var, per_call, chain: int = 16) -> dict:
         want = chained(x)
         compiled = torch.compile(chained, fullgraph=True)
         row["agrees_with_eager"] = bool(torch.equal(compiled(x), want))
-        row["host_us"] = per_call(lambda: compiled(x)) / chain
+        row["host_us"] = host.host_us(lambda: compiled(x), x.device) / chain
     except Exception as exc:  # a torch without inductor support for these kernels: say so
         row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return row

@@ -41,9 +41,9 @@ for stage in $stages; do
     tests) run tests 100 python3 -m pytest -q -x -p no:cacheprovider -n 8 tests/test_op.py tests/test_compile.py \
              tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
     tune) run tune 180 python3 -m bench.tune --json "$OUT/tune.json" ;;
-    step) run step 150 python3 -m bench.train_step --impls ann mpdagl --json "$OUT/train_step.json" ;;
+    step) run step 150 python3 -m bench.train_step --impls ann mpdagl --profile 3 --json "$OUT/train_step.json" ;;
     step-ro) run step_ro 150 python3 -m bench.train_step --impls ann mpdagl --compile-mode reduce-overhead \
-               --settings t4b64 t2b128cl --json "$OUT/train_step_ro.json" ;;
+               --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json" ;;
     layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
     step-others) run step_others 150 python3 -m bench.train_step --impls spikingjelly reference \
                    --json "$OUT/train_step_others.json" ;;

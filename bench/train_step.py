@@ -13,7 +13,8 @@ Implementations (all torch.compile'd, same convolutions on T*B images):
 A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
 median ms/step, images/s, the peak memory allocated during a step, the host time to issue one
 step from an idle GPU (``host_ms``: near ``ms`` means host-bound), and for ours whether a step
-syncs with the host (CUDA's sync debug mode set to error).
+syncs with the host (CUDA's sync debug mode set to error). ``--profile`` adds the GPU time of a
+step by kernel family (``gpu_ms`` and ``kernels``): where the step's time goes next to the floor's.
 """
 
 from __future__ import annotations
@@ -134,8 +135,43 @@ def host_ms(step, device: torch.device, repeats: int) -> float:
     return statistics.median(samples)
 
 
+#: kernel-name fragments -> family, first match wins (inductor's fused kernels are "triton_*")
+KERNEL_FAMILIES = [
+    ("ours", ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel")),
+    ("spikingjelly", ("plif", "lif_")),
+    ("conv", ("conv", "gemm", "cutlass", "xmma", "sm90", "sm80", "implicit", "wgrad", "dgrad", "cudnn")),
+    ("batchnorm", ("batch_norm", "bn_", "welford")),
+    ("inductor", ("triton_",)),
+]
+
+
+def kernel_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, parts in KERNEL_FAMILIES if any(p in lowered for p in parts)), "other")
+
+
+def gpu_breakdown(step, steps: int) -> dict:
+    """GPU kernel time per step, by family and for the 8 costliest kernels (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3 / steps
+    families: dict[str, float] = {}
+    for name, ms in kernels.items():
+        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
+    return {"gpu_ms": sum(kernels.values()), "families": families,
+            "top": [{"kernel": name[:90], "ms": ms} for name, ms in top]}
+
+
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
-            compile_mode="default") -> dict:
+            compile_mode="default", profile_steps=0) -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
     try:
@@ -174,6 +210,9 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             row["host_ms"] = host_ms(step, device, repeats)
             if impl == "mpdagl":
                 row["host_syncs"] = host_syncs(step, device)
+            if profile_steps:
+                row["kernels"] = gpu_breakdown(step, profile_steps)
+                row["gpu_ms"] = row["kernels"]["gpu_ms"]
     except Exception as exc:  # one broken implementation must not hide the others
         row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return row
@@ -191,11 +230,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also break a step's GPU time down by kernel family over STEPS steps (CUDA)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.profile and args.device != "cuda":
+        parser.error("--profile reads CUDA kernel times: it needs --device cuda")
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
-    columns = ["impl", "T", "B", "layout", "dtype", "ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
+    columns = ["impl", "T", "B", "layout", "dtype", "ms", "gpu_ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
                "host_syncs", "note"]
     rows = []
     for name in args.settings:
@@ -206,12 +249,15 @@ def main(argv: list[str] | None = None) -> dict:
             variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
         for cl, dtype in variants:
             group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
-                             args.compile_mode) for impl in args.impls]
+                             args.compile_mode, args.profile) for impl in args.impls]
             floor = next((r.get("ms") for r in group if r["impl"] == "ann"), None)
             for r in group:
                 if floor and r.get("ms"):
                     r["vs_ann"] = r["ms"] / floor
                 print_table([r], columns)
+                if "kernels" in r:
+                    print("    GPU ms/step by family:", ", ".join(
+                        f"{k} {v:.3f}" for k, v in sorted(r["kernels"]["families"].items(), key=lambda kv: -kv[1])))
             rows += group
             # written after every group: a run cut short still leaves what it measured
             write_json(args.json, {"benchmark": "train_step", "environment": environment(device), "rows": rows})

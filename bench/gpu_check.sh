@@ -6,6 +6,7 @@
 #   bash bench/gpu_check.sh tests tune step      some stages
 # Stages: tests tune step-ro step step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished); only when named:
+# step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
 # (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
 # JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
@@ -38,12 +39,19 @@ python3 -c "import mpdagl_triton.kernels.tdbn_plif, mpdagl_triton.models" || exi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
 for stage in $stages; do
   case $stage in
-    tests) run tests 100 python3 -m pytest -q -x -p no:cacheprovider -n 8 tests/test_op.py tests/test_compile.py \
-             tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
+    tests) run tests 100 python3 -m pytest -q --maxfail=5 -p no:cacheprovider -n 8 tests/test_op.py \
+             tests/test_compile.py tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
     tune) run tune 180 python3 -m bench.tune --json "$OUT/tune.json" ;;
     step) run step 150 python3 -m bench.train_step --impls ann mpdagl --profile 3 --json "$OUT/train_step.json" ;;
     step-ro) run step_ro 150 python3 -m bench.train_step --impls ann mpdagl --compile-mode reduce-overhead \
-               --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json" ;;
+               --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json"
+             # if ours failed on the default compiled route, measure the custom-op route instead
+             python3 -c "import json,sys; rows=json.load(open('$OUT/train_step_ro.json'))['rows']; \
+               sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||
+               MPDAGL_INDUCTOR_LAUNCH=0 run step_ro_custom_ops 150 python3 -m bench.train_step --impls mpdagl \
+                 --compile-mode reduce-overhead --settings t4b64 t2b128cl --json "$OUT/train_step_ro_custom_ops.json" ;;
+    step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --impls mpdagl \
+                   --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
     layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
     step-others) run step_others 150 python3 -m bench.train_step --impls spikingjelly reference \
                    --json "$OUT/train_step_others.json" ;;

@@ -11,7 +11,9 @@ layer fwd+bwd, the host microseconds (eager and ``torch.compile``; a stack, so t
 torch.compile's per-graph cost is shared as in a real network), the Triton launches, and the
 PyTorch ops that launch a device kernel in eager mode (views and allocations excluded). On a GPU
 (``--device cuda``) the small ops launch real CUDA kernels; ``python -m bench.tune`` times a real
-Triton launch there.
+Triton launch there. Stubbed kernels cannot be traced, so compiled layers here take the opaque
+custom ops: on CUDA, compiled graphs normally launch the kernels from inductor's code instead
+(``bench.tune`` times both routes with real kernels).
 """
 
 from __future__ import annotations
@@ -49,18 +51,23 @@ class _CountingKernel:
 
 @contextlib.contextmanager
 def stubbed_kernels():
-    """Replace the fused kernels by launch counters; yields them by name."""
+    """Replace the fused kernels by launch counters (compiled graphs then take the custom ops,
+    which call our launchers); yields them by name."""
+    from mpdagl_triton import ops
     from mpdagl_triton.kernels import tdbn_plif as K
 
     saved = {name: getattr(K, name) for name in KERNELS}
+    saved_route = ops.INDUCTOR_LAUNCH
     stubs = {name: _CountingKernel() for name in KERNELS}
     for name, stub in stubs.items():
         setattr(K, name, stub)
+    ops.INDUCTOR_LAUNCH = False
     try:
         yield stubs
     finally:
         for name, kernel in saved.items():
             setattr(K, name, kernel)
+        ops.INDUCTOR_LAUNCH = saved_route
 
 
 class _CountOps(TorchDispatchMode):

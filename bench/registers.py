@@ -39,8 +39,9 @@ def variants(T: int, layout: K.Layout, batch: int):
     yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
         dict(T=T, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), p.block_r * p.block_k, p.num_warps
     p = K.plan("forward", layout, T, batch)
-    yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "out_ptr": "bf16", **PER_CHANNEL}, \
-        dict(T=T, HAS_RESIDUAL=False, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
+    yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "skip_ptr": "bf16", "out_ptr": "bf16",
+                                         **PER_CHANNEL}, \
+        dict(T=T, HAS_RESIDUAL=False, HAS_SKIP=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
         p.block_r * p.block_k, p.num_warps
     p = K.plan("backward", layout, T, batch)
     pointers = {"grad_ptr": "bf16", "x_ptr": "bf16", "res_ptr": "bf16", "dx_ptr": "bf16", "dres_ptr": "bf16",

@@ -44,10 +44,11 @@ class AnnNeuron(nn.Module):
         super().__init__()
         self.bn2d, self.bn1d = nn.BatchNorm2d(channels), nn.BatchNorm1d(channels)
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, skip=None):
         folded = x.flatten(0, 1)
         y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
-        return F.relu(y).unflatten(0, x.shape[:2])
+        out = F.relu(y).unflatten(0, x.shape[:2])
+        return out if skip is None else out + skip
 
 
 class SpikingJellyNeuron(nn.Module):
@@ -63,11 +64,12 @@ class SpikingJellyNeuron(nn.Module):
                                              v_reset=0.0, surrogate_function=shape(),
                                              detach_reset=False, step_mode="m")
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, skip=None):
         self.node.reset()
         folded = x.flatten(0, 1)
         y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
-        return self.node(y.unflatten(0, x.shape[:2]))
+        out = self.node(y.unflatten(0, x.shape[:2]))
+        return out if skip is None else out + skip
 
 
 def swap_neurons(model: nn.Module, make) -> nn.Module:

@@ -7,8 +7,9 @@ For each shape it times the statistics, forward and backward launchers of
 three input sets so that nothing is served from L2) under several settings of the module's launch
 parameters, and reports the achieved bandwidth of each against a device copy measured in the same
 run. It also times the whole layer (``TdBNPLIF`` forward + backward) eagerly and as a replayed CUDA
-graph: the difference is host-side launch overhead, not GPU work; and the library's own host path
-per layer with the Triton launches stubbed (``bench.host``).
+graph: the difference is host-side launch overhead, not GPU work; the host cost of a compiled
+layer on both routes (kernels launched by inductor, or through the custom ops); and the library's
+own host path per layer with the Triton launches stubbed (``bench.host``).
 """
 
 from __future__ import annotations
@@ -20,32 +21,36 @@ import torch
 
 from bench import host
 from bench.common import copy_bandwidth_gbs, environment, print_table, write_json
-from mpdagl_triton import TdBNPLIF
+from mpdagl_triton import TdBNPLIF, ops
 from mpdagl_triton.kernels import tdbn_plif as K
 
 DEFAULTS = {name: getattr(K, name) for name in K.KNOBS}
+DEFAULT_ROUTE = ops.INDUCTOR_LAUNCH
 #: name -> launch parameters changed from the module's defaults
 CONFIGS = {
     "default": {},
     "small": {"FORWARD_TILE": 1024, "BACKWARD_BUDGET": 1024},
     "large": {"FORWARD_TILE": 4096, "BACKWARD_BUDGET": 4096},
-    "huge": {"FORWARD_TILE": 8192, "BACKWARD_BUDGET": 4096},
     "all-8w": {"EIGHT_WARPS_FROM": 256},
-    "bwd-small": {"BACKWARD_BUDGET": 1024},
     "stats-256": {"STATS_PROGRAMS": 256},
     "stats-4096": {"STATS_PROGRAMS": 4096},
+    "stats-tile/2": {"STATS_BUDGET": K.STATS_BUDGET // 2},
+    "bwd-1024": {"BACKWARD_PROGRAMS": 1024},
+    "bwd-8192": {"BACKWARD_PROGRAMS": 8192},
+    "bwd-one-block": {"BACKWARD_PROGRAMS": 1 << 40},  # one row block per program (until run 3)
     "cl-k32": {"CHANNELS_LAST_BLOCK_K": 32, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
     "cl-k64": {"CHANNELS_LAST_WIDE_FROM": 1 << 30},
     "cl-k128": {"CHANNELS_LAST_BLOCK_K": 128, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
 }
-#: (shape, dtype, channels_last, configs) — the ResNet-19 stage-1 layer at both issue-7 settings
+#: (shape, dtype, channels_last, configs): the ResNet-19 stage-1 layer at both issue-7 settings
+#: (the training-step benchmark runs them channels-last) and a deep, narrow stage-3 layer
+BACKWARD_SWEEP = ["default", "bwd-1024", "bwd-8192", "bwd-one-block"]
 CASES = [
-    ("4x64x128x32x32", "fp32", False, ["default", "small", "large", "huge", "all-8w", "bwd-small", "stats-256",
-                                       "stats-4096"]),
-    ("4x64x128x32x32", "bf16", True, ["default", "small", "large", "all-8w", "stats-256", "stats-4096", "cl-k32",
-                                      "cl-k128"]),
-    ("2x128x128x32x32", "bf16", False, ["default", "large", "all-8w", "bwd-small"]),
-    ("4x64x512x8x8", "bf16", True, ["default", "cl-k64", "cl-k128"]),
+    ("4x64x128x32x32", "fp32", False, [*BACKWARD_SWEEP, "small", "large", "stats-256", "stats-4096"]),
+    ("4x64x128x32x32", "bf16", True, [*BACKWARD_SWEEP, "stats-tile/2", "stats-256", "cl-k32", "all-8w"]),
+    ("2x128x128x32x32", "bf16", True, [*BACKWARD_SWEEP, "stats-tile/2", "stats-4096", "cl-k32"]),
+    ("2x128x128x32x32", "bf16", False, BACKWARD_SWEEP),
+    ("4x64x512x8x8", "bf16", True, [*BACKWARD_SWEEP, "cl-k64"]),
 ]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -152,65 +157,36 @@ def time_layer(shape, dtype, channels_last, device) -> dict:
 
 def host_overheads(device: torch.device) -> list[dict]:
     """Host microseconds per call on a tiny layer, where the GPU has next to nothing to do: what a
-    Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it)."""
+    Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it);
+    compiled, with the kernels launched by inductor (the default on CUDA) and through the
+    opaque custom ops (``MPDAGL_INDUCTOR_LAUNCH=0``)."""
     sets, p = make_inputs([4, 2, 8, 4, 4], torch.float32, False, device, sets=1)
     x, grad = sets[0]
     layout = K.Layout.of(x)
     out = torch.empty_like(x)
     mean, var = K.batch_stats(x, layout)
     layer = TdBNPLIF(8, backend="triton").to(device)
-    compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device))
     xg = x.clone().requires_grad_()
+
+    def compiled_layer_us(inductor_launch: bool) -> float:
+        ops.INDUCTOR_LAUNCH = inductor_launch  # read (and guarded on) while dynamo traces
+        try:
+            torch._dynamo.reset()
+            compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device), fullgraph=True)
+            return host.host_us(lambda: compiled(xg).backward(grad), device)
+        finally:
+            ops.INDUCTOR_LAUNCH = DEFAULT_ROUTE
 
     calls = {
         "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["tau"],
                                                           None, mean, var, 1e-5, 0.5, 1.0),
         "torch add_": lambda: out.add_(1.0),
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
-        "layer fwd+bwd, torch.compile": lambda: compiled(xg).backward(grad),
     }
     rows = [{"call": name, "host_us": host.host_us(fn, device)} for name, fn in calls.items()]
-    rows.append(inductor_launch(x, p, mean, var))
+    rows.append({"call": "layer fwd+bwd, torch.compile, inductor launches", "host_us": compiled_layer_us(True)})
+    rows.append({"call": "layer fwd+bwd, torch.compile, custom ops", "host_us": compiled_layer_us(False)})
     return rows
-
-
-def inductor_launch(x, p, mean, var, chain: int = 16) -> dict:
-    """Host cost of one forward-kernel launch when inductor launches it from its generated code
-    (``torch.library.triton_op`` + ``wrap_triton``), not through Triton's JIT dispatch: the
-    lever that would remove our Python from default-mode compiled steps. A compiled chain of
-    ``chain`` launches, so that the compiled function's own call cost is shared."""
-    import triton.language as tl
-    from torch.library import triton_op, wrap_triton
-
-    row = {"call": "forward-kernel launch by inductor (triton_op, per launch)"}
-    layout = K.Layout.of(x)
-    plan = K.plan("forward", layout, x.shape[0], x.shape[1])
-
-    @triton_op("mpdagl_bench::forward_launch", mutates_args=())
-    def forward_launch(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor,
-                       mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(x)
-        wrap_triton(K._forward_kernel)[plan.grid](
-            x, x, out, mean, var, gamma, beta, tau, layout.n_rows, layout.n_cols, plan.col_blocks,
-            layout.n_chan, x.stride(0), out.stride(0), layout.stride_row, layout.stride_chan,
-            1e-5, 0.5, 1.0, T=x.shape[0], HAS_RESIDUAL=False, CHANNELS_LAST=layout.channels_last,
-            BLOCK_R=plan.block_r, BLOCK_K=plan.block_k, INT64=layout.int64, COMPUTE=tl.float32,
-            num_warps=plan.num_warps)
-        return out
-
-    def chained(x):
-        for _ in range(chain):
-            x = forward_launch(x, p["gamma"], p["beta"], p["tau"], mean, var)
-        return x
-
-    try:
-        want = chained(x)
-        compiled = torch.compile(chained, fullgraph=True)
-        row["agrees_with_eager"] = bool(torch.equal(compiled(x), want))
-        row["host_us"] = host.host_us(lambda: compiled(x), x.device) / chain
-    except Exception as exc:  # a torch without inductor support for these kernels: say so
-        row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    return row
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["shape", "dtype", "layout", "config", "stats_ms", "forward_ms", "backward_ms", "total_ms",
                "roofline_ms", "stats_gbs", "forward_gbs", "backward_gbs"]
     overheads = host_overheads(device)
-    print_table(overheads, ["call", "host_us", "agrees_with_eager", "note"])
+    print_table(overheads, ["call", "host_us"])
     library_host = host.measure(device)  # our host path per layer, Triton launches stubbed
     print_table(library_host, ["mode", "host_us", "triton_launches", "torch_kernels"])
     rows, layers = [], []
@@ -251,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print_table(rows, columns)
     print_table(layers, ["shape", "dtype", "layout", "eager_ms", "graph_ms", "note"])
-    print_table(overheads, ["call", "host_us", "agrees_with_eager", "note"])
+    print_table(overheads, ["call", "host_us"])
     return {"host_overheads": overheads, "library_host": library_host, "kernels": rows, "layer": layers}
 
 

@@ -1,12 +1,14 @@
 """Compile a kernel for a GPU target without a GPU, with Triton's real compiler and ptxas.
 
 The CPU interpreter accepts code the compiler rejects; this lowers a kernel variant all the way to a
-cubin for an H100 (sm_90) and reads its register, spill and shared-memory use from the cubin.
+cubin for an H100 (sm_90) and reads its register, spill and shared-memory use from the cubin;
+``offline_driver`` lets torch lower kernels to Triton IR without a GPU (to trace a compiled graph).
 Nothing here launches anything. Must run without TRITON_INTERPRET.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -64,3 +66,35 @@ def compile_call(kernel, args: tuple, kwargs: dict, target: GPUTarget = HOPPER):
                                                              specialization, options)
     return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
                           options=options.__dict__)
+
+
+class _OfflineDriver:
+    """Stands in for Triton's CUDA driver on a machine without one: torch asks the active driver
+    for its target when it lowers a kernel to Triton IR to find which arguments the kernel writes."""
+
+    def __init__(self, target: GPUTarget):
+        self.target = target
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def is_active(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def offline_driver(target: GPUTarget = HOPPER):
+    """Make ``target`` Triton's active device while inside, on a machine with no GPU driver."""
+    config = triton.runtime.driver
+    saved = config._active  # reset_active() would try to create the missing CUDA driver
+    config.set_active(_OfflineDriver(target))
+    try:
+        yield
+    finally:
+        config._active = saved

@@ -14,18 +14,22 @@ and backward, from dL/dS_t, going t = T-1 .. 0 (reset not detached):
 Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every timestep):
 
 - ``_stats_partial_kernel``   training statistics: per channel (count, mean, M2) of ``row_iters``
-  consecutive row blocks, each tile loading all T timesteps before two reductions, the blocks
-  merged with Chan's formula. Grid: NCHW-like ``(row groups * col blocks, C)``; channels-last
-  ``(row groups, channel blocks)``, with ``row_iters`` chosen for about STATS_PROGRAMS programs.
+  consecutive row blocks: sums of x - shift and its square (shift: the channel mean of the first
+  tile) accumulate elementwise in registers, reduced once at the end. Grid: NCHW-like ``(row
+  groups * col blocks, C)``; channels-last ``(row groups, channel blocks)``, with ``row_iters``
+  chosen for about STATS_PROGRAMS programs.
 - ``_stats_finalize_kernel``  merges the per-program partials into mean and biased var. Grid
   ``(cdiv(C, BLOCK_C),)``.
-- ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes.
+- ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes
+  (plus a shortcut ``skip`` added after firing, when given).
   Grid: NCHW-like ``(row blocks * col blocks, C)``; channels-last ``(row blocks, channel
   blocks)``, tiles of FORWARD_TILE elements.
-- ``_backward_kernel``        same grid shape with smaller tiles (``backward_tile(T)``); recomputes y and V from x (a tuple of T register tiles, never memory),
-  runs the recurrence backward; with ACCUMULATE it writes per-tile channel sums of dy, dy * xhat
-  and the tau-gradient term, with WRITE_DX it writes dx (and dresidual). Training uses it twice
-  (sums first, since dx needs their channel means); eval once with both flags.
+- ``_backward_kernel``        the statistics grid with smaller tiles (``backward_tile(T)``), each
+  program walking ``row_iters`` row blocks (about BACKWARD_PROGRAMS programs); recomputes y and V
+  from x (a tuple of T register tiles, never memory), runs the recurrence backward; with
+  ACCUMULATE it writes per-program channel sums of dy, dy * xhat and the tau-gradient term, with
+  WRITE_DX it writes dx (and dresidual). Training uses it twice (sums first, since dx needs their
+  channel means); eval once with both flags.
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
@@ -91,26 +95,22 @@ def _tile_at(row_block, col_block, chan_program, n_rows, n_cols, n_chan, stride_
 
 
 @triton.jit
-def _tile(n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
-          CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-          INT64: tl.constexpr):
-    """This program's tile (see ``_tile_at``) and the T strides, 64-bit when offsets may pass
-    2**31 (t * stride can, even when a stride fits)."""
+def _program(n_col_blocks, row_iters, CHANNELS_LAST: tl.constexpr):
+    """(first row block, column block) of this program: it walks ``row_iters`` consecutive row
+    blocks. Grids: channels-last ``(row groups, column blocks)``; channel-major ``(row groups *
+    column blocks, C)``, one channel per program."""
     pid0 = tl.program_id(0)
-    pid1 = tl.program_id(1)
     if CHANNELS_LAST:
-        row_block = pid0
-        col_block = pid1
-    else:
-        row_block = pid0 // n_col_blocks
-        col_block = pid0 % n_col_blocks
-    offs, mask, chans, chan_mask = _tile_at(row_block, col_block, pid1, n_rows, n_cols, n_chan,
-                                            stride_row, stride_chan, CHANNELS_LAST, BLOCK_R,
-                                            BLOCK_K, INT64)
+        return pid0 * row_iters, tl.program_id(1)
+    return (pid0 // n_col_blocks) * row_iters, pid0 % n_col_blocks
+
+
+@triton.jit
+def _wide(stride, INT64: tl.constexpr):
+    """A stride in 64 bits when offsets may pass 2**31 (t * stride can, even when a stride fits)."""
     if INT64:
-        x_stride_t = x_stride_t.to(tl.int64)
-        stride_t = stride_t.to(tl.int64)
-    return offs, mask, chans, chan_mask, x_stride_t, stride_t
+        stride = stride.to(tl.int64)
+    return stride
 
 
 @triton.jit
@@ -184,68 +184,53 @@ def _per_channel(a, CHANNELS_LAST: tl.constexpr):
     return total
 
 
-@triton.jit
-def _tile_moments(x_ptr, offs, mask, x_stride_t, T: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                  COMPUTE: tl.constexpr):
-    """(count, mean, M2) per channel of one tile over all T timesteps: the T loads are issued
-    before any reduction, then one reduction for the mean and one for M2."""
-    xs = ()
-    total = tl.zeros(offs.shape, COMPUTE)
-    for t in tl.static_range(T):
-        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        xs = xs + (x,)
-        total += x
-    count = _per_channel(mask.to(COMPUTE), CHANNELS_LAST) * T
-    mean = _per_channel(total, CHANNELS_LAST) / tl.maximum(count, 1.0)
-    if CHANNELS_LAST:
-        centre = mean[None, :]
-    else:
-        centre = mean
-    squares = tl.zeros(offs.shape, COMPUTE)
-    for t in tl.static_range(T):
-        d = tl.where(mask, xs[t] - centre, 0.0)
-        squares += d * d
-    return count, mean, _per_channel(squares, CHANNELS_LAST)
-
-
 @triton.jit(do_not_specialize=["row_iters"])
 def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_chan,
                           x_stride_t, stride_row, stride_chan, row_iters,
                           T: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_K: tl.constexpr, INT64: tl.constexpr, COMPUTE: tl.constexpr):
-    pid0 = tl.program_id(0)
-    pid1 = tl.program_id(1)
+    first, col_block = _program(n_col_blocks, row_iters, CHANNELS_LAST)
+    x_stride_t = _wide(x_stride_t, INT64)
+    # values per channel in the first tile and in the whole run (the same for every channel of
+    # a channels-last tile; masked channels are never stored)
+    row_start = first * BLOCK_R
+    cols = tl.minimum(n_cols - col_block * BLOCK_K, BLOCK_K)
     if CHANNELS_LAST:
-        row_group = pid0
-        col_block = pid1
-        chans = col_block * BLOCK_K + tl.arange(0, BLOCK_K)
+        cols = 1
+    first_count = (tl.minimum(n_rows - row_start, BLOCK_R) * cols * T).to(COMPUTE)
+    n = (tl.minimum(n_rows - row_start, row_iters * BLOCK_R) * cols * T).to(COMPUTE)
+    # Shift: the channel's mean over this program's first tile, so that sums of (x - shift) and
+    # (x - shift)^2 lose nothing to cancellation. They accumulate elementwise over all row_iters
+    # tiles (no reduction, no barrier inside the loop: the loads of successive tiles overlap);
+    # one reduction at the end gives (count, mean, M2).
+    offs, mask, chans, chan_mask = _tile_at(first, col_block, tl.program_id(1), n_rows, n_cols,
+                                            n_chan, stride_row, stride_chan, CHANNELS_LAST,
+                                            BLOCK_R, BLOCK_K, INT64)
+    first_sum = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    for t in tl.static_range(T):
+        first_sum += tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
+    shift = _per_channel(first_sum, CHANNELS_LAST) / first_count
+    if CHANNELS_LAST:
+        shift_tile = shift[None, :]
     else:
-        row_group = pid0 // n_col_blocks
-        col_block = pid0 % n_col_blocks
-        chans = pid1
-    if INT64:
-        x_stride_t = x_stride_t.to(tl.int64)
-    # row_iters consecutive row blocks per program, merged with Chan et al.'s formula
-    first = row_group * row_iters
-    offs, mask, _, _ = _tile_at(first, col_block, pid1, n_rows, n_cols, n_chan, stride_row,
-                                stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
-    n, mean, m2 = _tile_moments(x_ptr, offs, mask, x_stride_t, T, CHANNELS_LAST, COMPUTE)
-    for i in range(1, row_iters):
-        offs, mask, _, _ = _tile_at(first + i, col_block, pid1, n_rows, n_cols, n_chan,
-                                    stride_row, stride_chan, CHANNELS_LAST, BLOCK_R, BLOCK_K,
-                                    INT64)
-        count, tile_mean, tile_m2 = _tile_moments(x_ptr, offs, mask, x_stride_t, T,
-                                                  CHANNELS_LAST, COMPUTE)
-        merged = n + count
-        weight = count / tl.maximum(merged, 1.0)
-        delta = tile_mean - mean
-        mean = mean + delta * weight
-        m2 = m2 + tile_m2 + delta * delta * (n * weight)
-        n = merged
-    base = partial_ptr + pid0 * 3 * n_chan + chans  # partial is [P, 3, C]
-    chan_mask = chans < n_chan
+        shift_tile = shift
+    dev = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    dev2 = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+    for i in range(row_iters):
+        offs, mask, chans, chan_mask = _tile_at(first + i, col_block, tl.program_id(1), n_rows,
+                                                n_cols, n_chan, stride_row, stride_chan,
+                                                CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+        for t in tl.static_range(T):
+            x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
+            d = tl.where(mask, x - shift_tile, 0.0)
+            dev += d
+            dev2 += d * d
+    total_dev = _per_channel(dev, CHANNELS_LAST)
+    mean_dev = total_dev / n
+    m2 = tl.maximum(_per_channel(dev2, CHANNELS_LAST) - total_dev * mean_dev, 0.0)
+    base = partial_ptr + tl.program_id(0) * 3 * n_chan + chans  # partial is [P, 3, C]
     tl.store(base, n, mask=chan_mask)
-    tl.store(base + n_chan, mean, mask=chan_mask)
+    tl.store(base + n_chan, shift + mean_dev, mask=chan_mask)
     tl.store(base + 2 * n_chan, m2, mask=chan_mask)
 
 
@@ -280,16 +265,19 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr,
-                    n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row, stride_chan,
-                    eps: tl.float64, vth: tl.float64, alpha: tl.float64,
-                    T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
+                    tau_ptr, n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row,
+                    stride_chan, eps: tl.float64, vth: tl.float64, alpha: tl.float64,
+                    T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SKIP: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
     eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
-    offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
-        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
-        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    row_block, col_block = _program(n_col_blocks, 1, CHANNELS_LAST)
+    x_stride_t, stride_t = _wide(x_stride_t, INT64), _wide(stride_t, INT64)
+    offs, mask, chans, chan_mask = _tile_at(row_block, col_block, tl.program_id(1), n_rows, n_cols,
+                                            n_chan, stride_row, stride_chan, CHANNELS_LAST,
+                                            BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
@@ -298,14 +286,17 @@ def _forward_kernel(x_ptr, res_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_
     for t in tl.static_range(T):
         x, v, s = _lif_step(x_ptr, res_ptr, t * x_stride_t + offs, t * stride_t + offs, mask,
                             scale, shift, tau, v, s, vth, HAS_RESIDUAL, COMPUTE)
-        tl.store(out_ptr + t * stride_t + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
+        out = s
+        if HAS_SKIP:  # a shortcut added after firing (ResNet blocks): one pass fewer than an add
+            out += tl.load(skip_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        tl.store(out_ptr + t * stride_t + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row_iters"])
 def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy_means_ptr,
                      mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
                      kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan,
-                     x_stride_t, stride_t, stride_row, stride_chan,
+                     x_stride_t, stride_t, stride_row, stride_chan, row_iters,
                      eps: tl.float64, vth: tl.float64, alpha: tl.float64,
                      T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
@@ -313,63 +304,70 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy
                      CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                      INT64: tl.constexpr, COMPUTE: tl.constexpr):
     eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
-    offs, mask, chans, chan_mask, x_stride_t, stride_t = _tile(
-        n_rows, n_cols, n_col_blocks, n_chan, stride_row, stride_chan, x_stride_t, stride_t,
-        CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+    first, col_block = _program(n_col_blocks, row_iters, CHANNELS_LAST)
+    x_stride_t, stride_t = _wide(x_stride_t, INT64), _wide(stride_t, INT64)
+    offs, mask, chans, chan_mask = _tile_at(first, col_block, tl.program_id(1), n_rows, n_cols,
+                                            n_chan, stride_row, stride_chan, CHANNELS_LAST,
+                                            BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
     tau = tl.load(tau_ptr).to(COMPUTE)
     kappa_first = tl.load(kappa_first_ptr).to(COMPUTE)
     kappa_rest = tl.load(kappa_rest_ptr).to(COMPUTE)
-
-    # Forward again, keeping x and V of every timestep in registers.
-    xs = ()
-    vs = ()
-    v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
-    s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
-    for t in tl.static_range(T):
-        x, v, s = _lif_step(x_ptr, res_ptr, t * x_stride_t + offs, t * stride_t + offs, mask,
-                            scale, shift, tau, v, s, vth, HAS_RESIDUAL, COMPUTE)
-        xs = xs + (x,)
-        vs = vs + (v,)
-
     if WRITE_DX and BATCH_STATS:  # channel means of dy and dy * xhat, from the ACCUMULATE pass
         mean_dy = tl.load(dy_means_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
         mean_dy_xhat = tl.load(dy_means_ptr + n_chan + chans, mask=chan_mask, other=0).to(COMPUTE)
+    # the channel sums stay elementwise over the whole run: one reduction, one partial per program
     acc_dy = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dtau = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
-    dv_next = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)  # dL/dV_{t+1}
-    for t in tl.static_range(T - 1, -1, -1):
-        v = vs[t]
-        g = tl.load(grad_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
-        if t == 0:
-            kappa = kappa_first
-        else:
-            kappa = kappa_rest
-        h = _surrogate(v - vth, kappa, SURROGATE)
-        if t == T - 1:
-            dv = g * h
-        else:
-            not_spiked = tl.where(v >= vth, 0.0, 1.0)
-            dv = (g - tau * v * dv_next) * h + tau * not_spiked * dv_next
-        xhat = (xs[t] - mean) * rstd
-        if ACCUMULATE:
-            acc_dy += dv
-            acc_dy_xhat += dv * xhat
-            if t > 0:
-                v_prev = vs[t - 1]
-                acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
-        if WRITE_DX:
-            if BATCH_STATS:
-                dx = scale * (dv - mean_dy - xhat * mean_dy_xhat)
+
+    for i in range(row_iters):
+        offs, mask, chans, chan_mask = _tile_at(first + i, col_block, tl.program_id(1), n_rows,
+                                                n_cols, n_chan, stride_row, stride_chan,
+                                                CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
+        # Forward again, keeping x and V of every timestep in registers.
+        xs = ()
+        vs = ()
+        v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+        s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
+        for t in tl.static_range(T):
+            x, v, s = _lif_step(x_ptr, res_ptr, t * x_stride_t + offs, t * stride_t + offs, mask,
+                                scale, shift, tau, v, s, vth, HAS_RESIDUAL, COMPUTE)
+            xs = xs + (x,)
+            vs = vs + (v,)
+
+        dv_next = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)  # dL/dV_{t+1}
+        for t in tl.static_range(T - 1, -1, -1):
+            v = vs[t]
+            g = tl.load(grad_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
+            if t == 0:
+                kappa = kappa_first
             else:
-                dx = scale * dv
-            tl.store(dx_ptr + t * stride_t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            if WRITE_RESIDUAL_GRAD:
-                tl.store(dres_ptr + t * stride_t + offs, dv.to(dres_ptr.dtype.element_ty),
-                         mask=mask)
-        dv_next = dv
+                kappa = kappa_rest
+            h = _surrogate(v - vth, kappa, SURROGATE)
+            if t == T - 1:
+                dv = g * h
+            else:
+                not_spiked = tl.where(v >= vth, 0.0, 1.0)
+                dv = (g - tau * v * dv_next) * h + tau * not_spiked * dv_next
+            xhat = (xs[t] - mean) * rstd
+            if ACCUMULATE:
+                acc_dy += dv
+                acc_dy_xhat += dv * xhat
+                if t > 0:
+                    v_prev = vs[t - 1]
+                    acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
+            if WRITE_DX:
+                if BATCH_STATS:
+                    dx = scale * (dv - mean_dy - xhat * mean_dy_xhat)
+                else:
+                    dx = scale * dv
+                tl.store(dx_ptr + t * stride_t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                if WRITE_RESIDUAL_GRAD:
+                    tl.store(dres_ptr + t * stride_t + offs, dv.to(dres_ptr.dtype.element_ty),
+                             mask=mask)
+            dv_next = dv
 
     if ACCUMULATE:
         sum_dy = tl.sum(acc_dy, axis=0, keep_dims=True)
@@ -440,22 +438,23 @@ def _packed(shape, strides, inner: int) -> bool:
 # Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU; the
 # values follow that sweep on an H200 (bench/RESULTS.md says which shapes backed each choice).
 FORWARD_TILE = 2048  # elements per program in the forward kernel (and at most in the stats kernel)
-STATS_BUDGET = 8192  # stats elements per program times next_pow2(T): it holds all T tiles at once
+STATS_BUDGET = 16384  # stats tile elements times (T + 2): T loads in flight plus two accumulators
 BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-512
 MIN_TILE = 256  # no statistics or backward tile is smaller (2 elements per thread at 4 warps)
 CHANNELS_LAST_BLOCK_K = 64  # channels per channels-last tile ...
 CHANNELS_LAST_WIDE_FROM = 512  # ... doubled from this many channels on
 EIGHT_WARPS_FROM = 4096  # tiles of at least this many elements run 8 warps, smaller ones 4
-STATS_PROGRAMS = 1024  # the statistics kernel merges row blocks until about this many programs
+STATS_PROGRAMS = 1024  # the statistics kernel walks runs of row blocks until about this many programs
+BACKWARD_PROGRAMS = 2048  # likewise the backward kernel: each program writes one [3, BLOCK_K] partial
 KNOBS = ("FORWARD_TILE", "STATS_BUDGET", "BACKWARD_BUDGET", "MIN_TILE", "CHANNELS_LAST_BLOCK_K",
-         "CHANNELS_LAST_WIDE_FROM", "EIGHT_WARPS_FROM", "STATS_PROGRAMS")
+         "CHANNELS_LAST_WIDE_FROM", "EIGHT_WARPS_FROM", "STATS_PROGRAMS", "BACKWARD_PROGRAMS")
 _knob_values = operator.itemgetter(*KNOBS)
 
 
 def stats_tile(T: int) -> int:
-    """Elements per statistics program: all T tiles are loaded before reducing, so the tile
-    shrinks with T (no spills up to T = 16 at 4 warps)."""
-    return max(MIN_TILE, min(FORWARD_TILE, STATS_BUDGET // triton.next_power_of_2(T)))
+    """Elements per statistics tile, a power of two: the T loads of a tile are in flight together
+    next to two accumulators, so the tile shrinks with T (at most ~128 values per thread at 4 warps)."""
+    return max(MIN_TILE, 1 << (STATS_BUDGET // (T + 2)).bit_length() - 1)
 
 
 def backward_tile(T: int) -> int:
@@ -490,7 +489,7 @@ class Launch(NamedTuple):
     col_blocks: int
     partials: int  # rows P of the [P, 3, C] per-program partial results
     num_warps: int
-    row_iters: int = 1  # row blocks per program (statistics kernel)
+    row_iters: int = 1  # row blocks per program (statistics and backward kernels)
 
 
 def plan(kernel: str, layout: Layout, T: int, batch: int) -> Launch:
@@ -517,14 +516,14 @@ def _plan(kernel: str, layout: Layout, T: int, batch: int, _knobs: tuple) -> Lau
     row_blocks = triton.cdiv(layout.n_rows, block_r)
     col_blocks = triton.cdiv(layout.n_cols, block_k)
     row_iters = 1
-    if kernel == "stats":
-        # several row blocks per program when tiles are many: fewer partials for the finalize pass
+    if kernel != "forward":
+        # several row blocks per program when tiles are many: fewer, larger partials to reduce
+        # (a channels-last tile of 8 rows would write 3 floats per channel for 16 values read)
         tiles = row_blocks * col_blocks * (1 if layout.channels_last else layout.n_chan)
-        row_iters = min(row_blocks, max(1, tiles // STATS_PROGRAMS))
+        programs = STATS_PROGRAMS if kernel == "stats" else BACKWARD_PROGRAMS
+        row_iters = min(row_blocks, max(1, tiles // programs))
         row_blocks = triton.cdiv(row_blocks, row_iters)
-        warps = 4
-    else:
-        warps = num_warps(block_r, block_k)
+    warps = 4 if kernel == "stats" else num_warps(block_r, block_k)
     if layout.channels_last:
         grid, partials = (row_blocks, col_blocks), row_blocks
     else:
@@ -539,12 +538,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``x`` over every axis but C."""
+def _direct(kernel):
+    return kernel
+
+
+def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` over every axis but C.
+
+    ``wrap``, when given, turns each kernel into what is launched (``torch.library.wrap_triton``
+    inside a ``triton_op``, so that inductor launches the kernels from its generated code);
+    likewise below."""
+    wrap = wrap or _direct
     cdtype = compute_dtype(x.dtype)
     p = plan("stats", layout, x.shape[0], x.shape[1])
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
-    _stats_partial_kernel[p.grid](
+    wrap(_stats_partial_kernel)[p.grid](
         x, partial, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
         x.stride(0), layout.stride_row, layout.stride_chan, p.row_iters,
         T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
@@ -553,7 +561,7 @@ def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Te
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
     f = plan("finalize", layout, x.shape[0], x.shape[1])
-    _stats_finalize_kernel[f.grid](
+    wrap(_stats_finalize_kernel)[f.grid](
         partial, mean, var, f.partials, layout.n_chan,
         BLOCK_P=f.block_r, BLOCK_C=f.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=f.num_warps,
     )
@@ -562,18 +570,21 @@ def batch_stats(x: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Te
 
 def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Tensor,
             beta: torch.Tensor, tau: torch.Tensor, residual: torch.Tensor | None,
-            mean: torch.Tensor, var: torch.Tensor, eps: float, vth: float, alpha: float) -> None:
-    """Writes the spikes of ``x`` into ``out``.
+            mean: torch.Tensor, var: torch.Tensor, eps: float, vth: float, alpha: float,
+            skip: torch.Tensor | None = None, wrap=None) -> None:
+    """Writes the spikes of ``x`` (plus ``skip``, when given) into ``out``.
 
-    ``out`` and ``residual`` share x's strides after T; x may differ in its T stride (0 for a
-    broadcast input).
+    ``out``, ``residual`` and ``skip`` share x's strides after T; x may differ in its T stride (0
+    for a broadcast input).
     """
     p = plan("forward", layout, x.shape[0], x.shape[1])
-    _forward_kernel[p.grid](
-        x, residual if residual is not None else x, out, mean, var, gamma, beta, tau,
-        layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan, x.stride(0), out.stride(0),
-        layout.stride_row, layout.stride_chan, eps, vth, alpha,
-        T=x.shape[0], HAS_RESIDUAL=residual is not None, CHANNELS_LAST=layout.channels_last,
+    wrap = wrap or _direct
+    wrap(_forward_kernel)[p.grid](
+        x, residual if residual is not None else x, skip if skip is not None else x, out, mean,
+        var, gamma, beta, tau, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
+        x.stride(0), out.stride(0), layout.stride_row, layout.stride_chan, eps, vth, alpha,
+        T=x.shape[0], HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
+        CHANNELS_LAST=layout.channels_last,
         BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
         COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=p.num_warps,
     )
@@ -584,7 +595,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
              tau: torch.Tensor, residual: torch.Tensor | None, mean: torch.Tensor,
              var: torch.Tensor, kappa_first: torch.Tensor, kappa_rest: torch.Tensor, eps: float,
              vth: float, alpha: float, surrogate: str, batch_stats: bool,
-             global_dy_means=None) -> torch.Tensor:
+             global_dy_means=None, wrap=None) -> torch.Tensor:
     """Writes dx (and dresidual) and returns this batch's channel sums ``[3, C]``: dy, dy * xhat,
     and the tau-gradient term.
 
@@ -595,16 +606,18 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     cdtype = compute_dtype(x.dtype)
     T = x.shape[0]
     p = plan("backward", layout, T, x.shape[1])
+    wrap = wrap or _direct
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     count = x.numel() // layout.n_chan
 
     def launch(accumulate: bool, write_dx: bool, dy_means: torch.Tensor) -> None:
-        _backward_kernel[p.grid](
+        # unused pointer arguments get x, which no kernel writes: no argument aliases a written one
+        wrap(_backward_kernel)[p.grid](
             grad, x, residual if residual is not None else x, dx,
-            dresidual if dresidual is not None else dx, partial, dy_means, mean, var, gamma, beta,
+            dresidual if dresidual is not None else x, partial, dy_means, mean, var, gamma, beta,
             tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, p.col_blocks,
             layout.n_chan, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
-            eps, vth, alpha,
+            p.row_iters, eps, vth, alpha,
             T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
             BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r,
@@ -613,11 +626,11 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
         )
 
     if batch_stats:
-        launch(accumulate=True, write_dx=False, dy_means=partial)
+        launch(accumulate=True, write_dx=False, dy_means=x)
         sums = partial.sum(dim=0)
         dy_means = sums[:2] / count if global_dy_means is None else global_dy_means(sums, count)
         launch(accumulate=False, write_dx=True, dy_means=dy_means)
     else:
-        launch(accumulate=True, write_dx=True, dy_means=partial)
+        launch(accumulate=True, write_dx=True, dy_means=x)
         sums = partial.sum(dim=0)
     return sums

@@ -18,7 +18,8 @@ def unfold(x: Tensor, timesteps: int) -> Tensor:
 
 
 class ConvSpike(nn.Module):
-    """conv (no bias) -> tdBN -> PLIF on ``[T, B, C, H, W]``; an optional residual enters before firing."""
+    """conv (no bias) -> tdBN -> PLIF on ``[T, B, C, H, W]``; an optional residual enters before
+    firing, an optional skip is added to the spikes."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  **neuron_options):
@@ -27,8 +28,8 @@ class ConvSpike(nn.Module):
                               bias=False)
         self.neuron = TdBNPLIF(out_channels, **neuron_options)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        return self.neuron(unfold(self.conv(fold(x)), x.shape[0]), residual)
+    def forward(self, x: Tensor, residual: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+        return self.neuron(unfold(self.conv(fold(x)), x.shape[0]), residual, skip)
 
 
 class Pool(nn.Module):

@@ -22,8 +22,9 @@ class BasicBlock(nn.Module):
             self.shortcut = ConvSpike(in_channels, out_channels, 1, stride, **neuron_options)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branch2(self.branch1(x))
-        return out + (x if self.shortcut is None else self.shortcut(x))
+        # the shortcut is added by the second neuron as it writes its spikes: no separate add pass
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.branch2(self.branch1(x), skip=shortcut)
 
 
 class SpikingResNet(nn.Module):

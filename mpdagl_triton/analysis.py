@@ -89,9 +89,9 @@ def probe(model: nn.Module, images: Tensor) -> dict:
     activity: dict[str, dict] = {}
 
     def measure_and_fire(name, module):  # stands in for the layer's forward during the probe
-        def forward(x, residual=None):
+        def forward(x, residual=None, skip=None):
             measured[name], spikes = _neuron_stats(module, x, residual)
-            return spikes
+            return spikes if skip is None else spikes + skip.to(spikes.dtype)
         return forward
 
     def count_synapse(name):

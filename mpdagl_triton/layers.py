@@ -56,7 +56,8 @@ class _NeuronOptions(nn.Module):
 
 
 class TdBNPLIF(_NeuronOptions):
-    """tdBN -> PLIF fused: ``forward(x [T, B, C, *S], residual=None) -> spikes`` of x's shape.
+    """tdBN -> PLIF fused: ``forward(x [T, B, C, *S], residual=None, skip=None) -> spikes`` of x's
+    shape. ``residual`` enters before firing; ``skip`` is added to the spikes (a ResNet shortcut).
 
     Parameters ``gamma``, ``beta`` ``[C]`` and ``rho`` (tau = sigmoid(rho), when ``learn_tau``);
     buffers ``running_mean``, ``running_var``. Gives the same spikes and gradients as
@@ -89,9 +90,9 @@ class TdBNPLIF(_NeuronOptions):
         """Current ``(kappa_first, kappa_rest)`` of this layer."""
         return kappas(self.gamma, self._rho_or_tau(), self.vth, self.width_rule, self.kappa0)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
         return tdbn_plif(
-            x, self.gamma, self.beta, self.rho, residual=residual,
+            x, self.gamma, self.beta, self.rho, residual=residual, skip=skip,
             running_mean=self.running_mean, running_var=self.running_var, training=self.training,
             momentum=self.momentum, eps=self.eps, vth=self.vth, alpha=self.alpha,
             learn_tau=self.learn_tau, tau=None if self.learn_tau else self.tau_init,

@@ -1,8 +1,15 @@
 """The public fused op, its validation, backend choice and ``torch.library`` registration.
 
 This is the single place where ops are registered and backends chosen. ``backend="torch"`` runs
-:mod:`mpdagl_triton.reference`; ``backend="triton"`` runs the custom ops ``mpdagl::tdbn_plif_fwd``
-and ``mpdagl::tdbn_plif_bwd`` backed by :mod:`mpdagl_triton.kernels.tdbn_plif`.
+:mod:`mpdagl_triton.reference`; ``backend="triton"`` runs :mod:`mpdagl_triton.kernels.tdbn_plif`:
+
+- eagerly, through a plain autograd Function (the least host time per call);
+- under ``torch.compile`` on CUDA, through the ops ``mpdagl::tdbn_plif_fwd_inductor`` and
+  ``mpdagl::tdbn_plif_bwd_inductor`` (``torch.library.triton_op``): inductor traces their bodies
+  and launches the kernels from its generated code, with the small PyTorch ops around them fused;
+- otherwise under ``torch.compile`` (Triton's CPU interpreter, synchronized batch statistics,
+  dynamic shapes, or ``MPDAGL_INDUCTOR_LAUNCH=0``), through the opaque custom ops
+  ``mpdagl::tdbn_plif_fwd`` and ``mpdagl::tdbn_plif_bwd``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from mpdagl_triton import reference
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
 
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
+#: compiled CUDA graphs launch the kernels from inductor's code (see the module docstring)
+INDUCTOR_LAUNCH = os.environ.get("MPDAGL_INDUCTOR_LAUNCH", "1") != "0"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 try:  # triton is a Linux-only dependency; the reference path works without it
@@ -138,9 +147,13 @@ def _tile_layout(x: Tensor, out: Tensor):
 
 
 def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor, residual: Optional[Tensor],
-                  running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
-                  vth: float, alpha: float, sync: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones)."""
+                  skip: Optional[Tensor], running_mean: Optional[Tensor],
+                  running_var: Optional[Tensor], eps: float, vth: float, alpha: float, sync: bool,
+                  wrap=None) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes (plus skip) and the per-channel mean and biased var used (batch stats, or the
+    running ones).
+
+    ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops."""
     spikes = _output_like(x)
     work, work_out = x, spikes
     layout = _tile_layout(x, spikes)
@@ -150,15 +163,18 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor, residual:
         layout = _kernels.Layout.of(work)
     if residual is not None:
         residual = _in_layout_of(work_out, residual)
+    if skip is not None:
+        skip = _in_layout_of(work_out, skip)
     cdtype = _kernels.compute_dtype(x.dtype)
     if running_mean is None:
-        mean, var = _kernels.batch_stats(work, layout)
+        mean, var = _kernels.batch_stats(work, layout, wrap)
         if sync and world_size() > 1:
             mean, var = _merge_stats(mean, var, x.numel() // x.shape[2])
     else:
         mean = running_mean.to(dtype=cdtype, copy=True)
         var = running_var.to(dtype=cdtype, copy=True)
-    _kernels.forward(work, layout, work_out, gamma, beta, tau, residual, mean, var, eps, vth, alpha)
+    _kernels.forward(work, layout, work_out, gamma, beta, tau, residual, mean, var, eps, vth, alpha,
+                     skip, wrap)
     if work_out is not spikes:
         spikes.copy_(work_out)
     return spikes, mean, var
@@ -173,6 +189,7 @@ def _fwd_op(
     kappa_first: Tensor,
     kappa_rest: Tensor,
     residual: Optional[Tensor],
+    skip: Optional[Tensor],
     running_mean: Optional[Tensor],
     running_var: Optional[Tensor],
     eps: float,
@@ -181,16 +198,16 @@ def _fwd_op(
     surrogate: str,
     sync: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes plus the per-channel mean and biased var used (batch stats, or the running ones).
-
-    With ``sync`` the batch statistics are merged over every process of the default group."""
-    return _forward_impl(x, gamma, beta, tau, residual, running_mean, running_var, eps, vth, alpha,
-                         sync)
+    """Spikes (plus skip) and the per-channel mean and biased var used (batch stats, or the
+    running ones). With ``sync`` the batch statistics are merged over every process of the
+    default group."""
+    return _forward_impl(x, gamma, beta, tau, residual, skip, running_mean, running_var, eps, vth,
+                         alpha, sync)
 
 
 @_fwd_op.register_fake
-def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, running_var,
-              eps, vth, alpha, surrogate, sync):
+def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean,
+              running_var, eps, vth, alpha, surrogate, sync):
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty(x.shape[2], dtype=cdtype)
     return _output_like(x), stats, torch.empty_like(stats)
@@ -199,7 +216,8 @@ def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_me
 def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor,
                    kappa_first: Tensor, kappa_rest: Tensor, residual: Optional[Tensor], mean: Tensor,
                    var: Tensor, eps: float, vth: float, alpha: float, surrogate: str,
-                   batch_stats: bool, sync: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   batch_stats: bool, sync: bool,
+                   wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
     dx = _output_like(x)
     dres = None if residual is None else _output_like(x, residual.dtype)
@@ -215,7 +233,8 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, tau: Te
         residual = _in_layout_of(work_dx, residual)
     sums = _kernels.backward(grad, work, layout, work_dx, work_dres, gamma, beta, tau, residual,
                              mean, var, kappa_first, kappa_rest, eps, vth, alpha, surrogate,
-                             batch_stats, _global_dy_means if sync and world_size() > 1 else None)
+                             batch_stats, _global_dy_means if sync and world_size() > 1 else None,
+                             wrap)
     if work_dx is not dx:
         dx.copy_(work_dx)
         if dres is not None:
@@ -258,10 +277,11 @@ def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean
             torch.empty_like(tau), dres)
 
 
-def _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
-          alpha, surrogate, sync, mean, var) -> None:
+def _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
+          vth, alpha, surrogate, sync, mean, var) -> None:
     ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
     ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None, sync)
+    ctx.has_skip = skip is not None
     ctx.mark_non_differentiable(mean, var)
     ctx.set_materialize_grads(False)  # the unused grads of mean and var stay None, not zero tensors
 
@@ -272,15 +292,16 @@ def _grads(ctx, grad_spikes, backward) -> tuple:
     dx, dgamma, dbeta, dtau, dres = backward(grad_spikes, x, gamma, beta, tau, kappa_first,
                                              kappa_rest, residual, mean, var, eps, vth, alpha,
                                              surrogate, batch_stats, sync)
+    # the skip is added after firing: its gradient is the incoming one, unchanged
     return (dx, dgamma, dbeta, dtau, None, None, dres if residual is not None else None,
-            None, None, None, None, None, None, None)
+            grad_spikes if ctx.has_skip else None, None, None, None, None, None, None, None)
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, _running_var,
+    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, _running_var,
      eps, vth, alpha, surrogate, sync) = inputs
-    _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
-          alpha, surrogate, sync, *output[1:])
+    _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
+          vth, alpha, surrogate, sync, *output[1:])
 
 
 def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
@@ -298,17 +319,92 @@ class _EagerTdBNPLIF(torch.autograd.Function):
     Under torch.compile the registered custom ops are used (see ``tdbn_plif``)."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean,
+    def forward(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean,
                 running_var, eps, vth, alpha, surrogate, sync):
-        spikes, mean, var = _forward_impl(x, gamma, beta, tau, residual, running_mean,
+        spikes, mean, var = _forward_impl(x, gamma, beta, tau, residual, skip, running_mean,
                                           running_var, eps, vth, alpha, sync)
-        _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, running_mean, eps, vth,
-              alpha, surrogate, sync, mean, var)
+        _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
+              vth, alpha, surrogate, sync, mean, var)
         return spikes, mean, var
 
     @staticmethod
     def backward(ctx, grad_spikes, _grad_mean, _grad_var):
         return _grads(ctx, grad_spikes, _backward_impl)
+
+
+def _dense_for_inductor(x: Tensor) -> Tensor:
+    """x, or a dense copy in x's layout when x is not dense (a broadcast over T, a slice).
+
+    The strides a traced body reads are baked into the launches, and inductor guarantees a
+    kernel argument only its traced stride order; a dense tensor in that order has exactly the
+    traced strides (the other tensors the kernels walk are dense: allocated by the body, or
+    copied into the layout of one that is)."""
+    return x if _dense(x) else _output_like(x).copy_(x)
+
+
+if _kernels is not None and not triton_interpreting():
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("mpdagl::tdbn_plif_fwd_inductor", mutates_args=())
+    def _fwd_inductor_op(
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        tau: Tensor,
+        kappa_first: Tensor,
+        kappa_rest: Tensor,
+        residual: Optional[Tensor],
+        skip: Optional[Tensor],
+        running_mean: Optional[Tensor],
+        running_var: Optional[Tensor],
+        eps: float,
+        vth: float,
+        alpha: float,
+        surrogate: str,
+        sync: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``mpdagl::tdbn_plif_fwd`` with a body inductor can trace (no synchronized statistics)."""
+        return _forward_impl(_dense_for_inductor(x), gamma, beta, tau, residual, skip,
+                             running_mean, running_var, eps, vth, alpha, False, wrap_triton)
+
+    @triton_op("mpdagl::tdbn_plif_bwd_inductor", mutates_args=())
+    def _bwd_inductor_op(
+        grad: Tensor,
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        tau: Tensor,
+        kappa_first: Tensor,
+        kappa_rest: Tensor,
+        residual: Optional[Tensor],
+        mean: Tensor,
+        var: Tensor,
+        eps: float,
+        vth: float,
+        alpha: float,
+        surrogate: str,
+        batch_stats: bool,
+        sync: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``mpdagl::tdbn_plif_bwd`` with a body inductor can trace (no synchronized statistics)."""
+        return _backward_impl(grad, _dense_for_inductor(x), gamma, beta, tau, kappa_first,
+                              kappa_rest, residual, mean, var, eps, vth, alpha, surrogate,
+                              batch_stats, False, wrap_triton)
+
+    def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+        return _grads(ctx, grad_spikes, _bwd_inductor_op)
+
+    _fwd_inductor_op.register_autograd(_fwd_inductor_backward, setup_context=_fwd_setup_context)
+else:  # Triton's interpreter runs kernels as Python: inductor cannot trace them
+    _fwd_inductor_op = None
+
+
+def _compiled_op(x: Tensor, sync: bool):
+    """The op a compiled graph calls: inductor-launched kernels where it can trace them."""
+    static = all(isinstance(n, int) for n in (*x.shape, *x.stride()))
+    if INDUCTOR_LAUNCH and _fwd_inductor_op is not None and x.is_cuda and not sync and static:
+        return _fwd_inductor_op
+    return _fwd_op
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,6 +432,7 @@ def validate(
     x: object, gamma: object, beta: object, rho: object, *, residual: object, running_mean: object,
     running_var: object, training: bool, momentum: float, eps: float, vth: float, alpha: float,
     learn_tau: bool, tau: object, surrogate: str, width_rule: str, kappa0: float,
+    skip: object = None,
 ) -> None:
     """Raise ValueError/TypeError naming the argument for anything the op cannot compute."""
     if not isinstance(x, Tensor):
@@ -364,12 +461,13 @@ def validate(
             raise TypeError(f"with learn_tau=False, tau must be a number in [0, 1], got {tau!r}")
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must lie in [0, 1], got {tau}")
-    if residual is not None:
-        residual = _check_tensor("residual", residual, device)
-        if residual.shape != x.shape:
-            raise ValueError(f"residual must have x's shape {list(x.shape)}, got {list(residual.shape)}")
-        if not residual.is_floating_point():
-            raise TypeError(f"residual must be a floating tensor, got {residual.dtype}")
+    for name, extra in (("residual", residual), ("skip", skip)):
+        if extra is not None:
+            extra = _check_tensor(name, extra, device)
+            if extra.shape != x.shape:
+                raise ValueError(f"{name} must have x's shape {list(x.shape)}, got {list(extra.shape)}")
+            if not extra.is_floating_point():
+                raise TypeError(f"{name} must be a floating tensor, got {extra.dtype}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("pass running_mean and running_var together, or neither")
     if running_mean is not None:
@@ -398,6 +496,7 @@ def tdbn_plif(
     rho: Tensor | None,
     *,
     residual: Tensor | None = None,
+    skip: Tensor | None = None,
     running_mean: Tensor | None = None,
     running_var: Tensor | None = None,
     training: bool = True,
@@ -421,6 +520,8 @@ def tdbn_plif(
         gamma, beta: ``[C]`` tdBN affine parameters.
         rho: 0-d tensor, tau = sigmoid(rho); may be None when ``learn_tau=False``.
         residual: ``[T, B, C, *S]`` added after the affine step, before the neuron.
+        skip: ``[T, B, C, *S]`` added to the spikes (a ResNet shortcut after the neuron), in the
+            same pass that writes them; its gradient is the incoming gradient.
         running_mean, running_var: ``[C]``; updated in place when training, used in eval.
         training: batch statistics (True) or running statistics (False).
         tau: fixed decay used when ``learn_tau=False``.
@@ -434,7 +535,7 @@ def tdbn_plif(
             ``triton`` or ``torch``.
 
     Returns:
-        Spikes ``[T, B, C, *S]`` in x's dtype and layout, exactly 0 or 1.
+        Spikes ``[T, B, C, *S]`` in x's dtype and layout, exactly 0 or 1 (plus ``skip``).
 
     Example:
         >>> x = torch.randn(4, 2, 3, 5, 5)
@@ -445,7 +546,7 @@ def tdbn_plif(
     validate(x, gamma, beta, rho, residual=residual, running_mean=running_mean,
              running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
              alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
-             width_rule=width_rule, kappa0=kappa0)
+             width_rule=width_rule, kappa0=kappa0, skip=skip)
     if check_finite:
         for name, t in (("x", x), ("residual", residual)):
             if t is not None and not bool(torch.isfinite(t).all()):
@@ -454,7 +555,7 @@ def tdbn_plif(
     sync = bool(sync_stats and training and world_size() > 1)
     if resolve_backend(backend, x.device) == "torch":
         return reference.tdbn_plif(
-            x, gamma, beta, rho, residual=residual, running_mean=running_mean,
+            x, gamma, beta, rho, residual=residual, skip=skip, running_mean=running_mean,
             running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
             alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
             width_rule=width_rule, kappa0=kappa0, sync_stats=sync,
@@ -466,9 +567,9 @@ def tdbn_plif(
     else:
         tau_t = torch.full((), float(tau), dtype=cdtype, device=x.device)
         kappa_first, kappa_rest = kappas(gamma, tau, vth, width_rule, kappa0)
-    fused = _fwd_op if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
+    fused = _compiled_op(x, sync) if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
     spikes, mean, var = fused(
-        x, gamma, beta, tau_t, kappa_first, kappa_rest, residual,
+        x, gamma, beta, tau_t, kappa_first, kappa_rest, residual, skip,
         None if training else running_mean, None if training else running_var,
         float(eps), float(vth), float(alpha), surrogate, sync,
     )

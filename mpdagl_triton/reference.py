@@ -137,6 +137,7 @@ def tdbn_plif(
     rho: torch.Tensor | None,
     *,
     residual: torch.Tensor | None = None,
+    skip: torch.Tensor | None = None,
     running_mean: torch.Tensor | None = None,
     running_var: torch.Tensor | None = None,
     training: bool = True,
@@ -163,4 +164,6 @@ def tdbn_plif(
         tau_t = torch.full((), float(tau), dtype=y.dtype, device=y.device)
         k1, kr = kappas(gamma, tau, vth, width_rule, kappa0)
     spikes = plif(y, tau_t, k1.to(y.dtype), kr.to(y.dtype), vth=vth, surrogate=surrogate)
+    if skip is not None:
+        spikes = spikes + skip.to(spikes.dtype)
     return spikes.to(x.dtype)

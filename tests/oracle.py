@@ -19,6 +19,7 @@ class Case:
     dtype: torch.dtype = torch.float64
     channels_last: bool = False
     residual: bool = False
+    skip: bool = False
     learn_tau: bool = True
     training: bool = True
     surrogate: str = "rect"
@@ -45,6 +46,7 @@ def make_inputs(case: Case) -> dict:
         "beta": (torch.randn(C, generator=g, dtype=torch.float64) * 0.3).to(param_dtype),
         "rho": torch.tensor(-0.8, dtype=param_dtype) if case.learn_tau else None,
         "residual": None,
+        "skip": None,
         "running_mean": (torch.randn(C, generator=g, dtype=torch.float64) * 0.2).to(param_dtype),
         "running_var": (torch.rand(C, generator=g, dtype=torch.float64) + 0.5).to(param_dtype),
         "grad": torch.randn(case.shape, generator=g, dtype=torch.float64).to(case.dtype),
@@ -52,10 +54,13 @@ def make_inputs(case: Case) -> dict:
     if case.residual:
         res = (torch.randn(case.shape, generator=g, dtype=torch.float64) * 0.5).to(case.dtype)
         inputs["residual"] = to_channels_last(res) if case.channels_last else res
+    if case.skip:  # a block input: small integers, as a ResNet shortcut carries
+        skip = torch.randint(0, 3, case.shape, generator=g).to(case.dtype)
+        inputs["skip"] = to_channels_last(skip) if case.channels_last else skip
     return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-DIFFERENTIABLE = ("x", "gamma", "beta", "rho", "residual")
+DIFFERENTIABLE = ("x", "gamma", "beta", "rho", "residual", "skip")
 
 
 def run(case: Case, inputs: dict, backend: str, *, as_float64: bool = False) -> dict:
@@ -71,7 +76,8 @@ def run(case: Case, inputs: dict, backend: str, *, as_float64: bool = False) -> 
     running_mean, running_var = cast(inputs["running_mean"]), cast(inputs["running_var"])
     spikes = M.tdbn_plif(
         leaves["x"], leaves["gamma"], leaves["beta"], leaves.get("rho"),
-        residual=leaves.get("residual"), running_mean=running_mean, running_var=running_var,
+        residual=leaves.get("residual"), skip=leaves.get("skip"), running_mean=running_mean,
+        running_var=running_var,
         training=case.training, learn_tau=case.learn_tau, tau=None if case.learn_tau else 0.3,
         surrogate=case.surrogate, width_rule=case.width_rule, backend=backend,
     )

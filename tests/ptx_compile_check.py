@@ -48,8 +48,9 @@ def fixed_set() -> int:
         per_channel = {"mean_ptr": compute, "var_ptr": compute, "gamma_ptr": "fp32",
                        "beta_ptr": "fp32", "tau_ptr": "fp32"}
         compile_kernel(K._forward_kernel,
-                       {"x_ptr": x_type, "res_ptr": x_type, "out_ptr": x_type, **per_channel},
-                       dict(T=4, HAS_RESIDUAL=channels_last, **block))
+                       {"x_ptr": x_type, "res_ptr": x_type, "skip_ptr": x_type, "out_ptr": x_type,
+                        **per_channel},
+                       dict(T=4, HAS_RESIDUAL=channels_last, HAS_SKIP=channels_last, **block))
         count += 3
         # the three passes the op launches; the surrogate and T vary across the layouts
         for variant, (accumulate, write_dx, batch_stats) in enumerate(
@@ -84,8 +85,8 @@ def check_float_arguments_are_float64() -> None:
     from mpdagl_triton.kernels.offline import compile_call
 
     x = torch.empty(64, dtype=torch.float64)
-    args = (x, x, x, x, x, x, x, x, 4, 36, 1, 5, 720, 720, 180, 36, 1e-5, 0.4, 1.0)
-    kwargs = dict(T=4, HAS_RESIDUAL=False, CHANNELS_LAST=False, BLOCK_R=4, BLOCK_K=64,
+    args = (x, x, x, x, x, x, x, x, x, 4, 36, 1, 5, 720, 720, 180, 36, 1e-5, 0.4, 1.0)
+    kwargs = dict(T=4, HAS_RESIDUAL=False, HAS_SKIP=False, CHANNELS_LAST=False, BLOCK_R=4, BLOCK_K=64,
                   INT64=False, COMPUTE=tl.float64)
     ttir = compile_call(K._forward_kernel, args, kwargs).asm["ttir"]
     types = dict(re.findall(r"%(eps|vth|alpha): (\w+)", ttir))

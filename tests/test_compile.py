@@ -1,15 +1,27 @@
 """torch.library registration: opcheck, and torch.compile(fullgraph=True) equal to eager."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from mpdagl_triton import TdBNPLIF, kappas
+from mpdagl_triton import TdBNPLIF, kappas, ops
 from mpdagl_triton.ops import _bwd_op, _fwd_op
 from oracle import DEVICE, to_channels_last
 
+TESTS = Path(__file__).parent
+# The triton_ops that compiled CUDA graphs call exist only where kernels can be traced: not under
+# Triton's CPU interpreter. Their bodies are traced on a CPU by test_inductor_route_launches_*.
+needs_traceable_kernels = pytest.mark.skipif(
+    ops._fwd_inductor_op is None, reason="the inductor-launched ops need compiled Triton (a CUDA device)")
 
-def _fwd_args(x, residual=None, running=False):
+
+def _fwd_args(x, residual=None, running=False, skip=None):
     C = x.shape[2]
     f64 = dict(dtype=torch.float64, device=DEVICE)
     gamma = torch.rand(C, **f64).add_(0.5).requires_grad_()
@@ -19,7 +31,7 @@ def _fwd_args(x, residual=None, running=False):
     k1, kr = kappas(gamma, rho)
     rm = torch.zeros(C, **f64) if running else None
     rv = torch.ones(C, **f64) if running else None
-    return (x, gamma, beta, tau, k1, kr, residual, rm, rv, 1e-5, 0.5, 1.0, "rect", False)
+    return (x, gamma, beta, tau, k1, kr, residual, skip, rm, rv, 1e-5, 0.5, 1.0, "rect", False)
 
 
 @pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
@@ -29,7 +41,8 @@ def test_opcheck_forward(variant):
         x = to_channels_last(x)
     x.requires_grad_()
     residual = torch.randn_like(x).requires_grad_() if variant == "residual" else None
-    torch.library.opcheck(_fwd_op, _fwd_args(x, residual, running=variant == "eval"))
+    skip = torch.randn_like(x).requires_grad_() if variant == "residual" else None
+    torch.library.opcheck(_fwd_op, _fwd_args(x, residual, running=variant == "eval", skip=skip))
 
 
 @pytest.mark.parametrize("batch_stats", [True, False])
@@ -41,6 +54,53 @@ def test_opcheck_backward(batch_stats):
     args = (torch.randn_like(x), x, gamma.detach(), beta.detach(), tau.detach(), k1, kr, residual,
             mean, var, 1e-5, 0.5, 1.0, "atan", batch_stats, False)
     torch.library.opcheck(_bwd_op, args)
+
+
+@needs_traceable_kernels
+@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
+def test_opcheck_inductor_ops(variant):
+    """The triton_ops used under torch.compile on CUDA: schema, autograd registration, fake
+    tensors and static AOT dispatch (dynamic shapes take the custom ops instead)."""
+    x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
+    if variant == "channels_last":
+        x = to_channels_last(x)
+    x.requires_grad_()
+    residual = torch.randn_like(x).requires_grad_() if variant == "residual" else None
+    skip = torch.randn_like(x).requires_grad_() if variant == "residual" else None
+    args = _fwd_args(x, residual, running=variant == "eval", skip=skip)
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
+    torch.library.opcheck(ops._fwd_inductor_op, args, test_utils=checks)
+    x_, gamma, beta, tau, k1, kr, *_ = args
+    mean, var = x.detach().mean(dim=(0, 1, 3, 4)), x.detach().var(dim=(0, 1, 3, 4), unbiased=False)
+    bwd_args = (torch.randn_like(x), x.detach(), gamma.detach(), beta.detach(), tau.detach(), k1, kr,
+                None if residual is None else residual.detach(), mean, var, 1e-5, 0.5, 1.0, "atan",
+                variant != "eval", False)
+    torch.library.opcheck(ops._bwd_inductor_op, bwd_args, test_utils=checks)
+
+
+@pytest.mark.parametrize("channels_last,residual,broadcast", [(False, False, False), (True, True, False),
+                                                               (True, False, True)])
+def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_last, residual, broadcast):
+    """What torch.compile on CUDA hands inductor for one layer's forward + backward, traced on
+    this machine (meta tensors, kernels lowered for sm_90): the five launches of the training
+    path, each writing only buffers the op allocated, and no opaque custom op left. An input
+    broadcast over T is made dense first (its strides are baked into the launches, and inductor
+    only promises a kernel argument's stride order): one copy in each direction."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    flags = (["--channels-last"] * channels_last + ["--residual", "--skip"] * residual
+             + ["--broadcast"] * broadcast)
+    done = subprocess.run([sys.executable, str(TESTS / "inductor_graph.py"), *flags], env=env,
+                          cwd=TESTS.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    graph = json.loads(done.stdout.splitlines()[-1])
+    assert [launch["kernel"] for launch in graph["launches"]] == [
+        "_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
+        "_backward_kernel"]
+    assert [launch["writes"] for launch in graph["launches"]] == [
+        ["partial_ptr"], ["mean_ptr", "var_ptr"], ["out_ptr"], ["partial_ptr"],
+        ["dres_ptr", "dx_ptr"] if residual else ["dx_ptr"]]
+    assert not [op for op in graph["other_ops"] if "mpdagl" in op]
+    assert graph["other_ops"].count("aten.copy.default") == (2 if broadcast else 0)
 
 
 class TwoLayer(nn.Module):

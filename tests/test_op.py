@@ -16,7 +16,8 @@ def check_float64(case: Case, rtol: float = 1e-10) -> dict:
     got = run(case, inputs, "triton")
     want = run(case, inputs, "torch")
     assert torch.equal(got["spikes"], want["spikes"])
-    assert 0 < want["spikes"].sum() < want["spikes"].numel(), "degenerate case: all or no spikes"
+    fired = want["spikes"] if inputs["skip"] is None else want["spikes"] - inputs["skip"]
+    assert 0 < fired.sum() < fired.numel(), "degenerate case: all or no spikes"
     assert got["grads"].keys() == want["grads"].keys()
     for name in want["grads"]:
         assert_close_to_max(got["grads"][name], want["grads"][name], rtol, name)
@@ -71,6 +72,23 @@ def test_running_stats_update_formula():
     torch.testing.assert_close(got["running_var"], 0.9 * inputs["running_var"] + 0.1 * unbiased_var)
 
 
+@pytest.mark.parametrize("channels_last,training", [(False, True), (True, True), (True, False)])
+def test_skip_is_added_to_the_spikes(channels_last, training):
+    """A ResNet shortcut added by the pass that writes the spikes: the output is spikes + skip,
+    skip's gradient is the incoming gradient, and everything else is as without it."""
+    case = Case((3, 4, 6, 5, 7), channels_last=channels_last, residual=True, skip=True,
+                training=training, seed=7)
+    check_float64(case)
+    inputs = make_inputs(case)
+    got = run(case, inputs, "triton")
+    without = run(Case(**{**case.__dict__, "skip": False}), {**inputs, "skip": None}, "triton")
+    assert torch.equal(got["spikes"] - inputs["skip"], without["spikes"])
+    assert torch.equal(got["grads"]["skip"], inputs["grad"])
+    for name, grad in without["grads"].items():
+        assert torch.equal(got["grads"][name], grad), name
+    assert got["spikes"].stride() == inputs["x"].stride()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_channels_last_5d(channels_last):
     case = Case((3, 4, 6, 5, 7), channels_last=channels_last, residual=True, seed=5)
@@ -94,20 +112,27 @@ def test_many_tiles_per_channel(shape, channels_last):
 
 @pytest.mark.parametrize("programs", [1, 32])
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 5, 7), False), ((3, 5, 6, 4, 5), True)])
-def test_statistics_merge_row_blocks_within_a_program(shape, channels_last, programs, monkeypatch):
-    """Small tiles and few statistics programs: each program merges several row blocks with
-    Chan's formula (all of them with 1 program per column block; with 32, 3 blocks each, the
-    last group running past the rows)."""
+def test_programs_walk_runs_of_row_blocks(shape, channels_last, programs, monkeypatch):
+    """Small tiles and few programs: each statistics and backward program walks several row
+    blocks (all of them with 1 program per column block; with 32, a few blocks each, the last
+    run going past the rows) and still gives the float64 reference's statistics and gradients."""
     from mpdagl_triton.kernels import tdbn_plif as K
 
+    T = shape[0]
     monkeypatch.setattr(K, "MIN_TILE", 8)
     monkeypatch.setattr(K, "FORWARD_TILE", 8)
+    monkeypatch.setattr(K, "STATS_BUDGET", 8 * (T + 2))
+    monkeypatch.setattr(K, "BACKWARD_BUDGET", 8 * 4)
     monkeypatch.setattr(K, "CHANNELS_LAST_BLOCK_K", 4)
     monkeypatch.setattr(K, "STATS_PROGRAMS", programs)
+    monkeypatch.setattr(K, "BACKWARD_PROGRAMS", programs)
     x = make_inputs(Case(shape, channels_last=channels_last))["x"]
     layout = K.Layout.of(x)
-    block_r, _ = K.blocks(layout, shape[1], K.stats_tile(shape[0]))
-    assert triton_cdiv(layout.n_rows, block_r) >= 3, "the case must span several row blocks"
+    for kernel in ("stats", "backward"):
+        plan = K.plan(kernel, layout, T, shape[1])
+        assert plan.block_r * plan.block_k <= 8
+        assert triton_cdiv(layout.n_rows, plan.block_r) >= 3, "the case must span several row blocks"
+        assert plan.row_iters >= 2, f"{kernel} programs must walk several row blocks"
     mean, var = K.batch_stats(x, layout)
     want_mean = x.mean(dim=(0, 1, 3, 4))
     want_var = x.var(dim=(0, 1, 3, 4), unbiased=False)

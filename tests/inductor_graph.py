@@ -1,0 +1,62 @@
+"""Trace the ops that compiled CUDA graphs use, the way AOTAutograd hands them to inductor, on a
+machine without a GPU; print what the graph launches as JSON (read by tests/test_compile.py).
+
+    python tests/inductor_graph.py [--channels-last] [--residual] [--skip] [--broadcast]
+
+Tensors live on the meta device and Triton lowers the kernels for sm_90 (``offline_driver``), so
+torch can decompose the triton_ops into launches and work out which arguments each launch writes.
+Must run without TRITON_INTERPRET: the interpreter's kernels cannot be traced.
+"""
+
+import argparse
+import json
+
+import torch
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+from torch._subclasses.functional_tensor import dispatch_functionalize
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from mpdagl_triton import ops
+from mpdagl_triton.kernels.offline import offline_driver
+
+
+def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool) -> dict:
+    shape = (4, 2, 8, 4, 4)
+    x = torch.empty(shape, device="meta")
+    if channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    grad = torch.empty_like(x)
+    if broadcast:  # a stem's image conv output, the same at every timestep
+        x = x[0].expand(shape)
+    res, shortcut = (torch.empty_like(x) if wanted else None for wanted in (residual, skip))
+    gamma, beta, tau = torch.empty(8, device="meta"), torch.empty(8, device="meta"), torch.empty((), device="meta")
+
+    def fwd_bwd(x, grad, gamma, beta, tau, res, shortcut):
+        spikes, mean, var = ops._fwd_inductor_op(x, gamma, beta, tau, tau, tau, res, shortcut, None,
+                                                 None, 1e-5, 0.5, 1.0, "rect", False)
+        return spikes, *ops._bwd_inductor_op(grad, x, gamma, beta, tau, tau, tau, res, mean, var,
+                                             1e-5, 0.5, 1.0, "rect", True, False)
+
+    with offline_driver():
+        graph = make_fx(dispatch_functionalize(fwd_bwd), tracing_mode="fake")(x, grad, gamma, beta, tau, res,
+                                                                            shortcut)
+    launches, other = [], []
+    for node in graph.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional:
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            launches.append({"kernel": kernel.fn.__name__, "writes": sorted(node.kwargs["tensors_to_clone"])})
+        else:
+            other.append(str(node.target))
+    return {"launches": launches, "other_ops": other}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--residual", action="store_true")
+    parser.add_argument("--skip", action="store_true")
+    parser.add_argument("--broadcast", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast)))

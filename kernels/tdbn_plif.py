@@ -200,15 +200,18 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
     first_count = (tl.minimum(n_rows - row_start, BLOCK_R) * cols * T).to(COMPUTE)
     n = (tl.minimum(n_rows - row_start, row_iters * BLOCK_R) * cols * T).to(COMPUTE)
     # Shift: the channel's mean over this program's first tile, so that sums of (x - shift) and
-    # (x - shift)^2 lose nothing to cancellation. They accumulate elementwise over all row_iters
-    # tiles (no reduction, no barrier inside the loop: the loads of successive tiles overlap);
-    # one reduction at the end gives (count, mean, M2).
+    # (x - shift)^2 lose nothing to cancellation. They accumulate elementwise over the run (no
+    # reduction, no barrier inside the loop: the loads of successive tiles overlap); one
+    # reduction at the end gives (count, mean, M2).
     offs, mask, chans, chan_mask = _tile_at(first, col_block, tl.program_id(1), n_rows, n_cols,
                                             n_chan, stride_row, stride_chan, CHANNELS_LAST,
                                             BLOCK_R, BLOCK_K, INT64)
+    xs = ()
     first_sum = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
-        first_sum += tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        x = tl.load(x_ptr + t * x_stride_t + offs, mask=mask, other=0).to(COMPUTE)
+        xs = xs + (x,)
+        first_sum += x
     shift = _per_channel(first_sum, CHANNELS_LAST) / first_count
     if CHANNELS_LAST:
         shift_tile = shift[None, :]
@@ -216,7 +219,11 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
         shift_tile = shift
     dev = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     dev2 = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
-    for i in range(row_iters):
+    for t in tl.static_range(T):  # the first tile, from registers
+        d = tl.where(mask, xs[t] - shift_tile, 0.0)
+        dev += d
+        dev2 += d * d
+    for i in range(1, row_iters):
         offs, mask, chans, chan_mask = _tile_at(first + i, col_block, tl.program_id(1), n_rows,
                                                 n_cols, n_chan, stride_row, stride_chan,
                                                 CHANNELS_LAST, BLOCK_R, BLOCK_K, INT64)
@@ -401,8 +408,13 @@ class Layout(NamedTuple):
 
     @staticmethod
     def of(x: torch.Tensor) -> "Layout | None":
-        """x's layout, or None when the tiles cannot walk it in place."""
-        return _layout(x.shape, x.stride())
+        """x's layout, or None when the tiles cannot walk it in place. Symbolic sizes (a body
+        traced under torch.compile with dynamic shapes) are specialized to their values: the
+        launch geometry is worked out per shape."""
+        try:
+            return _layout(x.shape, x.stride())
+        except TypeError:  # a SymInt: unhashable
+            return _layout(tuple(map(int, x.shape)), tuple(map(int, x.stride())))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -550,17 +562,18 @@ def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tenso
     likewise below."""
     wrap = wrap or _direct
     cdtype = compute_dtype(x.dtype)
-    p = plan("stats", layout, x.shape[0], x.shape[1])
+    T, batch = int(x.shape[0]), int(x.shape[1])  # int(): see Layout.of
+    p = plan("stats", layout, T, batch)
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     wrap(_stats_partial_kernel)[p.grid](
         x, partial, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
-        x.stride(0), layout.stride_row, layout.stride_chan, p.row_iters,
-        T=x.shape[0], CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
+        int(x.stride(0)), layout.stride_row, layout.stride_chan, p.row_iters,
+        T=T, CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
         INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
     )
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
-    f = plan("finalize", layout, x.shape[0], x.shape[1])
+    f = plan("finalize", layout, T, batch)
     wrap(_stats_finalize_kernel)[f.grid](
         partial, mean, var, f.partials, layout.n_chan,
         BLOCK_P=f.block_r, BLOCK_C=f.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=f.num_warps,
@@ -577,13 +590,14 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     ``out``, ``residual`` and ``skip`` share x's strides after T; x may differ in its T stride (0
     for a broadcast input).
     """
-    p = plan("forward", layout, x.shape[0], x.shape[1])
+    T = int(x.shape[0])  # int(): see Layout.of
+    p = plan("forward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
     wrap(_forward_kernel)[p.grid](
         x, residual if residual is not None else x, skip if skip is not None else x, out, mean,
         var, gamma, beta, tau, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
-        x.stride(0), out.stride(0), layout.stride_row, layout.stride_chan, eps, vth, alpha,
-        T=x.shape[0], HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
+        int(x.stride(0)), int(out.stride(0)), layout.stride_row, layout.stride_chan, eps, vth,
+        alpha, T=T, HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
         CHANNELS_LAST=layout.channels_last,
         BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
         COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=p.num_warps,
@@ -604,11 +618,12 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     means over every process (synchronized batch statistics); the dx pass uses those.
     """
     cdtype = compute_dtype(x.dtype)
-    T = x.shape[0]
-    p = plan("backward", layout, T, x.shape[1])
+    T = int(x.shape[0])  # int(): see Layout.of
+    p = plan("backward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
-    count = x.numel() // layout.n_chan
+    count = int(x.numel()) // layout.n_chan
+    x_stride_t, stride_t = int(x.stride(0)), int(dx.stride(0))
 
     def launch(accumulate: bool, write_dx: bool, dy_means: torch.Tensor) -> None:
         # unused pointer arguments get x, which no kernel writes: no argument aliases a written one
@@ -616,7 +631,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             grad, x, residual if residual is not None else x, dx,
             dresidual if dresidual is not None else x, partial, dy_means, mean, var, gamma, beta,
             tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, p.col_blocks,
-            layout.n_chan, x.stride(0), dx.stride(0), layout.stride_row, layout.stride_chan,
+            layout.n_chan, x_stride_t, stride_t, layout.stride_row, layout.stride_chan,
             p.row_iters, eps, vth, alpha,
             T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
             WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,

@@ -8,7 +8,7 @@ This is the single place where ops are registered and backends chosen. ``backend
   ``mpdagl::tdbn_plif_bwd_inductor`` (``torch.library.triton_op``): inductor traces their bodies
   and launches the kernels from its generated code, with the small PyTorch ops around them fused;
 - otherwise under ``torch.compile`` (Triton's CPU interpreter, synchronized batch statistics,
-  dynamic shapes, or ``MPDAGL_INDUCTOR_LAUNCH=0``), through the opaque custom ops
+  or ``MPDAGL_INDUCTOR_LAUNCH=0``), through the opaque custom ops
   ``mpdagl::tdbn_plif_fwd`` and ``mpdagl::tdbn_plif_bwd``.
 """
 
@@ -400,9 +400,9 @@ else:  # Triton's interpreter runs kernels as Python: inductor cannot trace them
 
 
 def _compiled_op(x: Tensor, sync: bool):
-    """The op a compiled graph calls: inductor-launched kernels where it can trace them."""
-    static = all(isinstance(n, int) for n in (*x.shape, *x.stride()))
-    if INDUCTOR_LAUNCH and _fwd_inductor_op is not None and x.is_cuda and not sync and static:
+    """The op a compiled graph calls: inductor-launched kernels where it can trace them. Under
+    dynamic shapes their traced bodies specialize the sizes (``Layout.of``): one graph per shape."""
+    if INDUCTOR_LAUNCH and _fwd_inductor_op is not None and x.is_cuda and not sync:
         return _fwd_inductor_op
     return _fwd_op
 

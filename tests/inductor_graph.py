@@ -1,7 +1,9 @@
 """Trace the ops that compiled CUDA graphs use, the way AOTAutograd hands them to inductor, on a
 machine without a GPU; print what the graph launches as JSON (read by tests/test_compile.py).
 
-    python tests/inductor_graph.py [--channels-last] [--residual] [--skip] [--broadcast]
+    python tests/inductor_graph.py [--channels-last] [--residual] [--skip] [--broadcast] [--symbolic]
+
+``--symbolic`` traces with symbolic sizes, as torch.compile does once shapes turn dynamic.
 
 Tensors live on the meta device and Triton lowers the kernels for sm_90 (``offline_driver``), so
 torch can decompose the triton_ops into launches and work out which arguments each launch writes.
@@ -20,7 +22,7 @@ from mpdagl_triton import ops
 from mpdagl_triton.kernels.offline import offline_driver
 
 
-def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool) -> dict:
+def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symbolic: bool) -> dict:
     shape = (4, 2, 8, 4, 4)
     x = torch.empty(shape, device="meta")
     if channels_last:
@@ -38,8 +40,9 @@ def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool) -> d
                                              1e-5, 0.5, 1.0, "rect", True, False)
 
     with offline_driver():
-        graph = make_fx(dispatch_functionalize(fwd_bwd), tracing_mode="fake")(x, grad, gamma, beta, tau, res,
-                                                                            shortcut)
+        trace_mode = "symbolic" if symbolic else "fake"
+        graph = make_fx(dispatch_functionalize(fwd_bwd), tracing_mode=trace_mode)(
+            x, grad, gamma, beta, tau, res, shortcut)
     launches, other = [], []
     for node in graph.graph.nodes:
         if node.op != "call_function":
@@ -58,5 +61,6 @@ if __name__ == "__main__":
     parser.add_argument("--residual", action="store_true")
     parser.add_argument("--skip", action="store_true")
     parser.add_argument("--broadcast", action="store_true")
+    parser.add_argument("--symbolic", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast)))
+    print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast, args.symbolic)))

@@ -316,7 +316,7 @@ class _EagerTdBNPLIF(torch.autograd.Function):
 
     The dispatcher route of ``torch.library`` ops costs a few hundred microseconds of host time
     per layer and step; outside torch.compile this calls the same implementations directly.
-    Under torch.compile the registered custom ops are used (see ``tdbn_plif``)."""
+    Under torch.compile the registered ops are used (``_compiled_op``)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean,

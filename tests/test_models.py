@@ -97,3 +97,24 @@ def test_compiled_fused_model_matches_the_reference():
     expected.sum().backward()
     for (name, p), q in zip(fused.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("stride,out_channels", [(1, 4), (2, 6)])
+def test_resnet_block_adds_the_shortcut_after_the_second_neuron(stride, out_channels):
+    """SPEC section 6: out = neuron2(tdBN2(conv2(neuron1(tdBN1(conv1(x)))))) + shortcut(x). The
+    block hands the shortcut to the second neuron (added as its spikes are written); the result
+    must be the separate addition's, values and gradients."""
+    from mpdagl_triton.models.resnet import BasicBlock
+
+    torch.manual_seed(3)
+    block = BasicBlock(4, out_channels, stride, backend="torch").eval()
+    x = torch.randint(0, 3, (2, 3, 4, 8, 8)).float().requires_grad_()
+    x_plain = x.detach().clone().requires_grad_()
+    out = block(x)
+    shortcut = x_plain if block.shortcut is None else block.shortcut(x_plain)
+    plain = block.branch2(block.branch1(x_plain)) + shortcut
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    plain.backward(grad)
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-6, atol=1e-6)

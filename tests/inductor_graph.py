@@ -5,6 +5,12 @@ machine without a GPU; print what the graph launches as JSON (read by tests/test
 
 ``--symbolic`` traces with symbolic sizes, as torch.compile does once shapes turn dynamic.
 
+    python tests/inductor_graph.py --dynamo B [B ...]
+
+runs one layer forward and backward under torch.compile with ``dynamic=True`` for each batch
+size B in turn, through AOTAutograd to a backend that records the graphs, and prints the
+launches in each graph.
+
 Tensors live on the meta device and Triton lowers the kernels for sm_90 (``offline_driver``), so
 torch can decompose the triton_ops into launches and work out which arguments each launch writes.
 Must run without TRITON_INTERPRET: the interpreter's kernels cannot be traced.
@@ -55,6 +61,40 @@ def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symb
     return {"launches": launches, "other_ops": other}
 
 
+def _launches(graph) -> list[str]:
+    return [kernel_side_table.get_kernel(node.kwargs["kernel_idx"]).fn.__name__
+            for node in graph.graph.nodes
+            if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
+
+
+def dynamo(batches: list[int]) -> dict:
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    graphs = []
+
+    def record(graph, example_inputs):  # runs as traced: on meta tensors, nothing is launched
+        graphs.append(graph)
+        return make_boxed_func(graph.forward)
+
+    def backend(graph, example_inputs):
+        return aot_module_simplified(graph, example_inputs, fw_compiler=record, bw_compiler=record)
+
+    def layer(x, gamma, beta, rho):
+        tau = torch.sigmoid(rho)
+        spikes, _, _ = ops._fwd_inductor_op(x, gamma, beta, tau, tau, tau, None, None, None, None,
+                                            1e-5, 0.5, 1.0, "rect", False)
+        return spikes
+
+    compiled = torch.compile(layer, backend=backend, dynamic=True, fullgraph=True)
+    with offline_driver():
+        for batch in batches:
+            x = torch.empty(4, batch, 8, 4, 4, device="meta", requires_grad=True)
+            params = [torch.empty(8, device="meta", requires_grad=True) for _ in range(2)]
+            compiled(x, *params, torch.empty((), device="meta", requires_grad=True)).sum().backward()
+    return {"graphs": [_launches(graph) for graph in graphs]}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--channels-last", action="store_true")
@@ -62,5 +102,9 @@ if __name__ == "__main__":
     parser.add_argument("--skip", action="store_true")
     parser.add_argument("--broadcast", action="store_true")
     parser.add_argument("--symbolic", action="store_true")
+    parser.add_argument("--dynamo", type=int, nargs="+", metavar="B")
     args = parser.parse_args()
-    print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast, args.symbolic)))
+    if args.dynamo:
+        print(json.dumps(dynamo(args.dynamo)))
+    else:
+        print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast, args.symbolic)))

@@ -5,11 +5,12 @@ machine without a GPU; print what the graph launches as JSON (read by tests/test
 
 ``--symbolic`` traces with symbolic sizes, as torch.compile does once shapes turn dynamic.
 
-    python tests/inductor_graph.py --dynamo B [B ...]
+    python tests/inductor_graph.py --dynamo B [B ...] [--network resnet19]
 
-runs one layer forward and backward under torch.compile with ``dynamic=True`` for each batch
-size B in turn, through AOTAutograd to a backend that records the graphs, and prints the
-launches in each graph.
+runs one layer (or a whole channels-last network: meta tensors then stand in for CUDA ones in
+the op's route and backend checks) forward and backward under torch.compile, with dynamic shapes,
+for each batch size B in turn, through AOTAutograd to a backend that records the graphs, and
+prints the launches in each graph.
 
 Tensors live on the meta device and Triton lowers the kernels for sm_90 (``offline_driver``), so
 torch can decompose the triton_ops into launches and work out which arguments each launch writes.
@@ -67,7 +68,7 @@ def _launches(graph) -> list[str]:
             if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
 
 
-def dynamo(batches: list[int]) -> dict:
+def dynamo(batches: list[int], network: str | None = None) -> dict:
     from functorch.compile import make_boxed_func
     from torch._functorch.aot_autograd import aot_module_simplified
 
@@ -86,12 +87,24 @@ def dynamo(batches: list[int]) -> dict:
                                             1e-5, 0.5, 1.0, "rect", False)
         return spikes
 
-    compiled = torch.compile(layer, backend=backend, dynamic=True, fullgraph=True)
+    if network is None:
+        compiled = torch.compile(layer, backend=backend, dynamic=True, fullgraph=True)
+    else:  # as on CUDA: a training step's shapes turn dynamic once a second batch size comes
+        from mpdagl_triton import models
+
+        ops.resolve_backend = lambda backend, device: "triton"
+        ops._compiled_op = lambda x, sync: ops._fwd_inductor_op
+        net = models.create(network, 10, 2, backend="triton").to("meta", memory_format=torch.channels_last)
+        compiled = torch.compile(net, backend=backend, fullgraph=True)
     with offline_driver():
         for batch in batches:
-            x = torch.empty(4, batch, 8, 4, 4, device="meta", requires_grad=True)
-            params = [torch.empty(8, device="meta", requires_grad=True) for _ in range(2)]
-            compiled(x, *params, torch.empty((), device="meta", requires_grad=True)).sum().backward()
+            if network is None:
+                x = torch.empty(4, batch, 8, 4, 4, device="meta", requires_grad=True)
+                params = [torch.empty(8, device="meta", requires_grad=True) for _ in range(2)]
+                compiled(x, *params, torch.empty((), device="meta", requires_grad=True)).sum().backward()
+            else:
+                images = torch.empty(batch, 3, 32, 32, device="meta").contiguous(memory_format=torch.channels_last)
+                compiled(images).sum().backward()
     return {"graphs": [_launches(graph) for graph in graphs]}
 
 
@@ -103,8 +116,9 @@ if __name__ == "__main__":
     parser.add_argument("--broadcast", action="store_true")
     parser.add_argument("--symbolic", action="store_true")
     parser.add_argument("--dynamo", type=int, nargs="+", metavar="B")
+    parser.add_argument("--network")
     args = parser.parse_args()
     if args.dynamo:
-        print(json.dumps(dynamo(args.dynamo)))
+        print(json.dumps(dynamo(args.dynamo, args.network)))
     else:
         print(json.dumps(trace(args.channels_last, args.residual, args.skip, args.broadcast, args.symbolic)))

@@ -161,14 +161,32 @@ def test_compile_inductor_no_graph_breaks():
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+FORWARD_LAUNCHES = ["_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel"]
+BACKWARD_LAUNCHES = ["_backward_kernel", "_backward_kernel"]
+
+
+def _dynamo_graphs(*args: str) -> list[list[str]]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(TESTS / "inductor_graph.py"), "--dynamo", *args], env=env,
+                          cwd=TESTS.parent, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])["graphs"]
+
+
 def test_inductor_route_under_dynamic_shapes_compiles_one_graph_pair_per_shape():
     """torch.compile(dynamic=True) through AOTAutograd, two batch sizes in one process (what
     failed on the H200 in run 4: the traced body got symbolic sizes): each shape gets its own
     forward and backward graph, launching the training path's kernels."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(TESTS / "inductor_graph.py"), "--dynamo", "2", "3"], env=env,
-                          cwd=TESTS.parent, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    forward = ["_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel"]
-    backward = ["_backward_kernel", "_backward_kernel"]
-    assert json.loads(done.stdout.splitlines()[-1])["graphs"] == [forward, backward, forward, backward]
+    assert _dynamo_graphs("2", "3") == [FORWARD_LAUNCHES, BACKWARD_LAUNCHES] * 2
+
+
+def test_compiled_resnet19_launches_every_neuron_from_inductor_across_batch_sizes():
+    """The whole channels-last ResNet-19 (stem broadcast over T, shortcuts added by the
+    neurons) compiled as on CUDA, with a second batch size turning shapes dynamic: every one of
+    its 20 neurons is launched from the graphs, forward and backward, at both sizes."""
+    from mpdagl_triton import models
+
+    neurons = sum(isinstance(m, TdBNPLIF) for m in models.create("resnet19", 10, 2).modules())
+    assert neurons == 20
+    assert _dynamo_graphs("4", "6", "--network", "resnet19") == [
+        FORWARD_LAUNCHES * neurons, BACKWARD_LAUNCHES * neurons] * 2

@@ -195,9 +195,10 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
     # values per channel in the first tile and in the whole run (the same for every channel of
     # a channels-last tile; masked channels are never stored)
     row_start = first * BLOCK_R
-    cols = tl.minimum(n_cols - col_block * BLOCK_K, BLOCK_K)
     if CHANNELS_LAST:
         cols = 1
+    else:
+        cols = tl.minimum(n_cols - col_block * BLOCK_K, BLOCK_K)
     first_count = (tl.minimum(n_rows - row_start, BLOCK_R) * cols * T).to(COMPUTE)
     n = (tl.minimum(n_rows - row_start, row_iters * BLOCK_R) * cols * T).to(COMPUTE)
     # Shift: the channel's mean over this program's first tile, so that sums of (x - shift) and

@@ -21,7 +21,7 @@ from bench.common import print_table, write_json  # noqa: E402
 from mpdagl_triton.kernels import tdbn_plif as K  # noqa: E402
 from mpdagl_triton.kernels.offline import compile_variant, resource_usage  # noqa: E402
 
-PER_CHANNEL = {"mean_ptr": "fp32", "var_ptr": "fp32", "gamma_ptr": "fp32", "beta_ptr": "fp32", "tau_ptr": "fp32"}
+PER_CHANNEL = {"mean_ptr": "fp32", "var_ptr": "fp32", "gamma_ptr": "fp32", "beta_ptr": "fp32", "rho_ptr": "fp32"}
 #: [B, C, H, W] of typical layers: ResNet-19 stages at 32x32 and its head
 LAYERS = {"stage1": (64, 128, 32, 32), "stage3": (64, 512, 8, 8), "head": (64, 256)}
 
@@ -40,16 +40,17 @@ def variants(T: int, layout: K.Layout, batch: int):
         dict(T=T, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), p.block_r * p.block_k, p.num_warps
     p = K.plan("forward", layout, T, batch)
     yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "skip_ptr": "bf16", "out_ptr": "bf16",
-                                         **PER_CHANNEL}, \
-        dict(T=T, HAS_RESIDUAL=False, HAS_SKIP=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
+                                         "widths_ptr": "fp32", **PER_CHANNEL}, \
+        dict(T=T, WIDTH_RULE=2, LEARN_TAU=True, HAS_RESIDUAL=False, HAS_SKIP=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
+             **common), \
         p.block_r * p.block_k, p.num_warps
     p = K.plan("backward", layout, T, batch)
     pointers = {"grad_ptr": "bf16", "x_ptr": "bf16", "res_ptr": "bf16", "dx_ptr": "bf16", "dres_ptr": "bf16",
-                "partial_ptr": "fp32", "dy_means_ptr": "fp32", "kappa_first_ptr": "fp32",
-                "kappa_rest_ptr": "fp32", **PER_CHANNEL}
-    for name, acc, dx in (("backward sums", True, False), ("backward dx", False, True)):
+                "partial_ptr": "fp32", "sums_ptr": "fp32", "dy_sums_ptr": "fp32", "dgamma_ptr": "fp32",
+                "dbeta_ptr": "fp32", "drho_ptr": "fp32", "widths_ptr": "fp32", **PER_CHANNEL}
+    for name, dx in (("backward sums", False), ("backward dx", True)):
         yield name, K._backward_kernel, pointers, dict(
-            T=T, SURROGATE=0, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False, ACCUMULATE=acc,
+            T=T, SURROGATE=0, LEARN_TAU=True, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False,
             WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
             p.block_r * p.block_k, p.num_warps
 

@@ -60,6 +60,9 @@ def apply(config: str) -> None:
         setattr(K, name, value)
 
 
+WIDTHS = K.Widths("mpdagl", 1.0, 1e-3)  # the default width rule
+
+
 def make_inputs(shape, dtype, channels_last, device, sets: int = 3):
     T, B, C = shape[:3]
     out = []
@@ -73,9 +76,7 @@ def make_inputs(shape, dtype, channels_last, device, sets: int = 3):
     params = {
         "gamma": torch.rand(C, device=device) + 0.5,
         "beta": torch.randn(C, device=device) * 0.3,
-        "tau": torch.tensor(0.2, device=device),
-        "kappa_first": torch.tensor(1.1, device=device),
-        "kappa_rest": torch.tensor(0.9, device=device),
+        "rho": torch.tensor(-1.386, device=device),  # tau = 0.2
     }
     return out, params
 
@@ -89,6 +90,8 @@ def time_kernels(shape, dtype, channels_last, config, device, bandwidth) -> dict
     outs = [torch.empty_like(x) for x, _ in sets]
     dxs = [torch.empty_like(x) for x, _ in sets]
     mean, var = K.batch_stats(sets[0][0], layout)
+    kappas = K.forward(sets[0][0], layout, outs[0], p["gamma"], p["beta"], p["rho"], 0.0, None, mean,
+                       var, 1e-5, 0.5, 1.0, WIDTHS)
     counter = [0]
 
     def pick():
@@ -100,14 +103,14 @@ def time_kernels(shape, dtype, channels_last, config, device, bandwidth) -> dict
 
     def forward():
         i = pick()
-        K.forward(sets[i][0], layout, outs[i], p["gamma"], p["beta"], p["tau"], None, mean, var,
-                  1e-5, 0.5, 1.0)
+        K.forward(sets[i][0], layout, outs[i], p["gamma"], p["beta"], p["rho"], 0.0, None, mean, var,
+                  1e-5, 0.5, 1.0, WIDTHS)
 
     def backward():
         i = pick()
         x, grad = sets[i]
-        K.backward(grad, x, layout, dxs[i], None, p["gamma"], p["beta"], p["tau"], None, mean, var,
-                   p["kappa_first"], p["kappa_rest"], 1e-5, 0.5, 1.0, "rect", True)
+        K.backward(grad, x, layout, dxs[i], None, p["gamma"], p["beta"], p["rho"], 0.0, None, mean,
+                   var, kappas, 1e-5, 0.5, 1.0, "rect", True)
 
     row = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
            "layout": "channels_last" if channels_last else "nchw", "config": config}
@@ -178,8 +181,9 @@ def host_overheads(device: torch.device) -> list[dict]:
             ops.INDUCTOR_LAUNCH = DEFAULT_ROUTE
 
     calls = {
-        "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["tau"],
-                                                          None, mean, var, 1e-5, 0.5, 1.0),
+        "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["rho"],
+                                                          0.0, None, mean, var, 1e-5, 0.5, 1.0,
+                                                          WIDTHS),
         "torch add_": lambda: out.add_(1.0),
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
     }

@@ -26,10 +26,15 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
   blocks)``, tiles of FORWARD_TILE elements.
 - ``_backward_kernel``        the statistics grid with smaller tiles (``backward_tile(T)``), each
   program walking ``row_iters`` row blocks (about BACKWARD_PROGRAMS programs); recomputes y and V
-  from x (a tuple of T register tiles, never memory), runs the recurrence backward; with
-  ACCUMULATE it writes per-program channel sums of dy, dy * xhat and the tau-gradient term, with
-  WRITE_DX it writes dx (and dresidual). Training uses it twice (sums first, since dx needs their
-  channel means); eval once with both flags.
+  from x (a tuple of T register tiles, never memory), runs the recurrence backward. Launched
+  twice: first it writes per-program channel sums of dy, dy * xhat and the tau-gradient term
+  (reduced by one PyTorch ``sum`` in between), then (WRITE_DX) dx, which needs their channel
+  means, and dresidual; in that pass the first program of each channel block also writes dgamma
+  and dbeta from the sums, and the very first one d(rho).
+
+The decay tau = sigmoid(rho) and the surrogate widths (``surrogates.kappas``: they need the
+channel mean of gamma, which every program reads from L2) are computed inside the kernels, so a
+layer's forward + backward launches one small PyTorch op besides the kernels.
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
@@ -61,7 +66,9 @@ import triton
 import triton.language as tl
 
 SURROGATE_IDS = {"rect": 0, "triangle": 1, "sigmoid": 2, "atan": 3}
+WIDTH_RULE_IDS = {"fixed": 0, "lsg": 1, "mpdagl": 2}
 PI = tl.constexpr(math.pi)
+CHANNEL_CHUNK = tl.constexpr(32)  # channels per step when one program reduces over all of them
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,6 +130,15 @@ def _scalar(value, COMPUTE: tl.constexpr):
 
 
 @triton.jit
+def _sqrt(a, COMPUTE: tl.constexpr):
+    if COMPUTE == tl.float64:
+        root = tl.sqrt(a)
+    else:
+        root = tl.sqrt_rn(a)  # IEEE-rounded, as torch computes it
+    return root
+
+
+@triton.jit
 def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask, eps, vth, alpha,
             COMPUTE: tl.constexpr):
     """Per-channel (scale, shift, mean, rstd) so that y = scale * x + shift."""
@@ -130,13 +146,52 @@ def _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask, eps, vth, 
     var = tl.load(var_ptr + chans, mask=chan_mask, other=1).to(COMPUTE)
     gamma = tl.load(gamma_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
     beta = tl.load(beta_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
-    if COMPUTE == tl.float64:
-        rstd = 1.0 / tl.sqrt(var + eps)
-    else:
-        rstd = 1.0 / tl.sqrt_rn(var + eps)  # IEEE-rounded, as torch computes it
+    rstd = 1.0 / _sqrt(var + eps, COMPUTE)
     scale = gamma * (alpha * vth) * rstd
     shift = beta - mean * scale
     return scale, shift, mean, rstd
+
+
+@triton.jit
+def _decay(rho_ptr, tau, LEARN_TAU: tl.constexpr, COMPUTE: tl.constexpr):
+    """tau = sigmoid(rho) for a learnable decay, else the fixed ``tau``."""
+    if LEARN_TAU:
+        decay = tl.sigmoid(tl.load(rho_ptr).to(COMPUTE))
+    else:
+        decay = _scalar(tau, COMPUTE)
+    return decay
+
+
+@triton.jit
+def _channel_total(ptr, n_chan, COMPUTE: tl.constexpr):
+    """Sum of the ``n_chan`` values at ``ptr`` (a per-channel vector), in one program."""
+    total = tl.zeros([CHANNEL_CHUNK], COMPUTE)
+    for c0 in range(0, n_chan, CHANNEL_CHUNK):
+        c = c0 + tl.arange(0, CHANNEL_CHUNK)
+        total += tl.load(ptr + c, mask=c < n_chan, other=0).to(COMPUTE)
+    return tl.sum(total, axis=0)
+
+
+@triton.jit
+def _widths(gamma_ptr, n_chan, tau, vth, kappa0, gamma_floor, WIDTH_RULE: tl.constexpr,
+            COMPUTE: tl.constexpr):
+    """(kappa_first, kappa_rest) of the width rule (SPEC.md section 4; the readable version is
+    ``surrogates.kappas``), from gamma and tau: one program's loop over C values instead of a
+    chain of small PyTorch ops per layer."""
+    if WIDTH_RULE == 0:  # fixed
+        first = _scalar(kappa0, COMPUTE)
+        rest = first
+    else:
+        spread = _sqrt(1.0 + tau * tau, COMPUTE)  # std ratio of V at t > 1 to t = 1 (Theorem 2)
+        if WIDTH_RULE == 1:  # lsg
+            first = (2.0 * vth) * spread
+            rest = first
+        else:  # mpdagl
+            g = tl.abs(_channel_total(gamma_ptr, n_chan, COMPUTE) / n_chan)
+            g = tl.maximum(g, _scalar(gamma_floor, COMPUTE))
+            first = g * (2.0 * vth)
+            rest = first * spread
+    return first, rest
 
 
 @triton.jit
@@ -274,11 +329,12 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
 
 
 @triton.jit
-def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, mean_ptr, var_ptr, gamma_ptr, beta_ptr,
-                    tau_ptr, n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t, stride_row,
-                    stride_chan, eps: tl.float64, vth: tl.float64, alpha: tl.float64,
-                    T: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SKIP: tl.constexpr,
-                    CHANNELS_LAST: tl.constexpr,
+def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, widths_ptr, mean_ptr, var_ptr, gamma_ptr,
+                    beta_ptr, rho_ptr, n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t,
+                    stride_row, stride_chan, eps: tl.float64, vth: tl.float64, alpha: tl.float64,
+                    tau: tl.float64, kappa0: tl.float64, gamma_floor: tl.float64,
+                    T: tl.constexpr, WIDTH_RULE: tl.constexpr, LEARN_TAU: tl.constexpr,
+                    HAS_RESIDUAL: tl.constexpr, HAS_SKIP: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                     COMPUTE: tl.constexpr):
     eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
@@ -289,7 +345,13 @@ def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, mean_ptr, var_ptr, gamma_
                                             BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
-    tau = tl.load(tau_ptr).to(COMPUTE)
+    tau = _decay(rho_ptr, tau, LEARN_TAU, COMPUTE)
+    if tl.program_id(0) == 0:
+        if tl.program_id(1) == 0:  # the surrogate widths, for the backward pass
+            kappa_first, kappa_rest = _widths(gamma_ptr, n_chan, tau, vth, kappa0, gamma_floor,
+                                              WIDTH_RULE, COMPUTE)
+            tl.store(widths_ptr, kappa_first)
+            tl.store(widths_ptr + 1, kappa_rest)
     v = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     s = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     for t in tl.static_range(T):
@@ -302,16 +364,18 @@ def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, mean_ptr, var_ptr, gamma_
 
 
 @triton.jit(do_not_specialize=["row_iters"])
-def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy_means_ptr,
-                     mean_ptr, var_ptr, gamma_ptr, beta_ptr, tau_ptr, kappa_first_ptr,
-                     kappa_rest_ptr, n_rows, n_cols, n_col_blocks, n_chan,
+def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, sums_ptr,
+                     dy_sums_ptr, dgamma_ptr, dbeta_ptr, drho_ptr, widths_ptr, mean_ptr, var_ptr,
+                     gamma_ptr, beta_ptr, rho_ptr, n_rows, n_cols, n_col_blocks, n_chan,
                      x_stride_t, stride_t, stride_row, stride_chan, row_iters,
-                     eps: tl.float64, vth: tl.float64, alpha: tl.float64,
-                     T: tl.constexpr, SURROGATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                     WRITE_RESIDUAL_GRAD: tl.constexpr, ACCUMULATE: tl.constexpr,
-                     WRITE_DX: tl.constexpr, BATCH_STATS: tl.constexpr,
-                     CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                     INT64: tl.constexpr, COMPUTE: tl.constexpr):
+                     eps: tl.float64, vth: tl.float64, alpha: tl.float64, tau: tl.float64,
+                     dy_count: tl.float64,
+                     T: tl.constexpr, SURROGATE: tl.constexpr,
+                     LEARN_TAU: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                     WRITE_RESIDUAL_GRAD: tl.constexpr, WRITE_DX: tl.constexpr,
+                     BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
+                     COMPUTE: tl.constexpr):
     eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
     first, col_block = _program(n_col_blocks, row_iters, CHANNELS_LAST)
     x_stride_t, stride_t = _wide(x_stride_t, INT64), _wide(stride_t, INT64)
@@ -320,12 +384,28 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy
                                             BLOCK_R, BLOCK_K, INT64)
     scale, shift, mean, rstd = _affine(mean_ptr, var_ptr, gamma_ptr, beta_ptr, chans, chan_mask,
                                        eps, vth, alpha, COMPUTE)
-    tau = tl.load(tau_ptr).to(COMPUTE)
-    kappa_first = tl.load(kappa_first_ptr).to(COMPUTE)
-    kappa_rest = tl.load(kappa_rest_ptr).to(COMPUTE)
-    if WRITE_DX and BATCH_STATS:  # channel means of dy and dy * xhat, from the ACCUMULATE pass
-        mean_dy = tl.load(dy_means_ptr + chans, mask=chan_mask, other=0).to(COMPUTE)
-        mean_dy_xhat = tl.load(dy_means_ptr + n_chan + chans, mask=chan_mask, other=0).to(COMPUTE)
+    tau = _decay(rho_ptr, tau, LEARN_TAU, COMPUTE)
+    if WRITE_DX:
+        # The parameter gradients from this batch's channel sums (complete before this pass):
+        # the first program of each channel block writes its channels, the very first one also
+        # the decay's gradient. Done before the main loop, so that none of it stays live there.
+        if tl.program_id(0) == 0:
+            sum_dy = tl.load(sums_ptr + chans, mask=chan_mask, other=0)
+            sum_dy_xhat = tl.load(sums_ptr + n_chan + chans, mask=chan_mask, other=0)
+            tl.store(dgamma_ptr + chans, (sum_dy_xhat * (alpha * vth)).to(dgamma_ptr.dtype.element_ty),
+                     mask=chan_mask)
+            tl.store(dbeta_ptr + chans, sum_dy.to(dbeta_ptr.dtype.element_ty), mask=chan_mask)
+            if LEARN_TAU:
+                if tl.program_id(1) == 0:
+                    dtau = _channel_total(sums_ptr + 2 * n_chan, n_chan, COMPUTE)
+                    tl.store(drho_ptr, (dtau * tau * (1.0 - tau)).to(drho_ptr.dtype.element_ty))
+    kappa_first = tl.load(widths_ptr).to(COMPUTE)
+    kappa_rest = tl.load(widths_ptr + 1).to(COMPUTE)
+    if WRITE_DX and BATCH_STATS:  # channel means of dy and dy * xhat, from the sums pass
+        dy_count = _scalar(dy_count, COMPUTE)
+        mean_dy = tl.load(dy_sums_ptr + chans, mask=chan_mask, other=0).to(COMPUTE) / dy_count
+        mean_dy_xhat = tl.load(dy_sums_ptr + n_chan + chans, mask=chan_mask,
+                               other=0).to(COMPUTE) / dy_count
     # the channel sums stay elementwise over the whole run: one reduction, one partial per program
     acc_dy = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
     acc_dy_xhat = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)
@@ -360,15 +440,9 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy
             else:
                 not_spiked = tl.where(v >= vth, 0.0, 1.0)
                 dv = (g - tau * v * dv_next) * h + tau * not_spiked * dv_next
-            xhat = (xs[t] - mean) * rstd
-            if ACCUMULATE:
-                acc_dy += dv
-                acc_dy_xhat += dv * xhat
-                if t > 0:
-                    v_prev = vs[t - 1]
-                    acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
             if WRITE_DX:
                 if BATCH_STATS:
+                    xhat = (xs[t] - mean) * rstd
                     dx = scale * (dv - mean_dy - xhat * mean_dy_xhat)
                 else:
                     dx = scale * dv
@@ -376,9 +450,15 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, dy
                 if WRITE_RESIDUAL_GRAD:
                     tl.store(dres_ptr + t * stride_t + offs, dv.to(dres_ptr.dtype.element_ty),
                              mask=mask)
+            else:
+                acc_dy += dv
+                acc_dy_xhat += dv * ((xs[t] - mean) * rstd)
+                if t > 0:
+                    v_prev = vs[t - 1]
+                    acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
             dv_next = dv
 
-    if ACCUMULATE:
+    if not WRITE_DX:
         sum_dy = tl.sum(acc_dy, axis=0, keep_dims=True)
         sum_dy_xhat = tl.sum(acc_dy_xhat, axis=0, keep_dims=True)
         sum_dtau = tl.sum(acc_dtau, axis=0, keep_dims=True)
@@ -583,11 +663,22 @@ def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tenso
     return mean, var
 
 
+class Widths(NamedTuple):
+    """The surrogate-width rule (``surrogates.kappas``), worked out by the forward kernel."""
+
+    rule: str
+    kappa0: float
+    gamma_floor: float
+
+
 def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Tensor,
-            beta: torch.Tensor, tau: torch.Tensor, residual: torch.Tensor | None,
-            mean: torch.Tensor, var: torch.Tensor, eps: float, vth: float, alpha: float,
-            skip: torch.Tensor | None = None, wrap=None) -> None:
-    """Writes the spikes of ``x`` (plus ``skip``, when given) into ``out``.
+            beta: torch.Tensor, rho: torch.Tensor | None, tau: float,
+            residual: torch.Tensor | None, mean: torch.Tensor, var: torch.Tensor, eps: float,
+            vth: float, alpha: float, widths: Widths, skip: torch.Tensor | None = None,
+            wrap=None) -> torch.Tensor:
+    """Writes the spikes of ``x`` (plus ``skip``, when given) into ``out``; returns the surrogate
+    widths ``[2]`` (kappa_first, kappa_rest) for the backward pass. The decay is sigmoid(``rho``),
+    or the fixed ``tau`` when ``rho`` is None.
 
     ``out``, ``residual`` and ``skip`` share x's strides after T; x may differ in its T stride (0
     for a broadcast input).
@@ -595,59 +686,65 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     T = int(x.shape[0])  # int(): see Layout.of
     p = plan("forward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
+    kappas = torch.empty(2, dtype=mean.dtype, device=x.device)
     wrap(_forward_kernel)[p.grid](
-        x, residual if residual is not None else x, skip if skip is not None else x, out, mean,
-        var, gamma, beta, tau, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
-        int(x.stride(0)), int(out.stride(0)), layout.stride_row, layout.stride_chan, eps, vth,
-        alpha, T=T, HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
+        x, residual if residual is not None else x, skip if skip is not None else x, out, kappas,
+        mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows, layout.n_cols,
+        p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
+        layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
+        float(widths.gamma_floor), T=T, WIDTH_RULE=WIDTH_RULE_IDS[widths.rule],
+        LEARN_TAU=rho is not None, HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
         CHANNELS_LAST=layout.channels_last,
         BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
         COMPUTE=_TL_DTYPES[compute_dtype(x.dtype)], num_warps=p.num_warps,
     )
+    return kappas
 
 
 def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tensor,
              dresidual: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor,
-             tau: torch.Tensor, residual: torch.Tensor | None, mean: torch.Tensor,
-             var: torch.Tensor, kappa_first: torch.Tensor, kappa_rest: torch.Tensor, eps: float,
-             vth: float, alpha: float, surrogate: str, batch_stats: bool,
-             global_dy_means=None, wrap=None) -> torch.Tensor:
-    """Writes dx (and dresidual) and returns this batch's channel sums ``[3, C]``: dy, dy * xhat,
-    and the tau-gradient term.
+             rho: torch.Tensor | None, tau: float, residual: torch.Tensor | None,
+             mean: torch.Tensor, var: torch.Tensor, kappas: torch.Tensor, eps: float, vth: float,
+             alpha: float, surrogate: str, batch_stats: bool, global_dy_sums=None,
+             wrap=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Writes dx (and dresidual); returns (dgamma, dbeta, drho), drho None when ``rho`` is None.
+    ``kappas`` are the forward's surrogate widths.
 
+    Two passes: the first writes per-program channel sums (dy, dy * xhat and the decay-gradient
+    term), the second writes dx, which needs their means, and the parameter gradients.
     ``grad``, ``dx``, ``residual`` and ``dresidual`` share one set of strides; x shares them after
-    T. ``global_dy_means(sums, count)``, when given, turns the local sums into the ``[2, C]``
-    means over every process (synchronized batch statistics); the dx pass uses those.
+    T. ``global_dy_sums(sums, count)``, when given, returns the ``[2, C]`` sums of dy and
+    dy * xhat over every process and their count (synchronized batch statistics); the dx pass
+    uses their means.
     """
     cdtype = compute_dtype(x.dtype)
     T = int(x.shape[0])  # int(): see Layout.of
     p = plan("backward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
-    count = int(x.numel()) // layout.n_chan
+    dgamma, dbeta = torch.empty_like(gamma), torch.empty_like(beta)
+    drho = None if rho is None else torch.empty_like(rho)
     x_stride_t, stride_t = int(x.stride(0)), int(dx.stride(0))
 
-    def launch(accumulate: bool, write_dx: bool, dy_means: torch.Tensor) -> None:
+    def launch(write_dx: bool, sums: torch.Tensor, dy_sums: torch.Tensor, dy_count: int) -> None:
         # unused pointer arguments get x, which no kernel writes: no argument aliases a written one
         wrap(_backward_kernel)[p.grid](
             grad, x, residual if residual is not None else x, dx,
-            dresidual if dresidual is not None else x, partial, dy_means, mean, var, gamma, beta,
-            tau, kappa_first, kappa_rest, layout.n_rows, layout.n_cols, p.col_blocks,
+            dresidual if dresidual is not None else x, partial, sums, dy_sums, dgamma, dbeta,
+            drho if drho is not None else x, kappas, mean, var, gamma, beta,
+            rho if rho is not None else x, layout.n_rows, layout.n_cols, p.col_blocks,
             layout.n_chan, x_stride_t, stride_t, layout.stride_row, layout.stride_chan,
-            p.row_iters, eps, vth, alpha,
-            T=T, SURROGATE=SURROGATE_IDS[surrogate], HAS_RESIDUAL=residual is not None,
-            WRITE_RESIDUAL_GRAD=dresidual is not None, ACCUMULATE=accumulate, WRITE_DX=write_dx,
-            BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r,
-            BLOCK_K=p.block_k, INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype],
-            num_warps=p.num_warps,
+            p.row_iters, eps, vth, alpha, float(tau), float(dy_count),
+            T=T, SURROGATE=SURROGATE_IDS[surrogate], LEARN_TAU=rho is not None,
+            HAS_RESIDUAL=residual is not None, WRITE_RESIDUAL_GRAD=dresidual is not None,
+            WRITE_DX=write_dx, BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last,
+            BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
+            COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
         )
 
-    if batch_stats:
-        launch(accumulate=True, write_dx=False, dy_means=x)
-        sums = partial.sum(dim=0)
-        dy_means = sums[:2] / count if global_dy_means is None else global_dy_means(sums, count)
-        launch(accumulate=False, write_dx=True, dy_means=dy_means)
-    else:
-        launch(accumulate=True, write_dx=True, dy_means=x)
-        sums = partial.sum(dim=0)
-    return sums
+    launch(write_dx=False, sums=x, dy_sums=x, dy_count=1)
+    sums = partial.sum(dim=0)
+    count = int(x.numel()) // layout.n_chan
+    dy_sums, dy_count = (sums, count) if global_dy_sums is None else global_dy_sums(sums, count)
+    launch(write_dx=True, sums=sums, dy_sums=dy_sums, dy_count=dy_count)
+    return dgamma, dbeta, drho

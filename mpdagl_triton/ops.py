@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mpdagl_triton import reference
-from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
+from mpdagl_triton.surrogates import GAMMA_FLOOR, SURROGATES, WIDTH_RULES, check_choice
 
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 #: compiled CUDA graphs launch the kernels from inductor's code (see the module docstring)
@@ -100,13 +100,14 @@ def _merge_stats(mean: Tensor, var: Tensor, count: int) -> tuple[Tensor, Tensor]
     return merged_mean, merged_m2 / total
 
 
-def _global_dy_means(sums: Tensor, count: int) -> Tensor:
-    """[2, C] means of dy and dy * xhat over every process's batch."""
+def _global_dy_sums(sums: Tensor, count: int) -> tuple[Tensor, int]:
+    """(means, 1): the [2, C] means of dy and dy * xhat over every process's batch, in the
+    (sums, count) form the dx pass divides (no host sync)."""
     import torch.distributed as dist
 
     totals = torch.cat([sums[:2], torch.full_like(sums[:1], count)])
     dist.all_reduce(totals)
-    return totals[:2] / totals[2:]
+    return totals[:2] / totals[2:], 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,12 +147,13 @@ def _tile_layout(x: Tensor, out: Tensor):
     return _kernels.Layout.of(x)
 
 
-def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor, residual: Optional[Tensor],
-                  skip: Optional[Tensor], running_mean: Optional[Tensor],
-                  running_var: Optional[Tensor], eps: float, vth: float, alpha: float, sync: bool,
-                  wrap=None) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes (plus skip) and the per-channel mean and biased var used (batch stats, or the
-    running ones).
+def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
+                  residual: Optional[Tensor], skip: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
+                  tau: float, eps: float, vth: float, alpha: float,
+                  surrogate: str, width_rule: str, kappa0: float, sync: bool,
+                  wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward op (``mpdagl::tdbn_plif_fwd``, below).
 
     ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops."""
     spikes = _output_like(x)
@@ -165,19 +167,20 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor, residual:
         residual = _in_layout_of(work_out, residual)
     if skip is not None:
         skip = _in_layout_of(work_out, skip)
-    cdtype = _kernels.compute_dtype(x.dtype)
-    if running_mean is None:
+    if training:
         mean, var = _kernels.batch_stats(work, layout, wrap)
         if sync and world_size() > 1:
             mean, var = _merge_stats(mean, var, x.numel() // x.shape[2])
     else:
+        cdtype = _kernels.compute_dtype(x.dtype)
         mean = running_mean.to(dtype=cdtype, copy=True)
         var = running_var.to(dtype=cdtype, copy=True)
-    _kernels.forward(work, layout, work_out, gamma, beta, tau, residual, mean, var, eps, vth, alpha,
-                     skip, wrap)
+    widths = _kernels.Widths(width_rule, kappa0, GAMMA_FLOOR)
+    kappas = _kernels.forward(work, layout, work_out, gamma, beta, rho, tau, residual, mean, var,
+                              eps, vth, alpha, widths, skip, wrap)
     if work_out is not spikes:
         spikes.copy_(work_out)
-    return spikes, mean, var
+    return spikes, mean, var, kappas
 
 
 @torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
@@ -185,40 +188,43 @@ def _fwd_op(
     x: Tensor,
     gamma: Tensor,
     beta: Tensor,
-    tau: Tensor,
-    kappa_first: Tensor,
-    kappa_rest: Tensor,
+    rho: Optional[Tensor],
     residual: Optional[Tensor],
     skip: Optional[Tensor],
     running_mean: Optional[Tensor],
     running_var: Optional[Tensor],
+    training: bool,
+    tau: float,
     eps: float,
     vth: float,
     alpha: float,
     surrogate: str,
+    width_rule: str,
+    kappa0: float,
     sync: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Spikes (plus skip) and the per-channel mean and biased var used (batch stats, or the
-    running ones). With ``sync`` the batch statistics are merged over every process of the
-    default group."""
-    return _forward_impl(x, gamma, beta, tau, residual, skip, running_mean, running_var, eps, vth,
-                         alpha, sync)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Spikes (plus skip), the per-channel mean and biased var used (batch stats in training,
+    else the running ones, which are only read) and the surrogate widths ``[2]`` (kappa_first,
+    kappa_rest) for the backward pass. The decay is sigmoid(rho), or ``tau`` when rho is None.
+    With ``sync`` the batch statistics are merged over every process of the default group."""
+    return _forward_impl(x, gamma, beta, rho, residual, skip, running_mean, running_var, training,
+                         tau, eps, vth, alpha, surrogate, width_rule, kappa0, sync)
 
 
 @_fwd_op.register_fake
-def _fwd_fake(x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean,
-              running_var, eps, vth, alpha, surrogate, sync):
+def _fwd_fake(x, gamma, beta, rho, residual, skip, running_mean, running_var, training, tau, eps,
+              vth, alpha, surrogate, width_rule, kappa0, sync):
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty(x.shape[2], dtype=cdtype)
-    return _output_like(x), stats, torch.empty_like(stats)
+    return _output_like(x), stats, torch.empty_like(stats), x.new_empty(2, dtype=cdtype)
 
 
-def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, tau: Tensor,
-                   kappa_first: Tensor, kappa_rest: Tensor, residual: Optional[Tensor], mean: Tensor,
-                   var: Tensor, eps: float, vth: float, alpha: float, surrogate: str,
+def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
+                   residual: Optional[Tensor], mean: Tensor, var: Tensor, kappas: Tensor,
+                   tau: float, eps: float, vth: float, alpha: float, surrogate: str,
                    batch_stats: bool, sync: bool,
                    wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
+    """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual."""
     dx = _output_like(x)
     dres = None if residual is None else _output_like(x, residual.dtype)
     work, work_dx, work_dres = x, dx, dres
@@ -231,18 +237,16 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, tau: Te
     grad = _in_layout_of(work_dx, grad)
     if residual is not None:
         residual = _in_layout_of(work_dx, residual)
-    sums = _kernels.backward(grad, work, layout, work_dx, work_dres, gamma, beta, tau, residual,
-                             mean, var, kappa_first, kappa_rest, eps, vth, alpha, surrogate,
-                             batch_stats, _global_dy_means if sync and world_size() > 1 else None,
-                             wrap)
+    dgamma, dbeta, drho = _kernels.backward(
+        grad, work, layout, work_dx, work_dres, gamma, beta, rho, tau, residual, mean, var, kappas,
+        eps, vth, alpha, surrogate, batch_stats,
+        _global_dy_sums if sync and batch_stats and world_size() > 1 else None, wrap)
     if work_dx is not dx:
         dx.copy_(work_dx)
         if dres is not None:
             dres.copy_(work_dres)
-    dgamma = (sums[1] * (alpha * vth)).to(gamma.dtype)
-    dbeta = sums[0].to(beta.dtype)
-    dtau = sums[2].sum().to(tau.dtype)
-    return dx, dgamma, dbeta, dtau, x.new_empty(0) if dres is None else dres
+    return (dx, dgamma, dbeta, x.new_empty(0) if drho is None else drho,
+            x.new_empty(0) if dres is None else dres)
 
 
 @torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
@@ -251,12 +255,12 @@ def _bwd_op(
     x: Tensor,
     gamma: Tensor,
     beta: Tensor,
-    tau: Tensor,
-    kappa_first: Tensor,
-    kappa_rest: Tensor,
+    rho: Optional[Tensor],
     residual: Optional[Tensor],
     mean: Tensor,
     var: Tensor,
+    kappas: Tensor,
+    tau: float,
     eps: float,
     vth: float,
     alpha: float,
@@ -264,47 +268,44 @@ def _bwd_op(
     batch_stats: bool,
     sync: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dgamma, dbeta, dtau, dresidual); dresidual is empty when there is no residual."""
-    return _backward_impl(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var,
-                          eps, vth, alpha, surrogate, batch_stats, sync)
+    """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual."""
+    return _backward_impl(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps, vth,
+                          alpha, surrogate, batch_stats, sync)
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad, x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var, eps, vth,
-              alpha, surrogate, batch_stats, sync):
-    dres = x.new_empty(0) if residual is None else _output_like(x, residual.dtype)
+def _bwd_fake(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps, vth, alpha,
+              surrogate, batch_stats, sync):
     return (_output_like(x), torch.empty_like(gamma), torch.empty_like(beta),
-            torch.empty_like(tau), dres)
+            x.new_empty(0) if rho is None else torch.empty_like(rho),
+            x.new_empty(0) if residual is None else _output_like(x, residual.dtype))
 
 
-def _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
-          vth, alpha, surrogate, sync, mean, var) -> None:
-    ctx.save_for_backward(x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var)
-    ctx.hyper = (eps, vth, alpha, surrogate, running_mean is None, sync)
+def _save(ctx, inputs: tuple, mean: Tensor, var: Tensor, kappas: Tensor) -> None:
+    (x, gamma, beta, rho, residual, skip, _running_mean, _running_var, training, tau, eps, vth,
+     alpha, surrogate, _width_rule, _kappa0, sync) = inputs
+    ctx.save_for_backward(x, gamma, beta, rho, residual, mean, var, kappas)
+    ctx.hyper = (tau, eps, vth, alpha, surrogate, training, sync)
     ctx.has_skip = skip is not None
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)  # the unused grads of mean and var stay None, not zero tensors
+    ctx.mark_non_differentiable(mean, var, kappas)
+    ctx.set_materialize_grads(False)  # the unused grads of mean, var, kappas stay None, not zeros
 
 
 def _grads(ctx, grad_spikes, backward) -> tuple:
-    x, gamma, beta, tau, kappa_first, kappa_rest, residual, mean, var = ctx.saved_tensors
-    eps, vth, alpha, surrogate, batch_stats, sync = ctx.hyper
-    dx, dgamma, dbeta, dtau, dres = backward(grad_spikes, x, gamma, beta, tau, kappa_first,
-                                             kappa_rest, residual, mean, var, eps, vth, alpha,
-                                             surrogate, batch_stats, sync)
+    x, gamma, beta, rho, residual, mean, var, kappas = ctx.saved_tensors
+    dx, dgamma, dbeta, drho, dres = backward(grad_spikes, x, gamma, beta, rho, residual, mean, var,
+                                             kappas, *ctx.hyper)
     # the skip is added after firing: its gradient is the incoming one, unchanged
-    return (dx, dgamma, dbeta, dtau, None, None, dres if residual is not None else None,
-            grad_spikes if ctx.has_skip else None, None, None, None, None, None, None, None)
+    return (dx, dgamma, dbeta, drho if rho is not None else None,
+            dres if residual is not None else None, grad_spikes if ctx.has_skip else None,
+            *(None,) * 11)
 
 
 def _fwd_setup_context(ctx, inputs, output):
-    (x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, _running_var,
-     eps, vth, alpha, surrogate, sync) = inputs
-    _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
-          vth, alpha, surrogate, sync, *output[1:])
+    _save(ctx, inputs, *output[1:])
 
 
-def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
     return _grads(ctx, grad_spikes, _bwd_op)
 
 
@@ -319,16 +320,13 @@ class _EagerTdBNPLIF(torch.autograd.Function):
     Under torch.compile the registered ops are used (``_compiled_op``)."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean,
-                running_var, eps, vth, alpha, surrogate, sync):
-        spikes, mean, var = _forward_impl(x, gamma, beta, tau, residual, skip, running_mean,
-                                          running_var, eps, vth, alpha, sync)
-        _save(ctx, x, gamma, beta, tau, kappa_first, kappa_rest, residual, skip, running_mean, eps,
-              vth, alpha, surrogate, sync, mean, var)
-        return spikes, mean, var
+    def forward(ctx, *inputs):  # the forward op's arguments
+        outputs = _forward_impl(*inputs)
+        _save(ctx, inputs, *outputs[1:])
+        return outputs
 
     @staticmethod
-    def backward(ctx, grad_spikes, _grad_mean, _grad_var):
+    def backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
         return _grads(ctx, grad_spikes, _backward_impl)
 
 
@@ -350,22 +348,25 @@ if _kernels is not None and not triton_interpreting():
         x: Tensor,
         gamma: Tensor,
         beta: Tensor,
-        tau: Tensor,
-        kappa_first: Tensor,
-        kappa_rest: Tensor,
+        rho: Optional[Tensor],
         residual: Optional[Tensor],
         skip: Optional[Tensor],
         running_mean: Optional[Tensor],
         running_var: Optional[Tensor],
+        training: bool,
+        tau: float,
         eps: float,
         vth: float,
         alpha: float,
         surrogate: str,
+        width_rule: str,
+        kappa0: float,
         sync: bool,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``mpdagl::tdbn_plif_fwd`` with a body inductor can trace (no synchronized statistics)."""
-        return _forward_impl(_dense_for_inductor(x), gamma, beta, tau, residual, skip,
-                             running_mean, running_var, eps, vth, alpha, False, wrap_triton)
+        return _forward_impl(_dense_for_inductor(x), gamma, beta, rho, residual, skip,
+                             running_mean, running_var, training, tau, eps, vth, alpha,
+                             surrogate, width_rule, kappa0, False, wrap_triton)
 
     @triton_op("mpdagl::tdbn_plif_bwd_inductor", mutates_args=())
     def _bwd_inductor_op(
@@ -373,12 +374,12 @@ if _kernels is not None and not triton_interpreting():
         x: Tensor,
         gamma: Tensor,
         beta: Tensor,
-        tau: Tensor,
-        kappa_first: Tensor,
-        kappa_rest: Tensor,
+        rho: Optional[Tensor],
         residual: Optional[Tensor],
         mean: Tensor,
         var: Tensor,
+        kappas: Tensor,
+        tau: float,
         eps: float,
         vth: float,
         alpha: float,
@@ -387,11 +388,11 @@ if _kernels is not None and not triton_interpreting():
         sync: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``mpdagl::tdbn_plif_bwd`` with a body inductor can trace (no synchronized statistics)."""
-        return _backward_impl(grad, _dense_for_inductor(x), gamma, beta, tau, kappa_first,
-                              kappa_rest, residual, mean, var, eps, vth, alpha, surrogate,
-                              batch_stats, False, wrap_triton)
+        return _backward_impl(grad, _dense_for_inductor(x), gamma, beta, rho, residual, mean, var,
+                              kappas, tau, eps, vth, alpha, surrogate, batch_stats, False,
+                              wrap_triton)
 
-    def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var):
+    def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
         return _grads(ctx, grad_spikes, _bwd_inductor_op)
 
     _fwd_inductor_op.register_autograd(_fwd_inductor_backward, setup_context=_fwd_setup_context)
@@ -560,18 +561,13 @@ def tdbn_plif(
             alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
             width_rule=width_rule, kappa0=kappa0, sync_stats=sync,
         )
-    cdtype = reference.compute_dtype(x.dtype)
-    if learn_tau:
-        tau_t = torch.sigmoid(rho)
-        kappa_first, kappa_rest = kappas(gamma, rho, vth, width_rule, kappa0)
-    else:
-        tau_t = torch.full((), float(tau), dtype=cdtype, device=x.device)
-        kappa_first, kappa_rest = kappas(gamma, tau, vth, width_rule, kappa0)
     fused = _compiled_op(x, sync) if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
-    spikes, mean, var = fused(
-        x, gamma, beta, tau_t, kappa_first, kappa_rest, residual, skip,
-        None if training else running_mean, None if training else running_var,
-        float(eps), float(vth), float(alpha), surrogate, sync,
+    # tau = sigmoid(rho) and the surrogate widths are worked out inside the kernels: no chain of
+    # small PyTorch ops per layer
+    spikes, mean, var, _ = fused(
+        x, gamma, beta, rho if learn_tau else None, residual, skip,
+        None if training else running_mean, None if training else running_var, training, 0.0 if learn_tau else float(tau), float(eps), float(vth),
+        float(alpha), surrogate, width_rule, float(kappa0), sync,
     )
     if training and running_mean is not None:
         n = x.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches

@@ -38,18 +38,19 @@ def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symb
     if broadcast:  # a stem's image conv output, the same at every timestep
         x = x[0].expand(shape)
     res, shortcut = (torch.empty_like(x) if wanted else None for wanted in (residual, skip))
-    gamma, beta, tau = torch.empty(8, device="meta"), torch.empty(8, device="meta"), torch.empty((), device="meta")
+    gamma, beta, rho = torch.empty(8, device="meta"), torch.empty(8, device="meta"), torch.empty((), device="meta")
 
-    def fwd_bwd(x, grad, gamma, beta, tau, res, shortcut):
-        spikes, mean, var = ops._fwd_inductor_op(x, gamma, beta, tau, tau, tau, res, shortcut, None,
-                                                 None, 1e-5, 0.5, 1.0, "rect", False)
-        return spikes, *ops._bwd_inductor_op(grad, x, gamma, beta, tau, tau, tau, res, mean, var,
+    def fwd_bwd(x, grad, gamma, beta, rho, res, shortcut):
+        spikes, mean, var, kappas = ops._fwd_inductor_op(x, gamma, beta, rho, res, shortcut, None,
+                                                         None, True, 0.0, 1e-5, 0.5, 1.0, "rect",
+                                                         "mpdagl", 1.0, False)
+        return spikes, *ops._bwd_inductor_op(grad, x, gamma, beta, rho, res, mean, var, kappas, 0.0,
                                              1e-5, 0.5, 1.0, "rect", True, False)
 
     with offline_driver():
         trace_mode = "symbolic" if symbolic else "fake"
         graph = make_fx(dispatch_functionalize(fwd_bwd), tracing_mode=trace_mode)(
-            x, grad, gamma, beta, tau, res, shortcut)
+            x, grad, gamma, beta, rho, res, shortcut)
     launches, other = [], []
     for node in graph.graph.nodes:
         if node.op != "call_function":
@@ -82,9 +83,8 @@ def dynamo(batches: list[int], network: str | None = None) -> dict:
         return aot_module_simplified(graph, example_inputs, fw_compiler=record, bw_compiler=record)
 
     def layer(x, gamma, beta, rho):
-        tau = torch.sigmoid(rho)
-        spikes, _, _ = ops._fwd_inductor_op(x, gamma, beta, tau, tau, tau, None, None, None, None,
-                                            1e-5, 0.5, 1.0, "rect", False)
+        spikes, *_ = ops._fwd_inductor_op(x, gamma, beta, rho, None, None, None, None, True, 0.0,
+                                          1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False)
         return spikes
 
     if network is None:

@@ -46,25 +46,26 @@ def fixed_set() -> int:
                        {"partial_ptr": compute, "mean_ptr": compute, "var_ptr": compute},
                        dict(BLOCK_P=32, BLOCK_C=64, COMPUTE=tl_compute))
         per_channel = {"mean_ptr": compute, "var_ptr": compute, "gamma_ptr": "fp32",
-                       "beta_ptr": "fp32", "tau_ptr": "fp32"}
+                       "beta_ptr": "fp32", "rho_ptr": "fp32"}
         compile_kernel(K._forward_kernel,
                        {"x_ptr": x_type, "res_ptr": x_type, "skip_ptr": x_type, "out_ptr": x_type,
-                        **per_channel},
-                       dict(T=4, HAS_RESIDUAL=channels_last, HAS_SKIP=channels_last, **block))
+                        "widths_ptr": compute, **per_channel},
+                       dict(T=4, WIDTH_RULE=count % 3, LEARN_TAU=not channels_last,
+                            HAS_RESIDUAL=channels_last, HAS_SKIP=channels_last, **block))
         count += 3
-        # the three passes the op launches; the surrogate and T vary across the layouts
-        for variant, (accumulate, write_dx, batch_stats) in enumerate(
-            [(True, False, True), (False, True, True), (True, True, False)]
-        ):
+        # both passes, in training and eval; the surrogate, width rule and T vary across layouts
+        for variant, (write_dx, batch_stats) in enumerate([(False, True), (True, True), (True, False)]):
             surrogate = (count + variant) % 4
             compile_kernel(
                 K._backward_kernel,
                 {"grad_ptr": x_type, "x_ptr": x_type, "res_ptr": x_type, "dx_ptr": x_type,
-                 "dres_ptr": x_type, "partial_ptr": compute, "dy_means_ptr": compute,
-                 "kappa_first_ptr": compute, "kappa_rest_ptr": compute, **per_channel},
+                 "dres_ptr": x_type, "partial_ptr": compute, "sums_ptr": compute,
+                 "dy_sums_ptr": compute, "dgamma_ptr": "fp32", "dbeta_ptr": "fp32",
+                 "drho_ptr": "fp32", "widths_ptr": compute, **per_channel},
                 dict(T=1 if variant == 2 and not channels_last else 4, SURROGATE=surrogate,
+                     LEARN_TAU=variant != 2,
                      HAS_RESIDUAL=channels_last, WRITE_RESIDUAL_GRAD=channels_last,
-                     ACCUMULATE=accumulate, WRITE_DX=write_dx, BATCH_STATS=batch_stats, **block),
+                     WRITE_DX=write_dx, BATCH_STATS=batch_stats, **block),
             )
             count += 1
     print(f"compiled {count} kernel variants for sm_90 with triton {triton.__version__}")
@@ -73,9 +74,9 @@ def fixed_set() -> int:
 
 
 def check_float_arguments_are_float64() -> None:
-    """eps, vth and alpha must reach the GPU kernels as float64: Triton passes a Python float as
-    float32 unless the parameter says otherwise, and a float32 0.4 threshold broke float64
-    agreement with the reference on a real GPU (the interpreter keeps Python floats exact)."""
+    """eps, vth, alpha and a fixed tau must reach the GPU kernels as float64: Triton passes a
+    Python float as float32 unless the parameter says otherwise, and a float32 0.4 threshold broke
+    float64 agreement with the reference on a real GPU (the interpreter keeps Python floats exact)."""
     import re
 
     import torch
@@ -85,12 +86,14 @@ def check_float_arguments_are_float64() -> None:
     from mpdagl_triton.kernels.offline import compile_call
 
     x = torch.empty(64, dtype=torch.float64)
-    args = (x, x, x, x, x, x, x, x, x, 4, 36, 1, 5, 720, 720, 180, 36, 1e-5, 0.4, 1.0)
-    kwargs = dict(T=4, HAS_RESIDUAL=False, HAS_SKIP=False, CHANNELS_LAST=False, BLOCK_R=4, BLOCK_K=64,
-                  INT64=False, COMPUTE=tl.float64)
+    args = (x, x, x, x, x, x, x, x, x, x, 4, 36, 1, 5, 720, 720, 180, 36, 1e-5, 0.4, 1.0, 0.3, 1.0,
+            1e-3)
+    kwargs = dict(T=4, WIDTH_RULE=2, LEARN_TAU=False, HAS_RESIDUAL=False, HAS_SKIP=False, CHANNELS_LAST=False,
+                  BLOCK_R=4, BLOCK_K=64, INT64=False, COMPUTE=tl.float64)
     ttir = compile_call(K._forward_kernel, args, kwargs).asm["ttir"]
-    types = dict(re.findall(r"%(eps|vth|alpha): (\w+)", ttir))
-    assert types == {"eps": "f64", "vth": "f64", "alpha": "f64"}, types
+    names = ("eps", "vth", "alpha", "tau", "kappa0", "gamma_floor")
+    types = dict(re.findall(rf"%({'|'.join(names)}): (\w+)", ttir))
+    assert types == dict.fromkeys(names, "f64"), types
     print("float arguments reach the kernels as f64")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mpdagl_triton import TdBNPLIF, kappas, ops
+from mpdagl_triton import TdBNPLIF, ops
 from mpdagl_triton.ops import _bwd_op, _fwd_op
 from oracle import DEVICE, to_channels_last
 
@@ -21,43 +21,46 @@ needs_traceable_kernels = pytest.mark.skipif(
     ops._fwd_inductor_op is None, reason="the inductor-launched ops need compiled Triton (a CUDA device)")
 
 
-def _fwd_args(x, residual=None, running=False, skip=None):
+def _fwd_args(x, residual=None, running=False, skip=None, learn_tau=True):
     C = x.shape[2]
     f64 = dict(dtype=torch.float64, device=DEVICE)
     gamma = torch.rand(C, **f64).add_(0.5).requires_grad_()
     beta = torch.randn(C, **f64).mul_(0.3).requires_grad_()
-    rho = torch.tensor(-1.0, **f64, requires_grad=True)
-    tau = torch.sigmoid(rho.detach()).requires_grad_()
-    k1, kr = kappas(gamma, rho)
+    rho = torch.tensor(-1.0, **f64, requires_grad=True) if learn_tau else None
     rm = torch.zeros(C, **f64) if running else None
     rv = torch.ones(C, **f64) if running else None
-    return (x, gamma, beta, tau, k1, kr, residual, skip, rm, rv, 1e-5, 0.5, 1.0, "rect", False)
+    return (x, gamma, beta, rho, residual, skip, rm, rv, not running, 0.0 if learn_tau else 0.3,
+            1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False)
 
 
 def _fwd_variant(variant: str) -> tuple:
-    """Forward op arguments: plain, with residual and skip, in eval mode, or channels-last."""
+    """Forward op arguments: plain, with residual and skip, in eval mode, channels-last, or
+    with a fixed decay."""
     x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
     if variant == "channels_last":
         x = to_channels_last(x)
     x.requires_grad_()
     residual, skip = ((torch.randn_like(x).requires_grad_(), torch.randn_like(x).requires_grad_())
                       if variant == "residual" else (None, None))
-    return _fwd_args(x, residual, running=variant == "eval", skip=skip)
+    return _fwd_args(x, residual, running=variant == "eval", skip=skip,
+                     learn_tau=variant != "fixed_tau")
 
 
-@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
+@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last", "fixed_tau"])
 def test_opcheck_forward(variant):
     torch.library.opcheck(_fwd_op, _fwd_variant(variant))
 
 
-@pytest.mark.parametrize("batch_stats", [True, False])
-def test_opcheck_backward(batch_stats):
+@pytest.mark.parametrize("batch_stats,learn_tau", [(True, True), (False, True), (True, False)])
+def test_opcheck_backward(batch_stats, learn_tau):
     x = torch.randn(3, 2, 4, 6, dtype=torch.float64, device=DEVICE)
-    x_, gamma, beta, tau, k1, kr, *_ = _fwd_args(x)
+    _, gamma, beta, rho, *_ = _fwd_args(x, learn_tau=learn_tau)
     residual = torch.randn_like(x)
     mean, var = x.mean(dim=(0, 1, 3)), x.var(dim=(0, 1, 3), unbiased=False)
-    args = (torch.randn_like(x), x, gamma.detach(), beta.detach(), tau.detach(), k1, kr, residual,
-            mean, var, 1e-5, 0.5, 1.0, "atan", batch_stats, False)
+    kappas = torch.tensor([1.1, 0.9], dtype=torch.float64, device=DEVICE)
+    args = (torch.randn_like(x), x, gamma.detach(), beta.detach(),
+            None if rho is None else rho.detach(), residual, mean, var, kappas,
+            0.0 if learn_tau else 0.3, 1e-5, 0.5, 1.0, "atan", batch_stats, False)
     torch.library.opcheck(_bwd_op, args)
 
 
@@ -69,11 +72,12 @@ def test_opcheck_inductor_ops(variant):
     args = _fwd_variant(variant)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_static")
     torch.library.opcheck(ops._fwd_inductor_op, args, test_utils=checks)
-    x, gamma, beta, tau, k1, kr, residual, *_ = args
+    x, gamma, beta, rho, residual, *_ = args
     mean, var = x.detach().mean(dim=(0, 1, 3, 4)), x.detach().var(dim=(0, 1, 3, 4), unbiased=False)
-    bwd_args = (torch.randn_like(x), x.detach(), gamma.detach(), beta.detach(), tau.detach(), k1, kr,
-                None if residual is None else residual.detach(), mean, var, 1e-5, 0.5, 1.0, "atan",
-                variant != "eval", False)
+    kappas = torch.tensor([1.1, 0.9], dtype=torch.float64, device=DEVICE)
+    bwd_args = (torch.randn_like(x), x.detach(), gamma.detach(), beta.detach(), rho.detach(),
+                None if residual is None else residual.detach(), mean, var, kappas, 0.0, 1e-5, 0.5,
+                1.0, "atan", variant != "eval", False)
     torch.library.opcheck(ops._bwd_inductor_op, bwd_args, test_utils=checks)
 
 
@@ -99,10 +103,16 @@ def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_la
     assert [launch["kernel"] for launch in graph["launches"]] == [
         "_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
         "_backward_kernel"]
+    grads = sorted(["dx_ptr", "dgamma_ptr", "dbeta_ptr", "drho_ptr"] + ["dres_ptr"] * residual)
     assert [launch["writes"] for launch in graph["launches"]] == [
-        ["partial_ptr"], ["mean_ptr", "var_ptr"], ["out_ptr"], ["partial_ptr"],
-        ["dres_ptr", "dx_ptr"] if residual else ["dx_ptr"]]
+        ["partial_ptr"], ["mean_ptr", "var_ptr"], ["out_ptr", "widths_ptr"], ["partial_ptr"], grads]
     assert not [op for op in graph["other_ops"] if "mpdagl" in op]
+    # the decay, the surrogate widths and the parameter gradients come from the kernels: the one
+    # device op between them reduces the backward's per-program partials
+    computing = [op for op in graph["other_ops"] if op.startswith("aten.") and op not in (
+        "aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default",
+        "aten.new_empty.default", "aten.select.int", "aten.copy.default")]
+    assert computing == ["aten.sum.dim_IntList"]
     assert graph["other_ops"].count("aten.copy.default") == (2 if broadcast else 0)
 
 

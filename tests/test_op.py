@@ -42,6 +42,26 @@ def test_timesteps_and_spatial_dims(T, spatial):
         assert want["grads"]["rho"].abs() > 0
 
 
+@pytest.mark.parametrize("gamma_mean", ["negative", "zero"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_widths_use_the_floored_absolute_gamma_mean(gamma_mean, channels_last):
+    """The kernels work the mpdagl width out themselves from the channel mean of gamma, over
+    more channels than one step of their channel loop (128): |mean| for a negative mean, the
+    1e-3 floor for a zero one (atan: every element keeps a gradient at that width)."""
+    case = Case((2, 3, 300, 2, 2), channels_last=channels_last, surrogate="atan", seed=11)
+    inputs = make_inputs(case)
+    if gamma_mean == "negative":
+        inputs["gamma"] = -inputs["gamma"]
+    else:  # pairs (g, -g): mean 0 up to rounding, far below the floor
+        inputs["gamma"][1::2] = -inputs["gamma"][0::2]
+    got = run(case, inputs, "triton")
+    want = run(case, inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
+    assert want["grads"]["x"].abs().max() > 0
+
+
 @pytest.mark.parametrize("learn_tau,residual", list(itertools.product([True, False], [True, False])))
 def test_learn_tau_and_residual(learn_tau, residual):
     want = check_float64(Case((4, 3, 6, 3, 5), learn_tau=learn_tau, residual=residual, seed=7))

@@ -50,3 +50,22 @@ def test_host_cost_benchmark(tmp_path):
     # training: statistics, their merge, forward, backward sums, backward dx
     assert all(r["triton_launches"] == 5 and r["host_us"] > 0 for r in rows)
     assert rows[0]["torch_kernels"] == sum(rows[0]["ops"].values()) > 0
+
+
+def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
+    """`python -m bench.all` wiring: each part runs once with its JSON under --out, and the wall
+    time of each part and of the whole suite lands in suite.json (the parts run at GPU sizes, so
+    they are stubbed here; each runs alone in the tests above)."""
+    from bench import all as suite
+
+    calls = []
+    for module in (suite.layer, suite.train_step, suite.data_bench, suite.probe):
+        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)))
+    payload = suite.main(["--out", str(tmp_path)])
+    assert [name for name, _ in calls] == ["bench.layer", "bench.train_step", "bench.data", "bench.probe"]
+    for _, argv in calls:
+        assert argv[argv.index("--json") + 1].startswith(str(tmp_path))
+    rows = payload["rows"]
+    assert [row["part"] for row in rows] == ["layer", "train_step", "data", "probe", "suite"]
+    assert rows[-1]["seconds"] == sum(row["seconds"] for row in rows[:-1])
+    assert json.loads((tmp_path / "suite.json").read_text())["rows"] == rows

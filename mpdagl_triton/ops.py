@@ -249,6 +249,8 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
             x.new_empty(0) if dres is None else dres)
 
 
+# Change this op's schema only together with the forward op's: AOTAutograd caches a compiled
+# backward graph under the forward graph's key, and would replay calls with the old schema.
 @torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
 def _bwd_op(
     grad: Tensor,

@@ -69,3 +69,26 @@ def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
     assert [row["part"] for row in rows] == ["layer", "train_step", "data", "probe", "suite"]
     assert rows[-1]["seconds"] == sum(row["seconds"] for row in rows[:-1])
     assert json.loads((tmp_path / "suite.json").read_text())["rows"] == rows
+
+
+def test_tune_calls_the_launchers_as_they_are(monkeypatch):
+    """`bench.tune` runs only on a GPU: here its kernel timings run once each through the
+    interpreter (do_bench stubbed), so a launcher signature change cannot break it unseen."""
+    import torch
+    import triton.testing
+
+    from bench import tune
+
+    calls = []
+
+    def once(fn, **_):
+        fn()
+        calls.append(fn.__name__)
+        return 1.0
+
+    monkeypatch.setattr(triton.testing, "do_bench", once)
+    for channels_last in (False, True):
+        row = tune.time_kernels([2, 2, 4, 3, 3], torch.float32, channels_last, "default",
+                                torch.device("cpu"), bandwidth=1.0)
+        assert row["total_ms"] == 3.0
+    assert calls == ["stats", "forward", "backward"] * 2

@@ -56,6 +56,7 @@ def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
     """`python -m bench.all` wiring: each part runs once with its JSON under --out, and the wall
     time of each part and of the whole suite lands in suite.json (the parts run at GPU sizes, so
     they are stubbed here; each runs alone in the tests above)."""
+    monkeypatch.syspath_prepend(str(ROOT))
     from bench import all as suite
 
     calls = []
@@ -77,6 +78,7 @@ def test_tune_calls_the_launchers_as_they_are(monkeypatch):
     import torch
     import triton.testing
 
+    monkeypatch.syspath_prepend(str(ROOT))
     from bench import tune
 
     calls = []

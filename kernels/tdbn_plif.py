@@ -21,7 +21,8 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
 - ``_stats_finalize_kernel``  merges the per-program partials into mean and biased var. Grid
   ``(cdiv(C, BLOCK_C),)``.
 - ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes
-  (plus a shortcut ``skip`` added after firing, when given).
+  (plus a shortcut ``skip`` added after firing, when given); its first program also writes the
+  surrogate widths ``[2]`` (kappa_first, kappa_rest) that the backward pass reads.
   Grid: NCHW-like ``(row blocks * col blocks, C)``; channels-last ``(row blocks, channel
   blocks)``, tiles of FORWARD_TILE elements.
 - ``_backward_kernel``        the statistics grid with smaller tiles (``backward_tile(T)``), each
@@ -32,9 +33,10 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
   means, and dresidual; in that pass the first program of each channel block also writes dgamma
   and dbeta from the sums, and the very first one d(rho).
 
-The decay tau = sigmoid(rho) and the surrogate widths (``surrogates.kappas``: they need the
-channel mean of gamma, which every program reads from L2) are computed inside the kernels, so a
-layer's forward + backward launches one small PyTorch op besides the kernels.
+The decay tau = sigmoid(rho), the surrogate widths (``surrogates.kappas``, from the channel mean
+of gamma) and the parameter gradients are computed inside the kernels, so a layer's forward +
+backward launches one small PyTorch op besides the kernels (and the caller's running-statistics
+update).
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is

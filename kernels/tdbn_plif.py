@@ -46,9 +46,9 @@ input broadcast over T is read in place), and channel-major tiles take any strid
 Saved for backward per element: nothing but the layer input x (and the residual when one is
 given), in their own dtypes; per channel: mean and var (compute dtype); per layer: the two
 surrogate widths. The membrane trajectory is recomputed from x in registers, so no float32 copy
-of V or y ever reaches memory. HBM passes per training step: stats (read x), forward (read x, write S), backward sums (read x, read dS),
-backward dx (read x, read dS, write dx) = 8 passes of the activation (a skip adds one read to the
-forward and saves the separate add's three).
+of V or y ever reaches memory. HBM passes per training step: stats (read x), forward (read x,
+write S), backward sums (read x, read dS), backward dx (read x, read dS, write dx) = 8 passes of
+the activation (a skip adds one read to the forward and saves the separate add's three).
 
 Math runs in float32 (float64 for float64 inputs, which the tests use as the exact oracle).
 Synchronized batch statistics across processes (``--sync-bn``) plug in between the passes: the

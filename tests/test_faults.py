@@ -1,7 +1,6 @@
 """Killed runs lose nothing: SIGKILL mid-epoch and mid-checkpoint, then --resume; disk problems."""
 
 import json
-import shutil
 import subprocess
 import sys
 from collections import namedtuple

@@ -564,11 +564,13 @@ def tdbn_plif(
             width_rule=width_rule, kappa0=kappa0, sync_stats=sync,
         )
     fused = _compiled_op(x, sync) if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
+    # the kernels index per-channel tensors as dense vectors (a no-op for parameters)
+    gamma, beta = gamma.contiguous(), beta.contiguous()
+    stats = (None, None) if training else (running_mean.contiguous(), running_var.contiguous())
     # tau = sigmoid(rho) and the surrogate widths are worked out inside the kernels: no chain of
     # small PyTorch ops per layer
     spikes, mean, var, _ = fused(
-        x, gamma, beta, rho if learn_tau else None, residual, skip,
-        None if training else running_mean, None if training else running_var, training, 0.0 if learn_tau else float(tau), float(eps), float(vth),
+        x, gamma, beta, rho if learn_tau else None, residual, skip, *stats, training, 0.0 if learn_tau else float(tau), float(eps), float(vth),
         float(alpha), surrogate, width_rule, float(kappa0), sync,
     )
     if training and running_mean is not None:

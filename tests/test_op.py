@@ -5,6 +5,7 @@ import itertools
 import pytest
 import torch
 
+import mpdagl_triton as M
 from mpdagl_triton import SURROGATES, WIDTH_RULES
 from mpdagl_triton.kernels.tdbn_plif import CHANNEL_CHUNK, Layout
 from oracle import Case, assert_close_to_max, make_inputs, membrane_margin, run, to_channels_last
@@ -61,6 +62,28 @@ def test_kernel_widths_use_the_floored_absolute_gamma_mean(gamma_mean):
     for name in want["grads"]:
         assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
     assert want["grads"]["x"].abs().max() > 0
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_strided_per_channel_tensors(training):
+    """gamma, beta and the running statistics as every other element of longer tensors: the
+    kernels index per-channel tensors as dense vectors, so the op must hand them dense ones."""
+    inputs = make_inputs(Case((2, 3, 4, 3, 3), seed=13))
+    results = {}
+    for backend in ("triton", "torch"):
+        # [C, 2] bases whose first columns are the per-channel tensors, strided by 2
+        params = torch.stack([inputs["gamma"], inputs["beta"]]).repeat_interleave(2, 1)
+        params = params.clone().requires_grad_()
+        running = torch.stack([inputs["running_mean"], inputs["running_var"]]).repeat_interleave(2, 1)
+        gamma, beta = params[0, ::2], params[1, ::2]
+        assert not gamma.is_contiguous()
+        x = inputs["x"].clone().requires_grad_()
+        spikes = M.tdbn_plif(x, gamma, beta, inputs["rho"], running_mean=running[0, ::2],
+                             running_var=running[1, ::2], training=training, backend=backend)
+        spikes.backward(inputs["grad"])
+        results[backend] = (spikes, x.grad, params.grad, running)
+    for got, want in zip(results["triton"], results["torch"]):
+        assert_close_to_max(got, want, 1e-10, "strided")
 
 
 @pytest.mark.parametrize("learn_tau,residual", list(itertools.product([True, False], [True, False])))

@@ -14,6 +14,7 @@ This is the single place where ops are registered and backends chosen. ``backend
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Optional
@@ -183,8 +184,7 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
     return spikes, mean, var, kappas
 
 
-@torch.library.custom_op("mpdagl::tdbn_plif_fwd", mutates_args=())
-def _fwd_op(
+def _tdbn_plif_fwd(
     x: Tensor,
     gamma: Tensor,
     beta: Tensor,
@@ -209,6 +209,9 @@ def _fwd_op(
     With ``sync`` the batch statistics are merged over every process of the default group."""
     return _forward_impl(x, gamma, beta, rho, residual, skip, running_mean, running_var, training,
                          tau, eps, vth, alpha, surrogate, width_rule, kappa0, sync)
+
+
+_fwd_op = torch.library.custom_op("mpdagl::tdbn_plif_fwd", _tdbn_plif_fwd, mutates_args=())
 
 
 @_fwd_op.register_fake
@@ -251,8 +254,7 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
 
 # Change this op's schema only together with the forward op's: AOTAutograd caches a compiled
 # backward graph under the forward graph's key, and would replay calls with the old schema.
-@torch.library.custom_op("mpdagl::tdbn_plif_bwd", mutates_args=())
-def _bwd_op(
+def _tdbn_plif_bwd(
     grad: Tensor,
     x: Tensor,
     gamma: Tensor,
@@ -273,6 +275,9 @@ def _bwd_op(
     """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual."""
     return _backward_impl(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps, vth,
                           alpha, surrogate, batch_stats, sync)
+
+
+_bwd_op = torch.library.custom_op("mpdagl::tdbn_plif_bwd", _tdbn_plif_bwd, mutates_args=())
 
 
 @_bwd_op.register_fake
@@ -345,54 +350,17 @@ def _dense_for_inductor(x: Tensor) -> Tensor:
 if _kernels is not None and not triton_interpreting():
     from torch.library import triton_op, wrap_triton
 
+    # The custom ops above with bodies inductor can trace (no synchronized statistics); wraps()
+    # gives them those ops' signatures, from which triton_op infers the same schemas.
     @triton_op("mpdagl::tdbn_plif_fwd_inductor", mutates_args=())
-    def _fwd_inductor_op(
-        x: Tensor,
-        gamma: Tensor,
-        beta: Tensor,
-        rho: Optional[Tensor],
-        residual: Optional[Tensor],
-        skip: Optional[Tensor],
-        running_mean: Optional[Tensor],
-        running_var: Optional[Tensor],
-        training: bool,
-        tau: float,
-        eps: float,
-        vth: float,
-        alpha: float,
-        surrogate: str,
-        width_rule: str,
-        kappa0: float,
-        sync: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``mpdagl::tdbn_plif_fwd`` with a body inductor can trace (no synchronized statistics)."""
-        return _forward_impl(_dense_for_inductor(x), gamma, beta, rho, residual, skip,
-                             running_mean, running_var, training, tau, eps, vth, alpha,
-                             surrogate, width_rule, kappa0, False, wrap_triton)
+    @functools.wraps(_tdbn_plif_fwd)
+    def _fwd_inductor_op(x, *args):
+        return _forward_impl(_dense_for_inductor(x), *args[:-1], False, wrap_triton)
 
     @triton_op("mpdagl::tdbn_plif_bwd_inductor", mutates_args=())
-    def _bwd_inductor_op(
-        grad: Tensor,
-        x: Tensor,
-        gamma: Tensor,
-        beta: Tensor,
-        rho: Optional[Tensor],
-        residual: Optional[Tensor],
-        mean: Tensor,
-        var: Tensor,
-        kappas: Tensor,
-        tau: float,
-        eps: float,
-        vth: float,
-        alpha: float,
-        surrogate: str,
-        batch_stats: bool,
-        sync: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``mpdagl::tdbn_plif_bwd`` with a body inductor can trace (no synchronized statistics)."""
-        return _backward_impl(grad, _dense_for_inductor(x), gamma, beta, rho, residual, mean, var,
-                              kappas, tau, eps, vth, alpha, surrogate, batch_stats, False,
-                              wrap_triton)
+    @functools.wraps(_tdbn_plif_bwd)
+    def _bwd_inductor_op(grad, x, *args):
+        return _backward_impl(grad, _dense_for_inductor(x), *args[:-1], False, wrap_triton)
 
     def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
         return _grads(ctx, grad_spikes, _bwd_inductor_op)

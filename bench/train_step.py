@@ -13,14 +13,18 @@ Implementations (all torch.compile'd, same convolutions on T*B images):
 A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
 median ms/step, images/s, the peak memory allocated during a step, the host time to issue one
 step from an idle GPU (``host_ms``: near ``ms`` means host-bound), and for ours whether a step
-syncs with the host (CUDA's sync debug mode set to error). ``--profile`` adds the GPU time of a
-step by kernel family (``gpu_ms`` and ``kernels``): where the step's time goes next to the floor's.
+syncs with the host (CUDA's sync debug mode set to error). ``--profile N`` adds a profile of N
+steps (``profile``): the GPU time by kernel family and the kernels launched per step (CUDA), and
+on any device the host's time by family (our launches, inductor's, the CUDA API, the Python of the
+compiled graphs, autograd, the optimizer) with the calls that launch work: where a step's time
+goes next to the floor's, on the GPU and on the host.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import time
 
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import environment, print_table, time_ms, write_json
+from bench.common import environment, print_table, synchronize, time_ms, write_json
 from mpdagl_triton import models
 from mpdagl_triton.layers import TdBNPLIF
 
@@ -152,24 +156,82 @@ def kernel_family(name: str) -> str:
     return next((family for family, parts in KERNEL_FAMILIES if any(p in lowered for p in parts)), "other")
 
 
-def gpu_breakdown(step, steps: int) -> dict:
-    """GPU kernel time per step, by family and for the 8 costliest kernels (torch.profiler)."""
+#: host-side profiler event names -> family, first match wins. Self time per family says where the
+#: host's time per step goes; "compiled graph" is the Python of torch.compile's generated wrappers
+HOST_FAMILIES = [
+    ("CUDA API", lambda name: re.match(r"cu(da)?[A-Z]", name) is not None),
+    ("our kernel launches", lambda name: any(k in name for k in KERNEL_FAMILIES[0][1])),
+    ("inductor kernel launches", lambda name: name.startswith("triton_")),
+    ("compiled graph", lambda name: name.startswith(("## Call CompiledFxGraph", "CompiledFunction",
+                                                     "Torch-Compiled Region", "TorchDynamo"))),
+    ("autograd", lambda name: name.startswith(("autograd::", "torch::autograd::"))),
+    ("optimizer", lambda name: name.startswith("Optimizer.")),
+    ("aten", lambda name: name.startswith("aten::")),
+]
+#: runtime and driver calls that put one kernel (or a whole CUDA graph) on a stream
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+
+
+def host_family(name: str) -> str:
+    return next((family for family, matches in HOST_FAMILIES if matches(name)), "other")
+
+
+def summarize_host(events, steps: int) -> dict:
+    """Host time per step by family from ``(name, self_us, count)`` of every profiled host event."""
+    families: dict[str, dict] = {}
+    launches = 0.0
+    for name, self_us, count in events:
+        family = families.setdefault(host_family(name), {"ms": 0.0, "events": 0.0})
+        family["ms"] += self_us / 1e3 / steps
+        family["events"] += count / steps
+        if name in LAUNCH_CALLS:
+            launches += count / steps
+    top = sorted(events, key=lambda e: -e[1])[:10]
+    return {"host_profiled_ms": sum(f["ms"] for f in families.values()), "launch_calls": launches,
+            "families": families,
+            "top": [{"event": name[:90], "ms": self_us / 1e3 / steps, "per_step": count / steps}
+                    for name, self_us, count in top]}
+
+
+def step_profile(step, steps: int, device: torch.device) -> dict:
+    """Where a step's time goes (torch.profiler over ``steps`` steps): on CUDA the GPU time by
+    kernel family and the 8 costliest kernels (``gpu_ms``, ``families``, ``top``, ``gpu_kernels``
+    per step); everywhere the host's self time by family, the calls that launch work and the 10
+    costliest host events (``host``). The profiler adds its own cost to every host event: compare
+    implementations measured the same way, not these milliseconds with ``host_ms``."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        torch.cuda.synchronize()
+        synchronize(device)
     kernels: dict[str, float] = {}
+    gpu_kernels = 0
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kernels[event.name] = kernels.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3 / steps
-    families: dict[str, float] = {}
-    for name, ms in kernels.items():
-        families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
-    return {"gpu_ms": sum(kernels.values()), "families": families,
-            "top": [{"kernel": name[:90], "ms": ms} for name, ms in top]}
+            gpu_kernels += 1
+    host = summarize_host([(e.key, e.self_cpu_time_total, e.count) for e in prof.key_averages()
+                           if e.device_type == torch.autograd.DeviceType.CPU], steps)
+    result: dict = {"host": host}
+    if device.type == "cuda":
+        families: dict[str, float] = {}
+        for name, ms in kernels.items():
+            families[kernel_family(name)] = families.get(kernel_family(name), 0.0) + ms
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:8]
+        result.update({"gpu_ms": sum(kernels.values()), "families": families, "gpu_kernels": gpu_kernels / steps,
+                       "top": [{"kernel": name[:90], "ms": ms} for name, ms in top]})
+    return result
+
+
+def print_profile(profile: dict) -> None:
+    if "families" in profile:
+        print(f"    GPU ms/step by family ({profile['gpu_kernels']:.0f} kernels):", ", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(profile["families"].items(), key=lambda kv: -kv[1])))
+    host = profile["host"]
+    print(f"    host ms/step by family, profiled ({host['launch_calls']:.0f} launch calls):", ", ".join(
+        f"{k} {v['ms']:.3f}" for k, v in sorted(host["families"].items(), key=lambda kv: -kv[1]["ms"])))
 
 
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
@@ -212,9 +274,10 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             row["host_ms"] = host_ms(step, device, repeats)
             if impl == "mpdagl":
                 row["host_syncs"] = host_syncs(step, device)
-            if profile_steps:
-                row["kernels"] = gpu_breakdown(step, profile_steps)
-                row["gpu_ms"] = row["kernels"]["gpu_ms"]
+        if profile_steps:
+            row["profile"] = step_profile(step, profile_steps, device)
+            if "gpu_ms" in row["profile"]:
+                row["gpu_ms"] = row["profile"]["gpu_ms"]
     except Exception as exc:  # one broken implementation must not hide the others
         row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return row
@@ -233,11 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                        help="also break a step's GPU time down by kernel family over STEPS steps (CUDA)")
+                        help="also profile STEPS steps: host time by family, and on CUDA GPU time by kernel family")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    if args.profile and args.device != "cuda":
-        parser.error("--profile reads CUDA kernel times: it needs --device cuda")
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
     columns = ["impl", "T", "B", "layout", "dtype", "ms", "gpu_ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
@@ -257,9 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if floor and r.get("ms"):
                     r["vs_ann"] = r["ms"] / floor
                 print_table([r], columns)
-                if "kernels" in r:
-                    print("    GPU ms/step by family:", ", ".join(
-                        f"{k} {v:.3f}" for k, v in sorted(r["kernels"]["families"].items(), key=lambda kv: -kv[1])))
+                if "profile" in r:
+                    print_profile(r["profile"])
             rows += group
             # written after every group: a run cut short still leaves what it measured
             write_json(args.json, {"benchmark": "train_step", "environment": environment(device), "rows": rows})

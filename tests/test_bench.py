@@ -27,9 +27,31 @@ def test_layer_benchmark(tmp_path):
 
 def test_train_step_benchmark(tmp_path):
     rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
-                 "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", json_out=tmp_path / "t.json")["rows"]
+                 "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", "--profile", "1",
+                 json_out=tmp_path / "t.json")["rows"]
     assert [r["impl"] for r in rows] == ["mpdagl", "ann"]
     assert rows[0]["ms"] > 0 and rows[1]["vs_ann"] == 1.0
+    host = rows[0]["profile"]["host"]  # --profile on the CPU: the host side only
+    assert host["families"]["aten"]["ms"] > 0 and host["families"]["optimizer"]["events"] == 2  # zero_grad, step
+    assert host["launch_calls"] == 0 and "gpu_ms" not in rows[0]
+
+
+def test_host_profile_families(monkeypatch):
+    """Host events of a profiled CUDA step land in the family that explains them."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.train_step import summarize_host
+
+    events = [("cudaLaunchKernel", 400.0, 20), ("cuLaunchKernelEx", 300.0, 10), ("cudaMemsetAsync", 20.0, 2),
+              ("_backward_kernel_1", 900.0, 6), ("triton_poi_fused_add_3", 100.0, 4),
+              ("## Call CompiledFxGraph fabc ##", 700.0, 2), ("aten::convolution_backward", 250.0, 2),
+              ("Optimizer.step#SGD.step", 50.0, 2), ("torch::autograd::AccumulateGrad", 30.0, 6), ("cudnn", 1.0, 2)]
+    host = summarize_host(events, steps=2)
+    families = {name: f["ms"] for name, f in host["families"].items()}
+    assert families == {"CUDA API": 0.36, "our kernel launches": 0.45, "inductor kernel launches": 0.05,
+                        "compiled graph": 0.35, "aten": 0.125, "optimizer": 0.025, "autograd": 0.015,
+                        "other": 0.0005}
+    assert host["launch_calls"] == 15 and host["families"]["CUDA API"]["events"] == 16
+    assert host["top"][0] == {"event": "_backward_kernel_1", "ms": 0.45, "per_step": 3}
 
 
 def test_data_and_probe_benchmarks(tmp_path):

@@ -29,7 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.common import environment, print_table, write_json
 
-KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel")
+KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
+           "_sum_partials_kernel")
 #: aten ops that launch no device kernel
 NO_KERNEL = {"empty.memory_format", "empty_like.default", "empty_strided.default", "new_empty.default",
              "detach.default", "alias.default", "view.default", "_unsafe_view.default", "select.int",

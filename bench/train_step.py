@@ -143,7 +143,8 @@ def host_ms(step, device: torch.device, repeats: int) -> float:
 
 #: kernel-name fragments -> family, first match wins (inductor's fused kernels are "triton_*")
 KERNEL_FAMILIES = [
-    ("ours", ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel")),
+    ("ours", ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
+              "_sum_partials_kernel")),
     ("spikingjelly", ("plif", "lif_")),
     ("conv", ("conv", "gemm", "cutlass", "xmma", "sm90", "sm80", "implicit", "wgrad", "dgrad", "cudnn")),
     ("batchnorm", ("batch_norm", "bn_", "welford")),

@@ -28,15 +28,17 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
 - ``_backward_kernel``        the statistics grid with smaller tiles (``backward_tile(T)``), each
   program walking ``row_iters`` row blocks (about BACKWARD_PROGRAMS programs); recomputes y and V
   from x (a tuple of T register tiles, never memory), runs the recurrence backward. Launched
-  twice: first it writes per-program channel sums of dy, dy * xhat and the tau-gradient term
-  (reduced by one PyTorch ``sum`` in between), then (WRITE_DX) dx, which needs their channel
-  means, and dresidual; in that pass the first program of each channel block also writes dgamma
-  and dbeta from the sums, and the very first one d(rho).
+  twice: first it writes per-program channel sums of dy, dy * xhat and the tau-gradient term,
+  then (WRITE_DX) dx, which needs their channel means, and dresidual; in that pass the first
+  program of each channel block also writes dgamma and dbeta from the sums, and the very first
+  one d(rho).
+- ``_sum_partials_kernel``    between the two: adds the ``[P, 3, C]`` per-program sums up to
+  ``[3, C]``. Grid ``(cdiv(3C, BLOCK_C),)``. (A PyTorch ``sum`` did this before; inductor split it
+  into two kernels.)
 
 The decay tau = sigmoid(rho), the surrogate widths (``surrogates.kappas``, from the channel mean
 of gamma) and the parameter gradients are computed inside the kernels, so a layer's forward +
-backward launches one small PyTorch op besides the kernels (and the caller's running-statistics
-update).
+backward launches no PyTorch op besides the kernels (but the caller's running-statistics update).
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
@@ -331,6 +333,19 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
 
 
 @triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, n_partials, n_cols, BLOCK_P: tl.constexpr,
+                         BLOCK_C: tl.constexpr, COMPUTE: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < n_cols
+    total = tl.zeros([BLOCK_P, BLOCK_C], COMPUTE)
+    for p0 in range(0, n_partials, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        m = (p[:, None] < n_partials) & col_mask[None, :]
+        total += tl.load(partial_ptr + p[:, None] * n_cols + cols[None, :], mask=m, other=0)
+    tl.store(out_ptr + cols, tl.sum(total, axis=0), mask=col_mask)
+
+
+@triton.jit
 def _forward_kernel(x_ptr, res_ptr, skip_ptr, out_ptr, widths_ptr, mean_ptr, var_ptr, gamma_ptr,
                     beta_ptr, rho_ptr, n_rows, n_cols, n_col_blocks, n_chan, x_stride_t, stride_t,
                     stride_row, stride_chan, eps: tl.float64, vth: tl.float64, alpha: tl.float64,
@@ -589,8 +604,8 @@ class Launch(NamedTuple):
 
 
 def plan(kernel: str, layout: Layout, T: int, batch: int) -> Launch:
-    """The launch geometry of ``kernel`` (``"stats"``, ``"finalize"``, ``"forward"`` or
-    ``"backward"``) for a layout. Memoized: working it out took more host time than a small
+    """The launch geometry of ``kernel`` (``"stats"``, ``"finalize"``, ``"forward"``,
+    ``"backward"`` or ``"sums"``) for a layout. Memoized: working it out took more host time than a small
     kernel's GPU time. The key holds the launch parameters above, so changing one (as
     ``bench.tune`` does) takes effect at the next launch."""
     return _plan(kernel, layout, T, batch, _knob_values(globals()))
@@ -602,6 +617,10 @@ def _plan(kernel: str, layout: Layout, T: int, batch: int, _knobs: tuple) -> Lau
         block_c = min(triton.next_power_of_2(layout.n_chan), 16)
         partials = _plan("stats", layout, T, batch, _knobs).partials
         return Launch((triton.cdiv(layout.n_chan, block_c),), 64, block_c, 1, partials, 4)
+    if kernel == "sums":  # the backward's [P, 3, C] partials: BLOCK_P x BLOCK_C of the 3C columns
+        block_c = min(triton.next_power_of_2(3 * layout.n_chan), 32)
+        partials = _plan("backward", layout, T, batch, _knobs).partials
+        return Launch((triton.cdiv(3 * layout.n_chan, block_c),), 64, block_c, 1, partials, 4)
     if kernel == "stats":
         tile = stats_tile(T)
     elif kernel == "forward":
@@ -725,7 +744,8 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     wrap = wrap or _direct
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     dgamma, dbeta = torch.empty_like(gamma), torch.empty_like(beta)
-    drho = None if rho is None else torch.empty_like(rho)
+    # a one-element vector, not rho's 0-dim shape: inductor fills a 0-dim empty with a kernel
+    drho = None if rho is None else rho.new_empty(1)
     x_stride_t, stride_t = int(x.stride(0)), int(dx.stride(0))
 
     def launch(write_dx: bool, sums: torch.Tensor, dy_sums: torch.Tensor, dy_count: int) -> None:
@@ -745,8 +765,11 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
         )
 
     launch(write_dx=False, sums=x, dy_sums=x, dy_count=1)
-    sums = partial.sum(dim=0)
+    sums = torch.empty((3, layout.n_chan), dtype=cdtype, device=x.device)
+    r = plan("sums", layout, T, int(x.shape[1]))
+    wrap(_sum_partials_kernel)[r.grid](partial, sums, r.partials, 3 * layout.n_chan, BLOCK_P=r.block_r,
+                                       BLOCK_C=r.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=r.num_warps)
     count = int(x.numel()) // layout.n_chan
     dy_sums, dy_count = (sums, count) if global_dy_sums is None else global_dy_sums(sums, count)
     launch(write_dx=True, sums=sums, dy_sums=dy_sums, dy_count=dy_count)
-    return dgamma, dbeta, drho
+    return dgamma, dbeta, None if drho is None else drho.view_as(rho)

@@ -544,6 +544,7 @@ def tdbn_plif(
     if training and running_mean is not None:
         n = x.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
         with torch.no_grad():
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_((var * (n / (n - 1))).to(running_var.dtype), momentum)
+            # one foreach op: inductor updates both buffers in one kernel, not one per buffer
+            torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),
+                                 (var * (n / (n - 1))).to(running_var.dtype)], momentum)
     return spikes

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel")
+KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
+           "_sum_partials_kernel")
 
 
 def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
@@ -45,6 +46,8 @@ def fixed_set() -> int:
         compile_kernel(K._stats_finalize_kernel,
                        {"partial_ptr": compute, "mean_ptr": compute, "var_ptr": compute},
                        dict(BLOCK_P=32, BLOCK_C=64, COMPUTE=tl_compute))
+        compile_kernel(K._sum_partials_kernel, {"partial_ptr": compute, "out_ptr": compute},
+                       dict(BLOCK_P=64, BLOCK_C=32, COMPUTE=tl_compute))
         per_channel = {"mean_ptr": compute, "var_ptr": compute, "gamma_ptr": "fp32",
                        "beta_ptr": "fp32", "rho_ptr": "fp32"}
         compile_kernel(K._forward_kernel,
@@ -52,7 +55,7 @@ def fixed_set() -> int:
                         "widths_ptr": compute, **per_channel},
                        dict(T=4, WIDTH_RULE=count % 3, LEARN_TAU=not channels_last,
                             HAS_RESIDUAL=channels_last, HAS_SKIP=channels_last, **block))
-        count += 3
+        count += 4
         # both passes, in training and eval; the surrogate, width rule and T vary across layouts
         for variant, (write_dx, batch_stats) in enumerate([(False, True), (True, True), (True, False)]):
             surrogate = (count + variant) % 4

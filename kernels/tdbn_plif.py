@@ -646,6 +646,14 @@ def _plan(kernel: str, layout: Layout, T: int, batch: int, _knobs: tuple) -> Lau
     return Launch(grid, block_r, block_k, col_blocks, partials, warps, row_iters)
 
 
+def _memory(x: torch.Tensor) -> torch.Tensor:
+    """The tensor whose pointer the kernels get for ``x``: x, or its first timestep when x is a
+    broadcast over T (the kernels take x's T stride, 0, as a number). Same pointer either way;
+    inside a triton_op the first timestep is what lets inductor hand over the broadcast's dense
+    source as it is, where the broadcast itself would be copied out T times."""
+    return x[0] if x.shape[0] > 1 and x.stride(0) == 0 else x
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -669,7 +677,7 @@ def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tenso
     p = plan("stats", layout, T, batch)
     partial = torch.empty((p.partials, 3, layout.n_chan), dtype=cdtype, device=x.device)
     wrap(_stats_partial_kernel)[p.grid](
-        x, partial, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
+        _memory(x), partial, layout.n_rows, layout.n_cols, p.col_blocks, layout.n_chan,
         int(x.stride(0)), layout.stride_row, layout.stride_chan, p.row_iters,
         T=T, CHANNELS_LAST=layout.channels_last, BLOCK_R=p.block_r, BLOCK_K=p.block_k,
         INT64=layout.int64, COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
@@ -708,9 +716,10 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     p = plan("forward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
     kappas = torch.empty(2, dtype=mean.dtype, device=x.device)
+    x_mem = _memory(x)
     wrap(_forward_kernel)[p.grid](
-        x, residual if residual is not None else x, skip if skip is not None else x, out, kappas,
-        mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows, layout.n_cols,
+        x_mem, residual if residual is not None else x_mem, skip if skip is not None else x_mem,
+        out, kappas, mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows, layout.n_cols,
         p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
         layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
         float(widths.gamma_floor), T=T, WIDTH_RULE=WIDTH_RULE_IDS[widths.rule],
@@ -747,14 +756,16 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     # a one-element vector, not rho's 0-dim shape: inductor fills a 0-dim empty with a kernel
     drho = None if rho is None else rho.new_empty(1)
     x_stride_t, stride_t = int(x.stride(0)), int(dx.stride(0))
+    x_mem = _memory(x)
 
     def launch(write_dx: bool, sums: torch.Tensor, dy_sums: torch.Tensor, dy_count: int) -> None:
-        # unused pointer arguments get x, which no kernel writes: no argument aliases a written one
+        # unused pointer arguments get x's memory, which no kernel writes: no argument aliases a
+        # written one
         wrap(_backward_kernel)[p.grid](
-            grad, x, residual if residual is not None else x, dx,
-            dresidual if dresidual is not None else x, partial, sums, dy_sums, dgamma, dbeta,
-            drho if drho is not None else x, kappas, mean, var, gamma, beta,
-            rho if rho is not None else x, layout.n_rows, layout.n_cols, p.col_blocks,
+            grad, x_mem, residual if residual is not None else x_mem, dx,
+            dresidual if dresidual is not None else x_mem, partial, sums, dy_sums, dgamma, dbeta,
+            drho if drho is not None else x_mem, kappas, mean, var, gamma, beta,
+            rho if rho is not None else x_mem, layout.n_rows, layout.n_cols, p.col_blocks,
             layout.n_chan, x_stride_t, stride_t, layout.stride_row, layout.stride_chan,
             p.row_iters, eps, vth, alpha, float(tau), float(dy_count),
             T=T, SURROGATE=SURROGATE_IDS[surrogate], LEARN_TAU=rho is not None,
@@ -764,7 +775,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
         )
 
-    launch(write_dx=False, sums=x, dy_sums=x, dy_count=1)
+    launch(write_dx=False, sums=x_mem, dy_sums=x_mem, dy_count=1)
     sums = torch.empty((3, layout.n_chan), dtype=cdtype, device=x.device)
     r = plan("sums", layout, T, int(x.shape[1]))
     wrap(_sum_partials_kernel)[r.grid](partial, sums, r.partials, 3 * layout.n_chan, BLOCK_P=r.block_r,

@@ -126,11 +126,20 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def _broadcast_of_dense(x: Tensor) -> bool:
+    return x.shape[0] > 1 and x.stride(0) == 0 and _dense(x[0])
+
+
+def _unbroadcast_strides(x: Tensor) -> tuple[int, ...]:
+    """The strides of x's broadcast over T (stride 0) given real T slices."""
+    return (x[0].numel(),) + x[0].stride()
+
+
 def _output_like(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A new ``[T, B, C, *S]`` tensor in x's layout; a broadcast over T (stride 0) gets real T slices."""
-    if x.shape[0] > 1 and x.stride(0) == 0 and _dense(x[0]):
-        return torch.empty_strided(x.shape, (x[0].numel(),) + x[0].stride(),
-                                   dtype=dtype or x.dtype, device=x.device)
+    if _broadcast_of_dense(x):
+        return torch.empty_strided(x.shape, _unbroadcast_strides(x), dtype=dtype or x.dtype,
+                                   device=x.device)
     return torch.empty_like(x, dtype=dtype)
 
 
@@ -228,7 +237,13 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
                    batch_stats: bool, sync: bool,
                    wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual."""
-    dx = _output_like(x)
+    if _broadcast_of_dense(x) and grad.stride() == _unbroadcast_strides(x):
+        # not the forward's allocation for the spikes (same call, same arguments): AOTAutograd
+        # would merge the two and keep that buffer for the backward, and inductor would copy it
+        # before each kernel writes it
+        dx = torch.empty_like(grad)
+    else:
+        dx = _output_like(x)
     dres = None if residual is None else _output_like(x, residual.dtype)
     work, work_dx, work_dres = x, dx, dres
     layout = _tile_layout(x, dx)
@@ -338,13 +353,15 @@ class _EagerTdBNPLIF(torch.autograd.Function):
 
 
 def _dense_for_inductor(x: Tensor) -> Tensor:
-    """x, or a dense copy in x's layout when x is not dense (a broadcast over T, a slice).
+    """x when it is dense or a broadcast over T of a dense tensor, else a dense copy in x's layout
+    (a slice, say).
 
     The strides a traced body reads are baked into the launches, and inductor guarantees a
     kernel argument only its traced stride order; a dense tensor in that order has exactly the
     traced strides (the other tensors the kernels walk are dense: allocated by the body, or
-    copied into the layout of one that is)."""
-    return x if _dense(x) else _output_like(x).copy_(x)
+    copied into the layout of one that is). A broadcast reaches the kernels as its dense first
+    timestep (``kernels.tdbn_plif._memory``), its zero T stride as a number."""
+    return x if _dense(x) or _broadcast_of_dense(x) else _output_like(x).copy_(x)
 
 
 if _kernels is not None and not triton_interpreting():

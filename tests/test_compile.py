@@ -89,8 +89,9 @@ def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_la
     """What torch.compile on CUDA hands inductor for one layer's forward + backward, traced on
     this machine (meta tensors, kernels lowered for sm_90): the six launches of the training
     path, each writing only buffers the op allocated, and no opaque custom op left. An input
-    broadcast over T is made dense first (its strides are baked into the launches, and inductor
-    only promises a kernel argument's stride order): one copy in each direction. Symbolic sizes
+    broadcast over T reaches the kernels as its dense first timestep (its strides are baked into
+    the launches, and inductor only promises a kernel argument's stride order, which a dense
+    tensor pins down), never as a copy. Symbolic sizes
     (dynamic shapes) are specialized, not a failure: on an H200 they were, before Layout.of took
     them (a second input shape in one process failed to compile)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -113,7 +114,7 @@ def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_la
         "aten.empty.memory_format", "aten.empty_like.default", "aten.empty_strided.default",
         "aten.new_empty.default", "aten.select.int", "aten.copy.default", "aten.view.default")]
     assert computing == []
-    assert graph["other_ops"].count("aten.copy.default") == (2 if broadcast else 0)
+    assert "aten.copy.default" not in graph["other_ops"]
 
 
 class TwoLayer(nn.Module):

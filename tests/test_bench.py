@@ -116,3 +116,16 @@ def test_tune_calls_the_launchers_as_they_are(monkeypatch):
                                 torch.device("cpu"), bandwidth=1.0)
         assert row["total_ms"] == 3.0
     assert calls == ["stats", "forward", "backward"] * 2
+
+
+def test_launches_of_a_compiled_stem_layer(tmp_path):
+    """Inductor's generated CUDA code for a neuron on an input broadcast over T, then a conv: our
+    six launches and, around them, only the running-statistics update, the conv's bias and the
+    sum over T of dx (no copy of the broadcast, no fill or clone kernels)."""
+    graphs = bench("launches", "--impl", "layer", json_out=tmp_path / "l.json")["graphs"]
+    assert graphs["forward"]["kernels"] == {"_stats_partial_kernel": 1, "_stats_finalize_kernel": 1,
+                                            "_forward_kernel": 1, "triton_for_fused": 1,
+                                            "extern convolution": 1, "triton_poi_fused_convolution_view": 1}
+    assert graphs["backward"]["kernels"] == {"_backward_kernel": 2, "_sum_partials_kernel": 1,
+                                             "extern convolution_backward": 1,
+                                             "triton_poi_fused_empty_like_sum": 1}

@@ -4,13 +4,13 @@ on a machine without a GPU.
     python -m bench.launches [--impl mpdagl|ann|layer] [-T 4] [-B 64] [--nchw] [--json F]
 
 Traces ResNet-19 (``mpdagl``: our fused neurons launched by inductor; ``ann``: BatchNorm + ReLU)
-or one stem-like layer (``layer``: a neuron on an input broadcast over T, then a conv) forward and
-backward through torch.compile's AOTAutograd on meta tensors, then has inductor generate the CUDA
-wrapper code of both graphs for fake CUDA tensors and an sm_90 target, and counts its launches per
-kernel: what default compile mode launches per step (the host's cost when it is host-bound), and
-every copy or fill kernel inductor adds around ours. Nothing runs: the generated module fails to
-load without CUDA, after it was written. fp32 (autocast does not apply to meta tensors); the
-launches are the same under bf16 autocast.
+or one stem-like layer (``layer``: a neuron whose input is the same at every step, then a conv)
+forward and backward through torch.compile's AOTAutograd on meta tensors, then has inductor
+generate the CUDA wrapper code of both graphs for fake CUDA tensors and an sm_90 target, and
+counts its launches per kernel: what default compile mode launches per step (the host's cost when
+it is host-bound), and every copy or fill kernel inductor adds around ours. Nothing runs: the
+generated module fails to load without CUDA, after it was written. fp32 (autocast does not apply
+to meta tensors); the launches are the same under bf16 autocast.
 
 Must run without TRITON_INTERPRET, on a CPU-only torch (it stands in for the CUDA runtime).
 """
@@ -83,7 +83,7 @@ def _model(impl: str, T: int):
                 self.neuron, self.conv = TdBNPLIF(128, backend="triton"), torch.nn.Conv2d(128, 128, 3, padding=1)
 
             def forward(self, x):
-                return self.conv(self.neuron(x.unsqueeze(0).expand(T, *x.shape)).flatten(0, 1))
+                return self.conv(self.neuron(x.unsqueeze(0), timesteps=T).flatten(0, 1))
         return StemLayer(), 128
     net = models.create("resnet19", 10, T, backend="triton")
     if impl == "ann":

@@ -51,7 +51,7 @@ def variants(T: int, layout: K.Layout, batch: int):
     for name, dx in (("backward sums", False), ("backward dx", True)):
         yield name, K._backward_kernel, pointers, dict(
             T=T, SURROGATE=0, LEARN_TAU=True, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False,
-            WRITE_DX=dx, BATCH_STATS=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
+            WRITE_DX=dx, SUM_DX=False, BATCH_STATS=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
             p.block_r * p.block_k, p.num_warps
 
 

@@ -48,7 +48,9 @@ class AnnNeuron(nn.Module):
         super().__init__()
         self.bn2d, self.bn1d = nn.BatchNorm2d(channels), nn.BatchNorm1d(channels)
 
-    def forward(self, x, residual=None, skip=None):
+    def forward(self, x, residual=None, skip=None, timesteps=None):
+        if timesteps is not None:  # the stem's one timestep, the input at every step
+            x = x.expand(timesteps, *x.shape[1:])
         folded = x.flatten(0, 1)
         y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
         out = F.relu(y).unflatten(0, x.shape[:2])
@@ -68,7 +70,9 @@ class SpikingJellyNeuron(nn.Module):
                                              v_reset=0.0, surrogate_function=shape(),
                                              detach_reset=False, step_mode="m")
 
-    def forward(self, x, residual=None, skip=None):
+    def forward(self, x, residual=None, skip=None, timesteps=None):
+        if timesteps is not None:
+            x = x.expand(timesteps, *x.shape[1:])
         self.node.reset()
         folded = x.flatten(0, 1)
         y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)

@@ -390,7 +390,7 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                      T: tl.constexpr, SURROGATE: tl.constexpr,
                      LEARN_TAU: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                      WRITE_RESIDUAL_GRAD: tl.constexpr, WRITE_DX: tl.constexpr,
-                     BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                     SUM_DX: tl.constexpr, BATCH_STATS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                      BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, INT64: tl.constexpr,
                      COMPUTE: tl.constexpr):
     eps, vth, alpha = _scalar(eps, COMPUTE), _scalar(vth, COMPUTE), _scalar(alpha, COMPUTE)
@@ -444,6 +444,7 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
             vs = vs + (v,)
 
         dv_next = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)  # dL/dV_{t+1}
+        dx_total = tl.zeros([BLOCK_R, BLOCK_K], COMPUTE)  # SUM_DX: x is one input at every step
         for t in tl.static_range(T - 1, -1, -1):
             v = vs[t]
             g = tl.load(grad_ptr + t * stride_t + offs, mask=mask, other=0).to(COMPUTE)
@@ -463,7 +464,11 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                     dx = scale * (dv - mean_dy - xhat * mean_dy_xhat)
                 else:
                     dx = scale * dv
-                tl.store(dx_ptr + t * stride_t + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                if SUM_DX:
+                    dx_total += dx
+                else:
+                    tl.store(dx_ptr + t * stride_t + offs, dx.to(dx_ptr.dtype.element_ty),
+                             mask=mask)
                 if WRITE_RESIDUAL_GRAD:
                     tl.store(dres_ptr + t * stride_t + offs, dv.to(dres_ptr.dtype.element_ty),
                              mask=mask)
@@ -474,6 +479,8 @@ def _backward_kernel(grad_ptr, x_ptr, res_ptr, dx_ptr, dres_ptr, partial_ptr, su
                     v_prev = vs[t - 1]
                     acc_dtau += dv * tl.where(v_prev >= vth, 0.0, v_prev)
             dv_next = dv
+        if WRITE_DX and SUM_DX:
+            tl.store(dx_ptr + offs, dx_total.to(dx_ptr.dtype.element_ty), mask=mask)
 
     if not WRITE_DX:
         sum_dy = tl.sum(acc_dy, axis=0, keep_dims=True)
@@ -743,9 +750,10 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     Two passes: the first writes per-program channel sums (dy, dy * xhat and the decay-gradient
     term), the second writes dx, which needs their means, and the parameter gradients.
     ``grad``, ``dx``, ``residual`` and ``dresidual`` share one set of strides; x shares them after
-    T. ``global_dy_sums(sums, count)``, when given, returns the ``[2, C]`` sums of dy and
-    dy * xhat over every process and their count (synchronized batch statistics); the dx pass
-    uses their means.
+    T. A ``dx`` of one timestep (``[1, B, C, *S]``, for an x broadcast over T) gets the total over
+    T of the gradient, summed in registers. ``global_dy_sums(sums, count)``, when given, returns
+    the ``[2, C]`` sums of dy and dy * xhat over every process and their count (synchronized
+    batch statistics); the dx pass uses their means.
     """
     cdtype = compute_dtype(x.dtype)
     T = int(x.shape[0])  # int(): see Layout.of
@@ -755,7 +763,8 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     dgamma, dbeta = torch.empty_like(gamma), torch.empty_like(beta)
     # a one-element vector, not rho's 0-dim shape: inductor fills a 0-dim empty with a kernel
     drho = None if rho is None else rho.new_empty(1)
-    x_stride_t, stride_t = int(x.stride(0)), int(dx.stride(0))
+    x_stride_t, stride_t = int(x.stride(0)), int(grad.stride(0))
+    sum_dx = T > 1 and dx.shape[0] == 1
     x_mem = _memory(x)
 
     def launch(write_dx: bool, sums: torch.Tensor, dy_sums: torch.Tensor, dy_count: int) -> None:
@@ -770,7 +779,8 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             p.row_iters, eps, vth, alpha, float(tau), float(dy_count),
             T=T, SURROGATE=SURROGATE_IDS[surrogate], LEARN_TAU=rho is not None,
             HAS_RESIDUAL=residual is not None, WRITE_RESIDUAL_GRAD=dresidual is not None,
-            WRITE_DX=write_dx, BATCH_STATS=batch_stats, CHANNELS_LAST=layout.channels_last,
+            WRITE_DX=write_dx, SUM_DX=sum_dx, BATCH_STATS=batch_stats,
+            CHANNELS_LAST=layout.channels_last,
             BLOCK_R=p.block_r, BLOCK_K=p.block_k, INT64=layout.int64,
             COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
         )
@@ -778,8 +788,9 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     launch(write_dx=False, sums=x_mem, dy_sums=x_mem, dy_count=1)
     sums = torch.empty((3, layout.n_chan), dtype=cdtype, device=x.device)
     r = plan("sums", layout, T, int(x.shape[1]))
-    wrap(_sum_partials_kernel)[r.grid](partial, sums, r.partials, 3 * layout.n_chan, BLOCK_P=r.block_r,
-                                       BLOCK_C=r.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=r.num_warps)
+    wrap(_sum_partials_kernel)[r.grid](partial, sums, r.partials, 3 * layout.n_chan,
+                                       BLOCK_P=r.block_r, BLOCK_C=r.block_k,
+                                       COMPUTE=_TL_DTYPES[cdtype], num_warps=r.num_warps)
     count = int(x.numel()) // layout.n_chan
     dy_sums, dy_count = (sums, count) if global_dy_sums is None else global_dy_sums(sums, count)
     launch(write_dx=True, sums=sums, dy_sums=dy_sums, dy_count=dy_count)

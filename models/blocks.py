@@ -46,9 +46,10 @@ class Pool(nn.Module):
 class Stem(nn.Module):
     """First conv -> tdBN -> PLIF with direct encoding.
 
-    Images ``[B, C, H, W]`` are convolved once and the result is broadcast over T (exact, since the
-    input is the same at every timestep; the broadcast is a stride-0 view the fused op reads in
-    place). Event frames ``[B, T, C, H, W]`` are convolved per timestep.
+    Images ``[B, C, H, W]`` are convolved once and the result is the neuron's input at every
+    timestep (exact, since the image is the same at every timestep; the fused op reads it in place
+    and sums its gradient over T itself). Event frames ``[B, T, C, H, W]`` are convolved per
+    timestep.
     """
 
     def __init__(self, in_channels: int, out_channels: int, timesteps: int, **neuron_options):
@@ -59,12 +60,9 @@ class Stem(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
-            h = self.conv(x)
-            h = h.unsqueeze(0).expand(self.timesteps, *h.shape)
-        else:
-            frames = x.transpose(0, 1)  # [T, B, C, H, W]
-            h = unfold(self.conv(fold(frames)), frames.shape[0])
-        return self.neuron(h)
+            return self.neuron(self.conv(x).unsqueeze(0), timesteps=self.timesteps)
+        frames = x.transpose(0, 1)  # [T, B, C, H, W]
+        return self.neuron(unfold(self.conv(fold(frames)), frames.shape[0]))
 
 
 class SpikingLinear(nn.Module):

@@ -89,7 +89,9 @@ def probe(model: nn.Module, images: Tensor) -> dict:
     activity: dict[str, dict] = {}
 
     def measure_and_fire(name, module):  # stands in for the layer's forward during the probe
-        def forward(x, residual=None, skip=None):
+        def forward(x, residual=None, skip=None, timesteps=None):
+            if timesteps is not None:
+                x = x.expand(timesteps, *x.shape[1:])
             measured[name], spikes = _neuron_stats(module, x, residual)
             return spikes if skip is None else spikes + skip.to(spikes.dtype)
         return forward

@@ -90,7 +90,10 @@ class TdBNPLIF(_NeuronOptions):
         """Current ``(kappa_first, kappa_rest)`` of this layer."""
         return kappas(self.gamma, self._rho_or_tau(), self.vth, self.width_rule, self.kappa0)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None, skip: Tensor | None = None,
+                timesteps: int | None = None) -> Tensor:
+        """Spikes ``[T, B, C, *S]`` of ``x [T, B, C, *S]``; with ``timesteps``, x is one timestep
+        ``[1, B, C, *S]`` that is the input at every step (``ops.tdbn_plif``)."""
         return tdbn_plif(
             x, self.gamma, self.beta, self.rho, residual=residual, skip=skip,
             running_mean=self.running_mean, running_var=self.running_var, training=self.training,
@@ -98,6 +101,7 @@ class TdBNPLIF(_NeuronOptions):
             learn_tau=self.learn_tau, tau=None if self.learn_tau else self.tau_init,
             surrogate=self.surrogate, width_rule=self.width_rule, kappa0=self.kappa0,
             sync_stats=self.sync_stats, check_finite=self.check_finite, backend=self.backend,
+            timesteps=timesteps,
         )
 
     def extra_repr(self) -> str:

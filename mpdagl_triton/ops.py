@@ -161,11 +161,12 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
                   residual: Optional[Tensor], skip: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
                   tau: float, eps: float, vth: float, alpha: float,
-                  surrogate: str, width_rule: str, kappa0: float, sync: bool,
+                  surrogate: str, width_rule: str, kappa0: float, sync: bool, timesteps: int,
                   wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward op (``mpdagl::tdbn_plif_fwd``, below).
 
     ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops."""
+    x = _at_every_step(x, timesteps)
     spikes = _output_like(x)
     work, work_out = x, spikes
     layout = _tile_layout(x, spikes)
@@ -193,6 +194,14 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
     return spikes, mean, var, kappas
 
 
+def _at_every_step(x: Tensor, timesteps: int) -> Tensor:
+    """x, or its one timestep ``[1, B, C, *S]`` broadcast over ``timesteps`` (a view of a dense
+    tensor)."""
+    if timesteps == x.shape[0]:
+        return x
+    return (x if _dense(x) else x.contiguous()).expand(timesteps, *x.shape[1:])
+
+
 def _tdbn_plif_fwd(
     x: Tensor,
     gamma: Tensor,
@@ -211,13 +220,15 @@ def _tdbn_plif_fwd(
     width_rule: str,
     kappa0: float,
     sync: bool,
+    timesteps: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Spikes (plus skip), the per-channel mean and biased var used (batch stats in training,
     else the running ones, which are only read) and the surrogate widths ``[2]`` (kappa_first,
     kappa_rest) for the backward pass. The decay is sigmoid(rho), or ``tau`` when rho is None.
-    With ``sync`` the batch statistics are merged over every process of the default group."""
+    With ``sync`` the batch statistics are merged over every process of the default group.
+    ``timesteps`` is x's T, or x is one timestep ``[1, B, C, *S]``, the input at every step."""
     return _forward_impl(x, gamma, beta, rho, residual, skip, running_mean, running_var, training,
-                         tau, eps, vth, alpha, surrogate, width_rule, kappa0, sync)
+                         tau, eps, vth, alpha, surrogate, width_rule, kappa0, sync, timesteps)
 
 
 _fwd_op = torch.library.custom_op("mpdagl::tdbn_plif_fwd", _tdbn_plif_fwd, mutates_args=())
@@ -225,10 +236,11 @@ _fwd_op = torch.library.custom_op("mpdagl::tdbn_plif_fwd", _tdbn_plif_fwd, mutat
 
 @_fwd_op.register_fake
 def _fwd_fake(x, gamma, beta, rho, residual, skip, running_mean, running_var, training, tau, eps,
-              vth, alpha, surrogate, width_rule, kappa0, sync):
+              vth, alpha, surrogate, width_rule, kappa0, sync, timesteps):
     cdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = x.new_empty(x.shape[2], dtype=cdtype)
-    return _output_like(x), stats, torch.empty_like(stats), x.new_empty(2, dtype=cdtype)
+    return (_output_like(_at_every_step(x, timesteps)), stats, torch.empty_like(stats),
+            x.new_empty(2, dtype=cdtype))
 
 
 def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
@@ -236,7 +248,11 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
                    tau: float, eps: float, vth: float, alpha: float, surrogate: str,
                    batch_stats: bool, sync: bool,
                    wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual."""
+    """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual.
+    An x of one timestep given at every step (the forward's ``timesteps``) gets dx summed over T."""
+    if x.shape[0] != grad.shape[0]:
+        return _backward_summed(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps,
+                                vth, alpha, surrogate, batch_stats, sync, wrap)
     if _broadcast_of_dense(x) and grad.stride() == _unbroadcast_strides(x):
         # not the forward's allocation for the spikes (same call, same arguments): AOTAutograd
         # would merge the two and keep that buffer for the backward, and inductor would copy it
@@ -263,6 +279,35 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
         dx.copy_(work_dx)
         if dres is not None:
             dres.copy_(work_dres)
+    return (dx, dgamma, dbeta, x.new_empty(0) if drho is None else drho,
+            x.new_empty(0) if dres is None else dres)
+
+
+def _backward_summed(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
+                     residual: Optional[Tensor], mean: Tensor, var: Tensor, kappas: Tensor,
+                     tau: float, eps: float, vth: float, alpha: float, surrogate: str,
+                     batch_stats: bool, sync: bool, wrap=None) -> tuple[Tensor, ...]:
+    """_backward_impl for x ``[1, B, C, *S]`` given at every one of grad's T steps: the kernels read
+    x in place (T stride 0) and write dx ``[1, B, C, *S]`` as the total over T, in registers."""
+    step = x if _dense(x) else x.contiguous()
+    x = step.expand(grad.shape[0], *step.shape[1:])
+    layout = _kernels.Layout.of(x)
+    if layout is None:  # a layout the tiles can't walk: the one timestep, contiguous
+        step = step.contiguous()
+        x = step.expand(x.shape)
+        layout = _kernels.Layout.of(x)
+    dx = torch.empty_like(step)
+    per_step = _unbroadcast_strides(x)  # grad, residual and dresidual: T real slices in x's layout
+    if grad.stride() != per_step:
+        grad = torch.empty_strided(x.shape, per_step, dtype=grad.dtype,
+                                   device=grad.device).copy_(grad)
+    dres = None if residual is None else _output_like(x, residual.dtype)
+    if residual is not None and residual.stride() != per_step:
+        residual = torch.empty_like(grad, dtype=residual.dtype).copy_(residual)
+    dgamma, dbeta, drho = _kernels.backward(
+        grad, x, layout, dx, dres, gamma, beta, rho, tau, residual, mean, var,
+        kappas, eps, vth, alpha, surrogate, batch_stats,
+        _global_dy_sums if sync and batch_stats and world_size() > 1 else None, wrap)
     return (dx, dgamma, dbeta, x.new_empty(0) if drho is None else drho,
             x.new_empty(0) if dres is None else dres)
 
@@ -298,14 +343,16 @@ _bwd_op = torch.library.custom_op("mpdagl::tdbn_plif_bwd", _tdbn_plif_bwd, mutat
 @_bwd_op.register_fake
 def _bwd_fake(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps, vth, alpha,
               surrogate, batch_stats, sync):
-    return (_output_like(x), torch.empty_like(gamma), torch.empty_like(beta),
-            x.new_empty(0) if rho is None else torch.empty_like(rho),
+    dx = torch.empty_like(x if _dense(x) else x.contiguous())  # x of one timestep: its total
+    x = _at_every_step(x, grad.shape[0])
+    return (dx if dx.shape[0] != grad.shape[0] else _output_like(x), torch.empty_like(gamma),
+            torch.empty_like(beta), x.new_empty(0) if rho is None else torch.empty_like(rho),
             x.new_empty(0) if residual is None else _output_like(x, residual.dtype))
 
 
 def _save(ctx, inputs: tuple, mean: Tensor, var: Tensor, kappas: Tensor) -> None:
     (x, gamma, beta, rho, residual, skip, _running_mean, _running_var, training, tau, eps, vth,
-     alpha, surrogate, _width_rule, _kappa0, sync) = inputs
+     alpha, surrogate, _width_rule, _kappa0, sync, _timesteps) = inputs
     ctx.save_for_backward(x, gamma, beta, rho, residual, mean, var, kappas)
     ctx.hyper = (tau, eps, vth, alpha, surrogate, training, sync)
     ctx.has_skip = skip is not None
@@ -320,7 +367,7 @@ def _grads(ctx, grad_spikes, backward) -> tuple:
     # the skip is added after firing: its gradient is the incoming one, unchanged
     return (dx, dgamma, dbeta, drho if rho is not None else None,
             dres if residual is not None else None, grad_spikes if ctx.has_skip else None,
-            *(None,) * 11)
+            *(None,) * 12)
 
 
 def _fwd_setup_context(ctx, inputs, output):
@@ -372,7 +419,8 @@ if _kernels is not None and not triton_interpreting():
     @triton_op("mpdagl::tdbn_plif_fwd_inductor", mutates_args=())
     @functools.wraps(_tdbn_plif_fwd)
     def _fwd_inductor_op(x, *args):
-        return _forward_impl(_dense_for_inductor(x), *args[:-1], False, wrap_triton)
+        *args, _sync, timesteps = args
+        return _forward_impl(_dense_for_inductor(x), *args, False, timesteps, wrap_triton)
 
     @triton_op("mpdagl::tdbn_plif_bwd_inductor", mutates_args=())
     @functools.wraps(_tdbn_plif_bwd)
@@ -420,13 +468,21 @@ def validate(
     x: object, gamma: object, beta: object, rho: object, *, residual: object, running_mean: object,
     running_var: object, training: bool, momentum: float, eps: float, vth: float, alpha: float,
     learn_tau: bool, tau: object, surrogate: str, width_rule: str, kappa0: float,
-    skip: object = None,
+    skip: object = None, timesteps: object = None,
 ) -> None:
     """Raise ValueError/TypeError naming the argument for anything the op cannot compute."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 3:
         raise ValueError(f"x must have shape [T, B, C, *S] (at least 3 dims), got {list(x.shape)}")
+    full_shape = list(x.shape)
+    if timesteps is not None:
+        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+            raise ValueError(f"timesteps must be a positive int, got {timesteps!r}")
+        if x.shape[0] != 1:
+            raise ValueError("with timesteps, x must be one timestep [1, B, C, *S] (the input at "
+                             f"every step), got shape {list(x.shape)}")
+        full_shape[0] = timesteps
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     T, B, C = x.shape[:3]
@@ -452,8 +508,9 @@ def validate(
     for name, extra in (("residual", residual), ("skip", skip)):
         if extra is not None:
             extra = _check_tensor(name, extra, device)
-            if extra.shape != x.shape:
-                raise ValueError(f"{name} must have x's shape {list(x.shape)}, got {list(extra.shape)}")
+            if list(extra.shape) != full_shape:
+                raise ValueError(f"{name} must have x's shape {full_shape} (over every timestep), "
+                                 f"got {list(extra.shape)}")
             if not extra.is_floating_point():
                 raise TypeError(f"{name} must be a floating tensor, got {extra.dtype}")
     if (running_mean is None) != (running_var is None):
@@ -500,6 +557,7 @@ def tdbn_plif(
     sync_stats: bool = False,
     check_finite: bool = False,
     backend: str = "auto",
+    timesteps: int | None = None,
 ) -> Tensor:
     """tdBN -> PLIF with the adaptive surrogate gradient, fused.
 
@@ -521,6 +579,9 @@ def tdbn_plif(
             otherwise silently give no spikes. It reads a flag back from the device (a sync).
         backend: ``auto`` (Triton on CUDA, reference elsewhere; ``$MPDAGL_BACKEND`` overrides),
             ``triton`` or ``torch``.
+        timesteps: x is then one timestep ``[1, B, C, *S]``, the input at every one of
+            ``timesteps`` steps (direct encoding): the same as ``x.expand(timesteps, ...)``, but
+            the fused kernels read x once per tile and sum its gradient over T themselves.
 
     Returns:
         Spikes ``[T, B, C, *S]`` in x's dtype and layout, exactly 0 or 1 (plus ``skip``).
@@ -534,7 +595,7 @@ def tdbn_plif(
     validate(x, gamma, beta, rho, residual=residual, running_mean=running_mean,
              running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
              alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
-             width_rule=width_rule, kappa0=kappa0, skip=skip)
+             width_rule=width_rule, kappa0=kappa0, skip=skip, timesteps=timesteps)
     if check_finite:
         for name, t in (("x", x), ("residual", residual)):
             if t is not None and not bool(torch.isfinite(t).all()):
@@ -542,6 +603,8 @@ def tdbn_plif(
                                  "silently never fire")
     sync = bool(sync_stats and training and world_size() > 1)
     if resolve_backend(backend, x.device) == "torch":
+        if timesteps is not None:
+            x = x.expand(timesteps, *x.shape[1:])
         return reference.tdbn_plif(
             x, gamma, beta, rho, residual=residual, skip=skip, running_mean=running_mean,
             running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
@@ -556,10 +619,10 @@ def tdbn_plif(
     # small PyTorch ops per layer
     spikes, mean, var, _ = fused(
         x, gamma, beta, rho if learn_tau else None, residual, skip, *stats, training, 0.0 if learn_tau else float(tau), float(eps), float(vth),
-        float(alpha), surrogate, width_rule, float(kappa0), sync,
+        float(alpha), surrogate, width_rule, float(kappa0), sync, timesteps or x.shape[0],
     )
     if training and running_mean is not None:
-        n = x.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
+        n = spikes.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
         with torch.no_grad():
             # one foreach op: inductor updates both buffers in one kernel, not one per buffer
             torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),

@@ -43,7 +43,7 @@ def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symb
     def fwd_bwd(x, grad, gamma, beta, rho, res, shortcut):
         spikes, mean, var, kappas = ops._fwd_inductor_op(x, gamma, beta, rho, res, shortcut, None,
                                                          None, True, 0.0, 1e-5, 0.5, 1.0, "rect",
-                                                         "mpdagl", 1.0, False)
+                                                         "mpdagl", 1.0, False, x.shape[0])
         return spikes, *ops._bwd_inductor_op(grad, x, gamma, beta, rho, res, mean, var, kappas, 0.0,
                                              1e-5, 0.5, 1.0, "rect", True, False)
 
@@ -84,7 +84,7 @@ def dynamo(batches: list[int], network: str | None = None) -> dict:
 
     def layer(x, gamma, beta, rho):
         spikes, *_ = ops._fwd_inductor_op(x, gamma, beta, rho, None, None, None, None, True, 0.0,
-                                          1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False)
+                                          1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False, x.shape[0])
         return spikes
 
     if network is None:

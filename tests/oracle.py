@@ -63,8 +63,10 @@ def make_inputs(case: Case) -> dict:
 DIFFERENTIABLE = ("x", "gamma", "beta", "rho", "residual", "skip")
 
 
-def run(case: Case, inputs: dict, backend: str, *, as_float64: bool = False) -> dict:
-    """Spikes, gradients of every differentiable input, and the updated running stats."""
+def run(case: Case, inputs: dict, backend: str, *, as_float64: bool = False,
+        timesteps: int | None = None) -> dict:
+    """Spikes, gradients of every differentiable input, and the updated running stats
+    (``timesteps``: x is one timestep, the input at every step)."""
     leaves = {}
     for name in DIFFERENTIABLE:
         t = inputs[name]
@@ -79,7 +81,7 @@ def run(case: Case, inputs: dict, backend: str, *, as_float64: bool = False) -> 
         residual=leaves.get("residual"), skip=leaves.get("skip"), running_mean=running_mean,
         running_var=running_var,
         training=case.training, learn_tau=case.learn_tau, tau=None if case.learn_tau else 0.3,
-        surrogate=case.surrogate, width_rule=case.width_rule, backend=backend,
+        surrogate=case.surrogate, width_rule=case.width_rule, backend=backend, timesteps=timesteps,
     )
     grads = torch.autograd.grad(spikes, list(leaves.values()), inputs["grad"].to(spikes.dtype))
     return {

@@ -68,7 +68,8 @@ def fixed_set() -> int:
                 dict(T=1 if variant == 2 and not channels_last else 4, SURROGATE=surrogate,
                      LEARN_TAU=variant != 2,
                      HAS_RESIDUAL=channels_last, WRITE_RESIDUAL_GRAD=channels_last,
-                     WRITE_DX=write_dx, BATCH_STATS=batch_stats, **block),
+                     WRITE_DX=write_dx, SUM_DX=channels_last and variant == 1,
+                     BATCH_STATS=batch_stats, **block),
             )
             count += 1
     print(f"compiled {count} kernel variants for sm_90 with triton {triton.__version__}")

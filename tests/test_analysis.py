@@ -52,8 +52,13 @@ def test_probe_against_an_independent_computation():
     before = {k: v.clone() for k, v in net.state_dict().items()}
     images = torch.rand(16, 1, 8, 8)
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0].detach()))
-             for n, m in net.neurons()]
+    def keep_input(name):  # the stem's input comes as one timestep with timesteps=T
+        def hook(module, args, kwargs):
+            x, steps = args[0].detach(), kwargs.get("timesteps")
+            inputs[name] = x if steps is None else x.expand(steps, *x.shape[1:])
+        return hook
+
+    hooks = [m.register_forward_pre_hook(keep_input(n), with_kwargs=True) for n, m in net.neurons()]
     net.train()
     with torch.no_grad():
         net(images)

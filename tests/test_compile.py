@@ -21,7 +21,7 @@ needs_traceable_kernels = pytest.mark.skipif(
     ops._fwd_inductor_op is None, reason="the inductor-launched ops need compiled Triton (a CUDA device)")
 
 
-def _fwd_args(x, residual=None, running=False, skip=None, learn_tau=True):
+def _fwd_args(x, residual=None, running=False, skip=None, learn_tau=True, timesteps=None):
     C = x.shape[2]
     f64 = dict(dtype=torch.float64, device=DEVICE)
     gamma = torch.rand(C, **f64).add_(0.5).requires_grad_()
@@ -30,23 +30,27 @@ def _fwd_args(x, residual=None, running=False, skip=None, learn_tau=True):
     rm = torch.zeros(C, **f64) if running else None
     rv = torch.ones(C, **f64) if running else None
     return (x, gamma, beta, rho, residual, skip, rm, rv, not running, 0.0 if learn_tau else 0.3,
-            1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False)
+            1e-5, 0.5, 1.0, "rect", "mpdagl", 1.0, False, timesteps or x.shape[0])
 
 
 def _fwd_variant(variant: str) -> tuple:
-    """Forward op arguments: plain, with residual and skip, in eval mode, channels-last, or
-    with a fixed decay."""
+    """Forward op arguments: plain, with residual and skip, in eval mode, channels-last, with a
+    fixed decay, or one channels-last timestep given at every step (with a residual and skip)."""
     x = torch.randn(3, 2, 4, 5, 5, dtype=torch.float64, device=DEVICE)
-    if variant == "channels_last":
+    if variant in ("channels_last", "one_step"):
         x = to_channels_last(x)
-    x.requires_grad_()
     residual, skip = ((torch.randn_like(x).requires_grad_(), torch.randn_like(x).requires_grad_())
-                      if variant == "residual" else (None, None))
+                      if variant in ("residual", "one_step") else (None, None))
+    if variant == "one_step":
+        x = x[:1].clone()
+    x.requires_grad_()
     return _fwd_args(x, residual, running=variant == "eval", skip=skip,
-                     learn_tau=variant != "fixed_tau")
+                     learn_tau=variant != "fixed_tau",
+                     timesteps=3 if variant == "one_step" else None)
 
 
-@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last", "fixed_tau"])
+@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last", "fixed_tau",
+                                     "one_step"])
 def test_opcheck_forward(variant):
     torch.library.opcheck(_fwd_op, _fwd_variant(variant))
 
@@ -62,10 +66,13 @@ def test_opcheck_backward(batch_stats, learn_tau):
             None if rho is None else rho.detach(), residual, mean, var, kappas,
             0.0 if learn_tau else 0.3, 1e-5, 0.5, 1.0, "atan", batch_stats, False)
     torch.library.opcheck(_bwd_op, args)
+    # x of one timestep given at every step: dx is its total over T
+    summed = (args[0], x[:1].clone(), *args[2:])
+    torch.library.opcheck(_bwd_op, summed)
 
 
 @needs_traceable_kernels
-@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last"])
+@pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last", "one_step"])
 def test_opcheck_inductor_ops(variant):
     """The triton_ops used under torch.compile on CUDA: schema, autograd registration, fake
     tensors and static AOT dispatch (symbolic sizes: test_inductor_route_launches_*)."""
@@ -75,7 +82,8 @@ def test_opcheck_inductor_ops(variant):
     x, gamma, beta, rho, residual, *_ = args
     mean, var = x.detach().mean(dim=(0, 1, 3, 4)), x.detach().var(dim=(0, 1, 3, 4), unbiased=False)
     kappas = torch.tensor([1.1, 0.9], dtype=torch.float64, device=DEVICE)
-    bwd_args = (torch.randn_like(x), x.detach(), gamma.detach(), beta.detach(), rho.detach(),
+    grad = torch.randn_like(x if residual is None else residual)  # one_step: x is one of T steps
+    bwd_args = (grad, x.detach(), gamma.detach(), beta.detach(), rho.detach(),
                 None if residual is None else residual.detach(), mean, var, kappas, 0.0, 1e-5, 0.5,
                 1.0, "atan", variant != "eval", False)
     torch.library.opcheck(ops._bwd_inductor_op, bwd_args, test_utils=checks)

@@ -266,6 +266,35 @@ def test_broadcast_over_time_is_read_in_place(channels_last):
         assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
 
 
+@pytest.mark.parametrize("channels_last,training", [(False, True), (True, True), (True, False)])
+def test_one_timestep_at_every_step_gets_its_gradient_summed_over_time(channels_last, training):
+    """``timesteps``: x ``[1, B, C, *S]`` is the input at every step (direct encoding). The kernels
+    read it in place and the dx pass writes its total over T (against the reference on the
+    expanded input); the residual and skip stay per step."""
+    case = Case((4, 3, 5, 6, 7), channels_last=channels_last, residual=True, skip=True,
+                training=training, seed=43)
+    inputs = make_inputs(case)
+    inputs["x"] = inputs["x"][:1].clone()
+    got = run(case, inputs, "triton", timesteps=4)
+    want = run(case, inputs, "torch", timesteps=4)
+    assert torch.equal(got["spikes"], want["spikes"]) and got["spikes"].shape == case.shape
+    assert got["grads"]["x"].shape == (1, 3, 5, 6, 7)
+    assert got["grads"]["x"].stride() == inputs["x"].stride()
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], 1e-10, name)
+    for name in ("running_mean", "running_var"):
+        assert_close_to_max(got[name], want[name], 1e-10, name)
+
+
+def test_timesteps_needs_one_timestep_of_x():
+    x = torch.randn(2, 3, 4, 5)
+    with pytest.raises(ValueError, match="one timestep"):
+        M.tdbn_plif(x, torch.ones(4), torch.zeros(4), torch.tensor(-1.0), timesteps=4)
+    with pytest.raises(ValueError, match="residual must have x's shape \\[4, 3, 4, 5\\]"):
+        M.tdbn_plif(x[:1], torch.ones(4), torch.zeros(4), torch.tensor(-1.0), timesteps=4,
+                    residual=torch.randn(1, 3, 4, 5))
+
+
 def test_launch_plans_follow_the_launch_parameters(monkeypatch):
     """Plans are memoized, but keyed by the module's launch parameters: changing one (as
     bench.tune does) changes the next launch, and restoring it restores the plan."""

@@ -7,6 +7,7 @@
 # Stages: tests tune step-ro step step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
+# layer-stem (the first layer: one input timestep at every step, `timesteps=T`),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
 # (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
 # JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
@@ -53,6 +54,8 @@ for stage in $stages; do
     step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
     layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
+    layer-stem) run layer_stem 80 python3 -m bench.layer --stem --shapes 4x64x128x32x32 --dtypes fp32 bf16 \
+                  --impls fused fused-compiled reference-compiled --json "$OUT/layer_stem.json" ;;
     step-others) run step_others 150 python3 -m bench.train_step --impls spikingjelly reference \
                    --json "$OUT/train_step_others.json" ;;
     data) run data 60 python3 -m bench.data --synthetic 20000 --batch-size 128 --json "$OUT/data.json" ;;

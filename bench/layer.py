@@ -13,6 +13,12 @@ Implementations (those that cannot run on the device are reported as skipped):
 
 The roofline column is 8 passes over the activation (stats read, forward read + write, backward
 two reads, then two reads + one write) at the copy bandwidth measured in the same run.
+
+``--stem`` measures the layer as a network's first one runs: its input is one timestep
+``[1, B, C, H, W]``, the same at every step (ours: ``timesteps=T``, read in place, the gradient
+summed over T by the kernel; the others get ``x.expand(T, ...)``). The roofline then counts 3
+passes over the T-step activation (the spikes written, dS read twice) and 5 over the one-step
+input (read by each of the four passes, dx written).
 """
 
 from __future__ import annotations
@@ -77,22 +83,30 @@ def build(impl: str, channels: int, device: torch.device):
 
 
 def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.device, warmup: int,
-            repeats: int) -> dict:
+            repeats: int, stem: bool = False) -> dict:
     row = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
     module = build(impl, shape[2], device)
     if isinstance(module, str):
         row["note"] = module
         return row
-    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    T = shape[0]
+    x = torch.randn([1, *shape[1:]] if stem else shape, device=device, dtype=dtype).requires_grad_()
     grad = torch.randn(shape, device=device, dtype=dtype)
+
+    def run():
+        if not stem:
+            return module(x)
+        if impl == "spikingjelly":
+            return module(x.expand(T, *x.shape[1:]))
+        return module(x, timesteps=T)
 
     def forward():
         with torch.no_grad():
-            return module(x)
+            return run()
 
     def step():
         x.grad = None
-        module(x).backward(grad)
+        run().backward(grad)
 
     try:
         row["fwd_ms"] = time_ms(forward, device, warmup, repeats)
@@ -114,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--impls", nargs="+", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--stem", action="store_true", help="the input is one timestep, the same at every step")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -127,9 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
             dtype = DTYPES[dtype_name]
             roofline = None
             if bandwidth:
-                roofline = 8 * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
+                passes = 3 + 5 / shape[0] if args.stem else 8
+                roofline = passes * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
             for impl in args.impls:
-                row = measure(impl, shape, dtype, device, args.warmup, args.repeats)
+                row = measure(impl, shape, dtype, device, args.warmup, args.repeats, args.stem)
                 row["roofline_ms"] = roofline
                 rows.append(row)
                 print_table([row], ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mib",

@@ -25,6 +25,13 @@ def test_layer_benchmark(tmp_path):
     assert rows[1]["note"] == "needs CUDA" or rows[1]["fwd_bwd_ms"] > 0
 
 
+def test_layer_benchmark_as_a_stem(tmp_path):
+    """--stem: one input timestep at every step (timesteps=T for ours)."""
+    rows = bench("layer", "--shapes", "3x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",
+                 "--warmup", "0", "--repeats", "1", "--stem", json_out=tmp_path / "l.json")["rows"]
+    assert rows[0]["fwd_bwd_ms"] > 0 and rows[0]["shape"] == "3x2x3x4x4"
+
+
 def test_train_step_benchmark(tmp_path):
     rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
                  "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", "--profile", "1",

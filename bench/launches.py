@@ -51,7 +51,9 @@ def _pretend_cuda() -> None:
     cuda.get_rng_state = lambda *args, **kwargs: torch.zeros(16, dtype=torch.uint8)
     cuda.set_rng_state = lambda *args, **kwargs: None
     # meta tensors have no device, so torch leaves every conv output contiguous: use cuDNN's rule
-    channels_last = lambda t: t.dim() == 4 and torch._prims_common.suggest_memory_format(t) == torch.channels_last
+    def channels_last(t):
+        return t.dim() == 4 and torch._prims_common.suggest_memory_format(t) == torch.channels_last
+
     torch._C._conv_determine_backend_memory_format = lambda i, w, backend: (
         torch.channels_last if channels_last(i) or channels_last(w) else torch.contiguous_format)
     # a reinplacing pass computes a scatter's fake result with a copy_ that needs a CUDA device
@@ -60,8 +62,9 @@ def _pretend_cuda() -> None:
     import torch._inductor.fx_passes.reinplace as reinplace
 
     scatter = reinplace._inplace_generalized_scatter
-    reinplace._scatter_as_traced = types.FunctionType(scatter.__code__, scatter.__globals__, "_scatter_as_traced",
-                                                      scatter.__defaults__, scatter.__closure__)
+    reinplace._scatter_as_traced = types.FunctionType(scatter.__code__, scatter.__globals__,
+                                                      "_scatter_as_traced", scatter.__defaults__,
+                                                      scatter.__closure__)
 
     def tolerant(inp, src, view_ops):
         try:
@@ -80,7 +83,8 @@ def _model(impl: str, T: int):
         class StemLayer(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                self.neuron, self.conv = TdBNPLIF(128, backend="triton"), torch.nn.Conv2d(128, 128, 3, padding=1)
+                self.neuron = TdBNPLIF(128, backend="triton")
+                self.conv = torch.nn.Conv2d(128, 128, 3, padding=1)
 
             def forward(self, x):
                 return self.conv(self.neuron(x.unsqueeze(0), timesteps=T).flatten(0, 1))
@@ -100,6 +104,7 @@ def generate(impl: str, T: int, B: int, channels_last: bool) -> list[str]:
     from torch._functorch.aot_autograd import aot_module_simplified
     from torch._functorch.partitioners import min_cut_rematerialization_partition
     from torch._inductor import config
+    from torch._inductor import graph as inductor_graph
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -127,14 +132,16 @@ def generate(impl: str, T: int, B: int, channels_last: bool) -> list[str]:
     net = net.to("meta", memory_format=fmt)
     with offline_driver():
         images = torch.empty(B, channels, 32, 32, device="meta", requires_grad=impl == "layer")
-        torch.compile(net, backend=backend, fullgraph=True)(images.contiguous(memory_format=fmt)).sum().backward()
+        compiled = torch.compile(net, backend=backend, fullgraph=True)
+        compiled(images.contiguous(memory_format=fmt)).sum().backward()
     cuda = torch.device("cuda", 0)
     codes = []
     with offline_driver():
         fake = FakeTensorMode()
         for index, graph in enumerate(graphs):
             for node in graph.graph.nodes:  # meta -> cuda
-                node.args = tuple(cuda if isinstance(a, torch.device) and a.type == "meta" else a for a in node.args)
+                node.args = tuple(cuda if isinstance(a, torch.device) and a.type == "meta" else a
+                                  for a in node.args)
                 node.kwargs = {k: cuda if isinstance(v, torch.device) and v.type == "meta" else v
                                for k, v in node.kwargs.items()}
             graph.recompile()
@@ -144,8 +151,6 @@ def generate(impl: str, T: int, B: int, channels_last: bool) -> list[str]:
                           for n in graph.graph.nodes if n.op == "placeholder"]
             FakeTensorProp(graph, fake).propagate_dont_convert_inputs(*inputs)
             written = []
-            from torch._inductor import graph as inductor_graph
-
             save = inductor_graph.GraphLowering.codegen
 
             def codegen(self, *args, **kwargs):
@@ -166,7 +171,8 @@ def generate(impl: str, T: int, B: int, channels_last: bool) -> list[str]:
 
 
 def count(code: str) -> dict:
-    """Launches of the generated ``call`` by kernel (ours, inductor's, extern) and allocations."""
+    """Launches of the generated ``call``, per kernel and as totals: ours, inductor's, and extern
+    ones (cuDNN convolutions, GEMMs)."""
     body = code[code.index("def call(self, args)"):]
     kernels: collections.Counter = collections.Counter()
     for line in body.splitlines():
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("run without TRITON_INTERPRET: the interpreter's kernels cannot be traced")
     from bench.common import write_json
 
-    graphs = dict(zip(["forward", "backward"], (count(c) for c in generate(args.impl, args.T, args.B, not args.nchw))))
+    codes = generate(args.impl, args.T, args.B, channels_last=not args.nchw)
+    graphs = {name: count(code) for name, code in zip(["forward", "backward"], codes)}
     for name, graph in graphs.items():
         print(f"{name}: ours {graph['ours']}, inductor {graph['inductor']}, extern {graph['extern']}")
         for kernel, n in graph["kernels"].items():

@@ -31,7 +31,8 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
   twice: first it writes per-program channel sums of dy, dy * xhat and the tau-gradient term,
   then (WRITE_DX) dx, which needs their channel means, and dresidual; in that pass the first
   program of each channel block also writes dgamma and dbeta from the sums, and the very first
-  one d(rho).
+  one d(rho). For an x broadcast over T (one input at every step, SUM_DX) the dx pass adds the T
+  gradients in registers and writes one timestep.
 - ``_sum_partials_kernel``    between the two: adds the ``[P, 3, C]`` per-program sums up to
   ``[3, C]``. Grid ``(cdiv(3C, BLOCK_C),)``. (A PyTorch ``sum`` did this before; inductor split it
   into two kernels.)
@@ -612,8 +613,8 @@ class Launch(NamedTuple):
 
 def plan(kernel: str, layout: Layout, T: int, batch: int) -> Launch:
     """The launch geometry of ``kernel`` (``"stats"``, ``"finalize"``, ``"forward"``,
-    ``"backward"`` or ``"sums"``) for a layout. Memoized: working it out took more host time than a small
-    kernel's GPU time. The key holds the launch parameters above, so changing one (as
+    ``"backward"`` or ``"sums"``) for a layout. Memoized: working it out took more host time than
+    a small kernel's GPU time. The key holds the launch parameters above, so changing one (as
     ``bench.tune`` does) takes effect at the next launch."""
     return _plan(kernel, layout, T, batch, _knob_values(globals()))
 
@@ -726,8 +727,8 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     x_mem = _memory(x)
     wrap(_forward_kernel)[p.grid](
         x_mem, residual if residual is not None else x_mem, skip if skip is not None else x_mem,
-        out, kappas, mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows, layout.n_cols,
-        p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
+        out, kappas, mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows,
+        layout.n_cols, p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
         layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
         float(widths.gamma_floor), T=T, WIDTH_RULE=WIDTH_RULE_IDS[widths.rule],
         LEARN_TAU=rho is not None, HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,

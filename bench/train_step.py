@@ -35,6 +35,7 @@ from torch import nn
 from bench.common import environment, print_table, synchronize, time_ms, write_json
 from mpdagl_triton import models
 from mpdagl_triton.layers import TdBNPLIF
+from mpdagl_triton.ops import compile_options
 
 #: (name, T, B, channels_last) of issue 7's two settings
 SETTINGS = {"t4b64": (4, 64, True), "t2b128": (2, 128, False), "t2b128cl": (2, 128, True)}
@@ -253,7 +254,7 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    step_model = torch.compile(net, mode=compile_mode) if compile_model else net
+    step_model = torch.compile(net, options=compile_options(compile_mode)) if compile_model else net
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(B, 3, 32, 32, device=device)
     if channels_last:

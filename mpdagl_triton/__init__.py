@@ -2,6 +2,7 @@
 
 Public API:
     tdbn_plif(x, gamma, beta, rho, ...)  fused tdBN -> PLIF with the adaptive surrogate gradient
+    compile_options(mode)                torch.compile options: our kernels on inductor's fast launcher
     kappas(gamma, rho_or_tau, ...)       the surrogate widths of a layer
     TdBNPLIF, TdBN, PLIF                 modules
     reference                            the readable PyTorch reference (test oracle, CPU path)
@@ -21,7 +22,7 @@ if not (_Path(__file__).parent / "kernels").is_dir() and (_checkout / "kernels" 
 
 from mpdagl_triton import reference  # noqa: E402
 from mpdagl_triton.layers import PLIF, TdBN, TdBNPLIF  # noqa: E402
-from mpdagl_triton.ops import resolve_backend, tdbn_plif  # noqa: E402
+from mpdagl_triton.ops import compile_options, resolve_backend, tdbn_plif  # noqa: E402
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, kappas  # noqa: E402
 from mpdagl_triton.hub import load  # noqa: E402
 
@@ -31,6 +32,7 @@ __all__ = [
     "TdBN",
     "TdBNPLIF",
     "WIDTH_RULES",
+    "compile_options",
     "kappas",
     "load",
     "reference",

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from mpdagl_triton import __version__, analysis, data, models
 from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_text, load_tensors, read_jsonl,
                                       save_tensors)
+from mpdagl_triton.ops import compile_options
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
 
 STATE_NAME = "trainer_state.safetensors"
@@ -479,7 +480,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(wrapped, mode=cfg.compile_mode) if cfg.compile else wrapped
+    step_model = wrapped
+    if cfg.compile:
+        step_model = torch.compile(wrapped, options=compile_options(cfg.compile_mode))
     train_loader = data.Loader(dataset.train, dataset, cfg.batch_size, device, train=True,
                                workers=cfg.workers, rank=dist.rank, world=dist.world)
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,

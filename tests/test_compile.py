@@ -159,8 +159,19 @@ def test_compile_fullgraph_equals_eager(backend):
         torch.testing.assert_close(b1, b2, rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_compile_options_launch_our_kernels_statically(monkeypatch):
+    """compile_options: the mode's inductor options plus the static launcher for our kernels
+    (unless MPDAGL_STATIC_LAUNCH=0), accepted by torch.compile."""
+    assert ops.compile_options() == {"static_launch_user_defined_triton_kernels": True}
+    assert ops.compile_options("reduce-overhead") == {"triton.cudagraphs": True,
+                                                      "static_launch_user_defined_triton_kernels": True}
+    monkeypatch.setattr(ops, "STATIC_LAUNCH", False)
+    assert ops.compile_options("reduce-overhead") == {"triton.cudagraphs": True}
+
+
 def test_compile_inductor_no_graph_breaks():
-    """The inductor backend too, counting graphs: one forward graph means no break."""
+    """The inductor backend too, counting graphs: one forward graph means no break. With
+    compile_options: on CUDA, inductor launches our kernels through its static launcher."""
     torch._dynamo.reset()
     torch.manual_seed(1)
     model = TwoLayer("triton").to(DEVICE)
@@ -168,7 +179,7 @@ def test_compile_inductor_no_graph_breaks():
     reference_model.load_state_dict(model.state_dict())
     counters = torch._dynamo.utils.counters
     counters.clear()
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=True, options=ops.compile_options())
     x = torch.randn(2, 2, 2, 5, 5, device=DEVICE)
     out = compiled(x)
     out.sum().backward()

@@ -161,8 +161,9 @@ def time_layer(shape, dtype, channels_last, device) -> dict:
 def host_overheads(device: torch.device) -> list[dict]:
     """Host microseconds per call on a tiny layer, where the GPU has next to nothing to do: what a
     Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it);
-    compiled, with the kernels launched by inductor (the default on CUDA) and through the
-    opaque custom ops (``MPDAGL_INDUCTOR_LAUNCH=0``)."""
+    compiled, with the kernels launched by inductor (the default on CUDA; through Triton's launcher,
+    torch's default for user-defined kernels, and through inductor's static launcher, which
+    ``compile_options`` asks for) and through the opaque custom ops (``MPDAGL_INDUCTOR_LAUNCH=0``)."""
     sets, p = make_inputs([4, 2, 8, 4, 4], torch.float32, False, device, sets=1)
     x, grad = sets[0]
     layout = K.Layout.of(x)
@@ -171,11 +172,13 @@ def host_overheads(device: torch.device) -> list[dict]:
     layer = TdBNPLIF(8, backend="triton").to(device)
     xg = x.clone().requires_grad_()
 
-    def compiled_layer_us(inductor_launch: bool) -> float:
+    def compiled_layer_us(inductor_launch: bool, static_launch: bool = True) -> float:
         ops.INDUCTOR_LAUNCH = inductor_launch  # read (and guarded on) while dynamo traces
         try:
             torch._dynamo.reset()
-            compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device), fullgraph=True)
+            options = ops.compile_options() if static_launch else {}
+            compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device), fullgraph=True,
+                                     options=options)
             return host.host_us(lambda: compiled(xg).backward(grad), device)
         finally:
             ops.INDUCTOR_LAUNCH = DEFAULT_ROUTE
@@ -188,7 +191,10 @@ def host_overheads(device: torch.device) -> list[dict]:
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
     }
     rows = [{"call": name, "host_us": host.host_us(fn, device)} for name, fn in calls.items()]
-    rows.append({"call": "layer fwd+bwd, torch.compile, inductor launches", "host_us": compiled_layer_us(True)})
+    rows.append({"call": "layer fwd+bwd, torch.compile, inductor launches (Triton's launcher)",
+                 "host_us": compiled_layer_us(True, static_launch=False)})
+    rows.append({"call": "layer fwd+bwd, torch.compile, inductor launches (static launcher)",
+                 "host_us": compiled_layer_us(True)})
     rows.append({"call": "layer fwd+bwd, torch.compile, custom ops", "host_us": compiled_layer_us(False)})
     return rows
 

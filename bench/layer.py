@@ -32,7 +32,7 @@ from torch import nn
 
 from bench.common import (DTYPES, copy_bandwidth_gbs, environment, peak_memory_bytes, print_table,
                           time_ms, write_json)
-from mpdagl_triton import TdBNPLIF
+from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
 IMPLEMENTATIONS = ["fused", "fused-compiled", "reference", "reference-compiled", "spikingjelly"]
@@ -78,7 +78,7 @@ def build(impl: str, channels: int, device: torch.device):
         except ImportError:
             return "spikingjelly not installed"
     if impl.endswith("compiled") or impl == "spikingjelly":
-        module = torch.compile(module)
+        module = torch.compile(module, options=compile_options())
     return module
 
 

@@ -724,9 +724,10 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     p = plan("forward", layout, T, int(x.shape[1]))
     wrap = wrap or _direct
     kappas = torch.empty(2, dtype=mean.dtype, device=x.device)
-    x_mem = _memory(x)
+    # unused pointer arguments get mean, which the kernel only reads (x itself would be realized
+    # once per argument by inductor when it needs a layout conversion)
     wrap(_forward_kernel)[p.grid](
-        x_mem, residual if residual is not None else x_mem, skip if skip is not None else x_mem,
+        _memory(x), residual if residual is not None else mean, skip if skip is not None else mean,
         out, kappas, mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows,
         layout.n_cols, p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
         layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
@@ -766,16 +767,15 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
     drho = None if rho is None else rho.new_empty(1)
     x_stride_t, stride_t = int(x.stride(0)), int(grad.stride(0))
     sum_dx = T > 1 and dx.shape[0] == 1
-    x_mem = _memory(x)
 
     def launch(write_dx: bool, sums: torch.Tensor, dy_sums: torch.Tensor, dy_count: int) -> None:
-        # unused pointer arguments get x's memory, which no kernel writes: no argument aliases a
-        # written one
+        # unused pointer arguments get mean, which no kernel writes: no argument aliases a written
+        # one (and x would be realized once per argument where inductor converts its layout)
         wrap(_backward_kernel)[p.grid](
-            grad, x_mem, residual if residual is not None else x_mem, dx,
-            dresidual if dresidual is not None else x_mem, partial, sums, dy_sums, dgamma, dbeta,
-            drho if drho is not None else x_mem, kappas, mean, var, gamma, beta,
-            rho if rho is not None else x_mem, layout.n_rows, layout.n_cols, p.col_blocks,
+            grad, _memory(x), residual if residual is not None else mean, dx,
+            dresidual if dresidual is not None else mean, partial, sums, dy_sums, dgamma, dbeta,
+            drho if drho is not None else mean, kappas, mean, var, gamma, beta,
+            rho if rho is not None else mean, layout.n_rows, layout.n_cols, p.col_blocks,
             layout.n_chan, x_stride_t, stride_t, layout.stride_row, layout.stride_chan,
             p.row_iters, eps, vth, alpha, float(tau), float(dy_count),
             T=T, SURROGATE=SURROGATE_IDS[surrogate], LEARN_TAU=rho is not None,
@@ -786,7 +786,7 @@ def backward(grad: torch.Tensor, x: torch.Tensor, layout: Layout, dx: torch.Tens
             COMPUTE=_TL_DTYPES[cdtype], num_warps=p.num_warps,
         )
 
-    launch(write_dx=False, sums=x_mem, dy_sums=x_mem, dy_count=1)
+    launch(write_dx=False, sums=mean, dy_sums=mean, dy_count=1)
     sums = torch.empty((3, layout.n_chan), dtype=cdtype, device=x.device)
     r = plan("sums", layout, T, int(x.shape[1]))
     wrap(_sum_partials_kernel)[r.grid](partial, sums, r.partials, 3 * layout.n_chan,

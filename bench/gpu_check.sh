@@ -7,7 +7,8 @@
 # Stages: tests tune step-ro step step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
-# layer-stem (the first layer: one input timestep at every step, `timesteps=T`),
+# layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
+# NCHW with and without inductor's layout optimization: should NCHW models train channels-last?),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
 # (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
 # JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
@@ -54,6 +55,10 @@ for stage in $stages; do
     step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
     layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
+    step-nchw) run step_nchw 150 python3 -m bench.train_step --impls ann mpdagl --settings t2b128 \
+                 --json "$OUT/train_step_nchw.json"
+               run step_nchw_no_layout_opt 150 python3 -m bench.train_step --impls ann mpdagl --settings t2b128 \
+                 --no-layout-optimization --json "$OUT/train_step_nchw_no_layout_opt.json" ;;
     layer-stem) run layer_stem 80 python3 -m bench.layer --stem --shapes 4x64x128x32x32 --dtypes fp32 bf16 \
                   --impls fused fused-compiled reference-compiled --json "$OUT/layer_stem.json" ;;
     step-others) run step_others 150 python3 -m bench.train_step --impls spikingjelly reference \

@@ -241,7 +241,7 @@ def print_profile(profile: dict) -> None:
 
 
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
-            compile_mode="default", profile_steps=0) -> dict:
+            compile_mode="default", profile_steps=0, layout_optimization=True) -> dict:
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
     try:
@@ -254,7 +254,10 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    step_model = torch.compile(net, options=compile_options(compile_mode)) if compile_model else net
+    options = compile_options(compile_mode)
+    if not layout_optimization:  # inductor otherwise runs an NCHW model's convs channels-last
+        options["layout_optimization"] = False
+    step_model = torch.compile(net, options=options) if compile_model else net
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     images = torch.randn(B, 3, 32, 32, device=device)
     if channels_last:
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, help="override B (e.g. small runs on the CPU)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
+    parser.add_argument("--no-layout-optimization", action="store_true",
+                        help="keep an NCHW model's convolutions NCHW under inductor (copies around ours otherwise)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
             variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
         for cl, dtype in variants:
             group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
-                             args.compile_mode, args.profile) for impl in args.impls]
+                             args.compile_mode, args.profile, not args.no_layout_optimization)
+                     for impl in args.impls]
             floor = next((r.get("ms") for r in group if r["impl"] == "ann"), None)
             for r in group:
                 if floor and r.get("ms"):

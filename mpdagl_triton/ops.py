@@ -150,6 +150,13 @@ def _in_layout_of(like: Tensor, t: Tensor) -> Tensor:
     return torch.empty_like(like, dtype=t.dtype).copy_(t)
 
 
+def _with_strides(t: Tensor, strides: tuple[int, ...]) -> Tensor:
+    """``t`` with ``strides``; copies only when they differ."""
+    if t.stride() == strides:
+        return t
+    return torch.empty_strided(t.shape, strides, dtype=t.dtype, device=t.device).copy_(t)
+
+
 def _tile_layout(x: Tensor, out: Tensor):
     """The kernels' layout when x and out agree after T (x's T stride may differ), else None."""
     if out.stride()[1:] != x.stride()[1:]:
@@ -202,6 +209,12 @@ def _at_every_step(x: Tensor, timesteps: int) -> Tensor:
     return (x if _dense(x) else x.contiguous()).expand(timesteps, *x.shape[1:])
 
 
+def _one_step(x: Tensor) -> Tensor:
+    """x ``[1, B, C, *S]`` in a layout the tiles walk in place (else a contiguous copy): the
+    backward's one timestep, whose dx the kernels write directly."""
+    return x if _dense(x) and _kernels.Layout.of(x) is not None else x.contiguous()
+
+
 def _tdbn_plif_fwd(
     x: Tensor,
     gamma: Tensor,
@@ -250,10 +263,11 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
                    wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dgamma, dbeta, drho, dresidual); drho and dresidual are empty without rho, residual.
     An x of one timestep given at every step (the forward's ``timesteps``) gets dx summed over T."""
-    if x.shape[0] != grad.shape[0]:
-        return _backward_summed(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps,
-                                vth, alpha, surrogate, batch_stats, sync, wrap)
-    if _broadcast_of_dense(x) and grad.stride() == _unbroadcast_strides(x):
+    summed = x.shape[0] != grad.shape[0]
+    if summed:  # the kernels read the one timestep in place and add dx up over T in registers
+        step = _one_step(x)
+        x, dx = step.expand(grad.shape[0], *step.shape[1:]), torch.empty_like(step)
+    elif _broadcast_of_dense(x) and grad.stride() == _unbroadcast_strides(x):
         # not the forward's allocation for the spikes (same call, same arguments): AOTAutograd
         # would merge the two and keep that buffer for the backward, and inductor would copy it
         # before each kernel writes it
@@ -263,14 +277,17 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
     dres = None if residual is None else _output_like(x, residual.dtype)
     work, work_dx, work_dres = x, dx, dres
     layout = _tile_layout(x, dx)
-    if layout is None:  # a layout the tiles can't walk: compute on contiguous copies
+    if layout is None:  # a layout the tiles can't walk (never a summed one): contiguous copies
         work = x.contiguous()
         work_dx = torch.empty_like(work)
         work_dres = None if dres is None else torch.empty_like(work, dtype=dres.dtype)
         layout = _kernels.Layout.of(work)
-    grad = _in_layout_of(work_dx, grad)
-    if residual is not None:
-        residual = _in_layout_of(work_dx, residual)
+    if summed:  # grad and residual: T real slices in x's layout
+        grad = _with_strides(grad, _unbroadcast_strides(x))
+        residual = None if residual is None else _with_strides(residual, grad.stride())
+    else:
+        grad = _in_layout_of(work_dx, grad)
+        residual = None if residual is None else _in_layout_of(work_dx, residual)
     dgamma, dbeta, drho = _kernels.backward(
         grad, work, layout, work_dx, work_dres, gamma, beta, rho, tau, residual, mean, var, kappas,
         eps, vth, alpha, surrogate, batch_stats,
@@ -279,35 +296,6 @@ def _backward_impl(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Op
         dx.copy_(work_dx)
         if dres is not None:
             dres.copy_(work_dres)
-    return (dx, dgamma, dbeta, x.new_empty(0) if drho is None else drho,
-            x.new_empty(0) if dres is None else dres)
-
-
-def _backward_summed(grad: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
-                     residual: Optional[Tensor], mean: Tensor, var: Tensor, kappas: Tensor,
-                     tau: float, eps: float, vth: float, alpha: float, surrogate: str,
-                     batch_stats: bool, sync: bool, wrap=None) -> tuple[Tensor, ...]:
-    """_backward_impl for x ``[1, B, C, *S]`` given at every one of grad's T steps: the kernels read
-    x in place (T stride 0) and write dx ``[1, B, C, *S]`` as the total over T, in registers."""
-    step = x if _dense(x) else x.contiguous()
-    x = step.expand(grad.shape[0], *step.shape[1:])
-    layout = _kernels.Layout.of(x)
-    if layout is None:  # a layout the tiles can't walk: the one timestep, contiguous
-        step = step.contiguous()
-        x = step.expand(x.shape)
-        layout = _kernels.Layout.of(x)
-    dx = torch.empty_like(step)
-    per_step = _unbroadcast_strides(x)  # grad, residual and dresidual: T real slices in x's layout
-    if grad.stride() != per_step:
-        grad = torch.empty_strided(x.shape, per_step, dtype=grad.dtype,
-                                   device=grad.device).copy_(grad)
-    dres = None if residual is None else _output_like(x, residual.dtype)
-    if residual is not None and residual.stride() != per_step:
-        residual = torch.empty_like(grad, dtype=residual.dtype).copy_(residual)
-    dgamma, dbeta, drho = _kernels.backward(
-        grad, x, layout, dx, dres, gamma, beta, rho, tau, residual, mean, var,
-        kappas, eps, vth, alpha, surrogate, batch_stats,
-        _global_dy_sums if sync and batch_stats and world_size() > 1 else None, wrap)
     return (dx, dgamma, dbeta, x.new_empty(0) if drho is None else drho,
             x.new_empty(0) if dres is None else dres)
 
@@ -343,9 +331,10 @@ _bwd_op = torch.library.custom_op("mpdagl::tdbn_plif_bwd", _tdbn_plif_bwd, mutat
 @_bwd_op.register_fake
 def _bwd_fake(grad, x, gamma, beta, rho, residual, mean, var, kappas, tau, eps, vth, alpha,
               surrogate, batch_stats, sync):
-    dx = torch.empty_like(x if _dense(x) else x.contiguous())  # x of one timestep: its total
+    summed = x.shape[0] != grad.shape[0]  # x of one timestep: dx is its total over T
+    dx = torch.empty_like(_one_step(x)) if summed else None
     x = _at_every_step(x, grad.shape[0])
-    return (dx if dx.shape[0] != grad.shape[0] else _output_like(x), torch.empty_like(gamma),
+    return (dx if summed else _output_like(x), torch.empty_like(gamma),
             torch.empty_like(beta), x.new_empty(0) if rho is None else torch.empty_like(rho),
             x.new_empty(0) if residual is None else _output_like(x, residual.dtype))
 

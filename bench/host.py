@@ -29,8 +29,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.common import environment, print_table, write_json
 
-KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
-           "_sum_partials_kernel")
 #: aten ops that launch no device kernel
 NO_KERNEL = {"empty.memory_format", "empty_like.default", "empty_strided.default", "new_empty.default",
              "detach.default", "alias.default", "view.default", "_unsafe_view.default", "select.int",
@@ -57,9 +55,9 @@ def stubbed_kernels():
     from mpdagl_triton import ops
     from mpdagl_triton.kernels import tdbn_plif as K
 
-    saved = {name: getattr(K, name) for name in KERNELS}
+    saved = {name: getattr(K, name) for name in K.KERNEL_NAMES}
     saved_route = ops.INDUCTOR_LAUNCH
-    stubs = {name: _CountingKernel() for name in KERNELS}
+    stubs = {name: _CountingKernel() for name in K.KERNEL_NAMES}
     for name, stub in stubs.items():
         setattr(K, name, stub)
     ops.INDUCTOR_LAUNCH = False

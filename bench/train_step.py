@@ -34,6 +34,7 @@ from torch import nn
 
 from bench.common import environment, print_table, synchronize, time_ms, write_json
 from mpdagl_triton import models
+from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
 from mpdagl_triton.ops import compile_options
 
@@ -148,8 +149,7 @@ def host_ms(step, device: torch.device, repeats: int) -> float:
 
 #: kernel-name fragments -> family, first match wins (inductor's fused kernels are "triton_*")
 KERNEL_FAMILIES = [
-    ("ours", ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
-              "_sum_partials_kernel")),
+    ("ours", KERNEL_NAMES),
     ("spikingjelly", ("plif", "lif_")),
     ("conv", ("conv", "gemm", "cutlass", "xmma", "sm90", "sm80", "implicit", "wgrad", "dgrad", "cudnn")),
     ("batchnorm", ("batch_norm", "bn_", "welford")),
@@ -166,7 +166,7 @@ def kernel_family(name: str) -> str:
 #: host's time per step goes; "compiled graph" is the Python of torch.compile's generated wrappers
 HOST_FAMILIES = [
     ("CUDA API", lambda name: re.match(r"cu(da)?[A-Z]", name) is not None),
-    ("our kernel launches", lambda name: any(k in name for k in KERNEL_FAMILIES[0][1])),
+    ("our kernel launches", lambda name: any(k in name for k in KERNEL_NAMES)),
     ("inductor kernel launches", lambda name: name.startswith("triton_")),
     ("compiled graph", lambda name: name.startswith(("## Call CompiledFxGraph", "CompiledFunction",
                                                      "Torch-Compiled Region", "TorchDynamo"))),

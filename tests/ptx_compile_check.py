@@ -18,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 
-KERNELS = ("_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel", "_backward_kernel",
-           "_sum_partials_kernel")
 
 
 def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
@@ -148,7 +146,7 @@ def record(pytest_args: list[str], path: str) -> int:
 
             return call
 
-    for name in KERNELS:
+    for name in K.KERNEL_NAMES:
         setattr(K, name, Recorder(name, getattr(K, name)))
     code = pytest.main(["-q", "-p", "no:cacheprovider", *pytest_args])
     with open(path, "w") as f:

@@ -4,49 +4,64 @@ under 8 minutes on one GPU).
 
     python -m bench.all --out bench/results          # one GPU; most of the time is torch.compile
 
-Each part also runs alone (``python -m bench.layer`` etc.). Record what you measure, with the card
-and date, in bench/RESULTS.md.
+Each part runs in a process of its own, as it would alone (``python -m bench.layer`` etc.):
+SpikingJelly, measured in the layer part, changes dynamo and torch.compile's cache key for the
+rest of its process. The training-step part first compiles its eight steps in ``--jobs`` parallel
+processes, which fill torch.compile's on-disk caches, then measures one step at a time (run 5 on
+an H100 spent ~285 s compiling and measuring one setting's four steps in series). Record what you
+measure, with the card and date, in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from bench import data as data_bench
-from bench import layer, probe, train_step
 from bench.common import environment, print_table, write_json
+
+
+def parts(out: Path, full: bool, jobs: int) -> dict[str, list[str]]:
+    """Each part's module and arguments."""
+    shapes = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8"] if full else ["4x64x128x32x32"]
+    return {
+        "layer": ["bench.layer", "--shapes", *shapes, "--json", str(out / "layer.json")],
+        "train_step": ["bench.train_step", "--jobs", str(jobs), "--json", str(out / "train_step.json")],
+        "data": ["bench.data", "--synthetic", "50000", "--batch-size", "128", "--json", str(out / "data.json")],
+        "probe": ["bench.probe", "--arch", "resnet19", "--images", "50000", "--batch-size", "128", "-T", "2",
+                  "--size", "32", "--channels", "3", "--json", str(out / "probe.json")],
+    }
+
+
+def run_part(command: list[str]) -> int:
+    """``python -m <command>`` in a process of its own; its exit status."""
+    return subprocess.run([sys.executable, "-m", *command]).returncode
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--full", action="store_true", help="three layer shapes instead of issue 7's one")
+    parser.add_argument("--jobs", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)),
+                        help="parallel compile processes of the training-step part (0: compile as it measures)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shapes = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8"] if args.full else ["4x64x128x32x32"]
-    parts = {
-        "layer": lambda: layer.main(["--shapes", *shapes, "--json", str(out / "layer.json")]),
-        "train_step": lambda: train_step.main(["--json", str(out / "train_step.json")]),
-        "data": lambda: data_bench.main(["--synthetic", "50000", "--batch-size", "128",
-                                         "--json", str(out / "data.json")]),
-        "probe": lambda: probe.main(["--arch", "resnet19", "--images", "50000", "--batch-size", "128",
-                                     "-T", "2", "--size", "32", "--channels", "3",
-                                     "--json", str(out / "probe.json")]),
-    }
     rows = []
-    for name, run in parts.items():
+    for name, command in parts(out, args.full, args.jobs).items():
         start = time.perf_counter()
-        run()
-        rows.append({"part": name, "seconds": time.perf_counter() - start})
-    rows.append({"part": "suite", "seconds": sum(row["seconds"] for row in rows)})
-    print_table(rows, ["part", "seconds"])
+        status = run_part(command)
+        rows.append({"part": name, "seconds": time.perf_counter() - start,
+                     "note": None if status == 0 else f"exit status {status}"})
+    rows.append({"part": "suite", "seconds": sum(row["seconds"] for row in rows), "note": None})
+    print_table(rows, ["part", "seconds", "note"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    payload = {"benchmark": "suite", "environment": environment(device), "rows": rows}
+    payload = {"benchmark": "suite", "environment": environment(device), "jobs": args.jobs, "rows": rows}
     write_json(str(out / "suite.json"), payload)
     print(f"suite finished in {rows[-1]['seconds']:.0f} s; JSON in {out}")
     return payload

@@ -41,6 +41,33 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return statistics.median(samples)
 
 
+def cuda_graph_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float | str | None:
+    """Median time of ``fn`` captured once as a CUDA graph and replayed ten times in a row: its GPU
+    work without the host's launch costs (what ``torch.compile(mode="reduce-overhead")`` gets). None off CUDA; a
+    string saying why when ``fn`` cannot be captured."""
+    if device.type != "cuda":
+        return None
+    try:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm up off the default stream, as capture requires
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:
+        return f"capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+    replays = 10  # back to back, so that the GPU never waits for the host between them
+
+    def replay():
+        for _ in range(replays):
+            graph.replay()
+
+    return time_ms(replay, device, warmup, repeats) / replays
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak allocated bytes above what was allocated before ``fn`` ran (CUDA only)."""
     if device.type != "cuda":
@@ -100,3 +127,31 @@ def write_json(path: str | None, payload: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Give SpikingJelly its best run under torch.compile (import it first).
+
+    Its neurons log through loguru's global logger (disabled for its namespace, but with loguru's
+    default sink still installed); a logger call gets its caller's frame with ``sys._getframe``
+    before checking that, which dynamo cannot trace, so every neuron call broke the compiled graph
+    (run 5: 55.8 ms per ResNet-19 step, frames falling back to eager at dynamo's recompile limit).
+    Sinks from WARNING up make info/debug calls return before that. Its Triton PLIF also refuses a
+    bf16/fp16 state under autocast (falling back to its reference, which
+    SJ_PLIF_CUDA_IMPLEMENTATION=triton forbids) unless each node is given a storage precision, as
+    SpikingJelly's precision converter does."""
+    import sys
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    if device.type != "cuda" or dtype == torch.float32:
+        return
+    from spikingjelly._ops.triton_layout import _prepare_triton_neuron_execution_plan
+    from spikingjelly.activation_based.neuron import ParametricLIFNode
+
+    _prepare_triton_neuron_execution_plan(neuron_type="plif", device=device, storage_dtype=dtype)
+    for module in net.modules():
+        if isinstance(module, ParametricLIFNode):
+            module._neuron_precision = (dtype, "fp32", "fp32")

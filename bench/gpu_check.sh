@@ -44,24 +44,24 @@ for stage in $stages; do
     tests) run tests 160 python3 -m pytest -q --maxfail=5 -p no:cacheprovider -n 8 tests/test_op.py \
              tests/test_compile.py tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
     tune) run tune 180 python3 -m bench.tune --json "$OUT/tune.json" ;;
-    step) run step 150 python3 -m bench.train_step --impls ann mpdagl --profile 3 --json "$OUT/train_step.json" ;;
-    step-ro) run step_ro 150 python3 -m bench.train_step --impls ann mpdagl --compile-mode reduce-overhead \
+    step) run step 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --profile 3 --json "$OUT/train_step.json" ;;
+    step-ro) run step_ro 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --compile-mode reduce-overhead \
                --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json"
              # if ours failed on the default compiled route, measure the custom-op route instead
              python3 -c "import json,sys; rows=json.load(open('$OUT/train_step_ro.json'))['rows']; \
                sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||
-               MPDAGL_INDUCTOR_LAUNCH=0 run step_ro_custom_ops 150 python3 -m bench.train_step --impls mpdagl \
+               MPDAGL_INDUCTOR_LAUNCH=0 run step_ro_custom_ops 150 python3 -m bench.train_step --jobs 4 --impls mpdagl \
                  --compile-mode reduce-overhead --settings t4b64 t2b128cl --json "$OUT/train_step_ro_custom_ops.json" ;;
-    step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --impls mpdagl \
+    step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --jobs 4 --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
     layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
-    step-nchw) run step_nchw 150 python3 -m bench.train_step --impls ann mpdagl --settings t2b128 \
+    step-nchw) run step_nchw 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \
                  --json "$OUT/train_step_nchw.json"
-               run step_nchw_no_layout_opt 150 python3 -m bench.train_step --impls ann mpdagl --settings t2b128 \
+               run step_nchw_no_layout_opt 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \
                  --no-layout-optimization --json "$OUT/train_step_nchw_no_layout_opt.json" ;;
     layer-stem) run layer_stem 80 python3 -m bench.layer --stem --shapes 4x64x128x32x32 --dtypes fp32 bf16 \
                   --impls fused fused-compiled reference-compiled --json "$OUT/layer_stem.json" ;;
-    step-others) run step_others 150 python3 -m bench.train_step --impls spikingjelly reference \
+    step-others) run step_others 150 python3 -m bench.train_step --jobs 4 --impls spikingjelly reference \
                    --json "$OUT/train_step_others.json" ;;
     data) run data 60 python3 -m bench.data --synthetic 20000 --batch-size 128 --json "$OUT/data.json" ;;
     probe) run probe 60 python3 -m bench.probe --arch resnet19 --images 50000 --batch-size 128 -T 2 --size 32 \

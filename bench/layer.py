@@ -11,7 +11,10 @@ Implementations (those that cannot run on the device are reported as skipped):
   spikingjelly       cuDNN BatchNorm2d + SpikingJelly 2.0 multi-step PLIF (Triton), compiled
                      (only when spikingjelly is installed; set SJ_PLIF_CUDA_IMPLEMENTATION=triton)
 
-The roofline column is 8 passes over the activation (stats read, forward read + write, backward
+``fwd_ms`` and ``fwd_bwd_ms`` time one call from an idle GPU, so the host's launch costs count
+(a lone layer is host-bound); ``fwd_bwd_graph_ms`` replays the forward + backward captured as
+one CUDA graph: the GPU work alone, what a compiled step in reduce-overhead mode pays, and what
+the roofline bounds. The roofline column is 8 passes over the activation (stats read, forward read + write, backward
 two reads, then two reads + one write) at the copy bandwidth measured in the same run.
 
 ``--stem`` measures the layer as a network's first one runs: its input is one timestep
@@ -30,11 +33,12 @@ import os
 import torch
 from torch import nn
 
-from bench.common import (DTYPES, copy_bandwidth_gbs, environment, peak_memory_bytes, print_table,
-                          time_ms, write_json)
+from bench.common import (DTYPES, copy_bandwidth_gbs, cuda_graph_ms, environment, peak_memory_bytes,
+                          prepare_spikingjelly, print_table, time_ms, write_json)
 from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
+COLUMNS = ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_graph_ms", "peak_mib", "roofline_ms", "note"]
 IMPLEMENTATIONS = ["fused", "fused-compiled", "reference", "reference-compiled", "spikingjelly"]
 
 
@@ -62,7 +66,7 @@ class SpikingJellyLayer(nn.Module):
         return self.neuron(self.bn(x.flatten(0, 1)).unflatten(0, (T, B)))
 
 
-def build(impl: str, channels: int, device: torch.device):
+def build(impl: str, channels: int, device: torch.device, dtype: torch.dtype = torch.float32):
     """The module for ``impl``, or a string saying why it cannot run here."""
     if impl.startswith("fused"):
         if device.type != "cuda":
@@ -77,6 +81,7 @@ def build(impl: str, channels: int, device: torch.device):
             module = SpikingJellyLayer(channels).to(device)
         except ImportError:
             return "spikingjelly not installed"
+        prepare_spikingjelly(module, dtype, device)
     if impl.endswith("compiled") or impl == "spikingjelly":
         module = torch.compile(module, options=compile_options())
     return module
@@ -85,7 +90,7 @@ def build(impl: str, channels: int, device: torch.device):
 def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.device, warmup: int,
             repeats: int, stem: bool = False) -> dict:
     row = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
-    module = build(impl, shape[2], device)
+    module = build(impl, shape[2], device, dtype)
     if isinstance(module, str):
         row["note"] = module
         return row
@@ -111,12 +116,18 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
     try:
         row["fwd_ms"] = time_ms(forward, device, warmup, repeats)
         row["fwd_bwd_ms"] = time_ms(step, device, warmup, repeats)
+        graph = cuda_graph_ms(step, device, warmup, repeats)
+        if isinstance(graph, str):
+            row["note"] = graph
+        else:
+            row["fwd_bwd_graph_ms"] = graph
         peak = peak_memory_bytes(step, device)
         row["peak_mib"] = None if peak is None else peak / 2**20
     except Exception as exc:  # a broken third-party backend must not hide our numbers
         row["note"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    if impl == "spikingjelly" and "note" not in row:
-        row["note"] = f"surrogate {getattr(module, '_orig_mod', module).surrogate_name}"
+    if impl == "spikingjelly" and "fwd_bwd_ms" in row:
+        surrogate = f"surrogate {getattr(module, '_orig_mod', module).surrogate_name}"
+        row["note"] = f"{row['note']}; {surrogate}" if "note" in row else surrogate
     return row
 
 
@@ -148,13 +159,12 @@ def main(argv: list[str] | None = None) -> dict:
                 row = measure(impl, shape, dtype, device, args.warmup, args.repeats, args.stem)
                 row["roofline_ms"] = roofline
                 rows.append(row)
-                print_table([row], ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mib",
-                                    "roofline_ms", "note"])
+                print_table([row], COLUMNS)
     print()
     env = environment(device)
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
           f"copy bandwidth {bandwidth and round(bandwidth)} GB/s")
-    print_table(rows, ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "peak_mib", "roofline_ms", "note"])
+    print_table(rows, COLUMNS)
     payload = {"benchmark": "layer", "environment": env, "copy_bandwidth_gbs": bandwidth, "rows": rows}
     write_json(args.json, payload)
     return payload

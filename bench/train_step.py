@@ -23,16 +23,19 @@ goes next to the floor's, on the GPU and on the host.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import environment, print_table, synchronize, time_ms, write_json
+from bench.common import environment, prepare_spikingjelly, print_table, synchronize, time_ms, write_json
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
@@ -90,19 +93,6 @@ def swap_neurons(model: nn.Module, make) -> nn.Module:
     return model
 
 
-def spikingjelly_low_precision(net: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
-    """SpikingJelly's Triton PLIF refuses a bf16/fp16 state under autocast (it falls back to its
-    reference, which SJ_PLIF_CUDA_IMPLEMENTATION=triton forbids) unless the node is given a
-    storage precision, as SpikingJelly's precision converter does."""
-    from spikingjelly._ops.triton_layout import _prepare_triton_neuron_execution_plan
-    from spikingjelly.activation_based.neuron import ParametricLIFNode
-
-    _prepare_triton_neuron_execution_plan(neuron_type="plif", device=device, storage_dtype=dtype)
-    for module in net.modules():
-        if isinstance(module, ParametricLIFNode):
-            module._neuron_precision = (dtype, "fp32", "fp32")
-
-
 def build(impl: str, T: int, device: torch.device, dtype: torch.dtype = torch.float32):
     if impl == "mpdagl":
         return models.create("resnet19", 10, T, backend="triton" if device.type == "cuda" else "torch")
@@ -115,8 +105,7 @@ def build(impl: str, T: int, device: torch.device, dtype: torch.dtype = torch.fl
         net = swap_neurons(net, SpikingJellyNeuron)
     except ImportError:
         return "spikingjelly not installed"
-    if device.type == "cuda" and dtype != torch.float32:
-        spikingjelly_low_precision(net, dtype, device)
+    prepare_spikingjelly(net, dtype, device)
     return net
 
 
@@ -241,7 +230,9 @@ def print_profile(profile: dict) -> None:
 
 
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
-            compile_mode="default", profile_steps=0, layout_optimization=True) -> dict:
+            compile_mode="default", profile_steps=0, layout_optimization=True, warm_only=False) -> dict:
+    """One implementation at one setting. ``compile_s`` is the first step's wall time (tracing and
+    compiling, or loading compiled code from torch.compile's caches); ``warm_only`` stops there."""
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
     try:
@@ -254,6 +245,9 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    # a fresh dynamo per measurement: static shapes at every setting (the second shape of a code
+    # object otherwise compiles dynamic) and a recompile budget of its own
+    torch._dynamo.reset()
     options = compile_options(compile_mode)
     if not layout_optimization:  # inductor otherwise runs an NCHW model's convs channels-last
         options["layout_optimization"] = False
@@ -272,6 +266,12 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
         optimizer.step()
 
     try:
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        row["compile_s"] = time.perf_counter() - start
+        if warm_only:
+            return row
         row["ms"] = time_ms(step, device, warmup, repeats)
         row["images_per_s"] = B / row["ms"] * 1e3
         if device.type == "cuda":
@@ -292,6 +292,31 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     return row
 
 
+def run_quietly(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def warm_caches(args, jobs: int) -> float:
+    """Compile every (setting, implementation) once, ``jobs`` processes at a time, so that the
+    measuring process (one at a time: timings must not share the GPU) loads compiled code from
+    torch.compile's on-disk caches instead of compiling: most of this benchmark's wall time is
+    compilation, which is CPU work. Returns the seconds it took; a failure is reported and left
+    to the measurement, which compiles anyway."""
+    passthrough = ["--device", args.device, "--dtype", args.dtype, "--compile-mode", args.compile_mode]
+    passthrough += ["--full"] * args.full + ["--no-layout-optimization"] * args.no_layout_optimization
+    passthrough += ["--batch", str(args.batch)] if args.batch else []
+    commands = [[sys.executable, "-m", "bench.train_step", "--warm-only", "--settings", name, "--impls", impl,
+                 *passthrough] for impl in args.impls for name in args.settings]
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for command, done in zip(commands, pool.map(run_quietly, commands)):
+            if done.returncode:
+                print(f"warming {' '.join(command[3:8])} failed:\n{done.stderr[-2000:]}")
+    seconds = time.perf_counter() - start
+    print(f"compiled {len(commands)} steps in {jobs} parallel processes in {seconds:.0f} s")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -308,37 +333,47 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS steps: host time by family, and on CUDA GPU time by kernel family")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+                        help="first compile every step in N parallel processes (torch.compile's caches), then measure")
+    parser.add_argument("--warm-only", action="store_true", help="compile and run one step of each, time nothing")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
     columns = ["impl", "T", "B", "layout", "dtype", "ms", "gpu_ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
-               "host_syncs", "note"]
-    rows = []
-    for name in args.settings:
-        T, B, channels_last = SETTINGS[name]
-        B = args.batch or B
-        variants = [(channels_last, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
-        if args.full:
-            variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
-        for cl, dtype in variants:
-            group = [measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
-                             args.compile_mode, args.profile, not args.no_layout_optimization)
-                     for impl in args.impls]
-            floor = next((r.get("ms") for r in group if r["impl"] == "ann"), None)
-            for r in group:
-                if floor and r.get("ms"):
-                    r["vs_ann"] = r["ms"] / floor
-                print_table([r], columns)
-                if "profile" in r:
-                    print_profile(r["profile"])
-            rows += group
-            # written after every group: a run cut short still leaves what it measured
-            write_json(args.json, {"benchmark": "train_step", "environment": environment(device), "rows": rows})
+               "host_syncs", "compile_s", "note"]
+    warm_s = warm_caches(args, args.jobs) if args.jobs and not args.warm_only and not args.no_compile else None
+    variants = [(None, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
+    if args.full:
+        variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
+    # implementation by implementation, the ANN floor first (each row's ratio is known when printed)
+    # and SpikingJelly last: compiling it changes torch.compile's cache key for what follows
+    impls = sorted(args.impls, key=lambda impl: (impl != "ann", impl == "spikingjelly"))
+    rows, floors = [], {}
+    for impl in impls:
+        for name in args.settings:
+            T, B, channels_last = SETTINGS[name]
+            B = args.batch or B
+            for cl, dtype in variants:
+                cl = channels_last if cl is None else cl
+                row = measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
+                              args.compile_mode, args.profile, not args.no_layout_optimization, args.warm_only)
+                key = (T, B, cl, dtype)
+                if impl == "ann" and row.get("ms"):
+                    floors[key] = row["ms"]
+                if key in floors and row.get("ms"):
+                    row["vs_ann"] = row["ms"] / floors[key]
+                print_table([row], columns)
+                if "profile" in row:
+                    print_profile(row["profile"])
+                rows.append(row)
+                # written after every row: a run cut short still leaves what it measured
+                write_json(args.json, {"benchmark": "train_step", "environment": environment(device),
+                                       "parallel_compile_s": warm_s, "rows": rows})
     env = environment(device)
     print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}")
     print_table(rows, columns)
-    payload = {"benchmark": "train_step", "environment": env, "rows": rows}
+    payload = {"benchmark": "train_step", "environment": env, "parallel_compile_s": warm_s, "rows": rows}
     write_json(args.json, payload)
     return payload
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from bench import host
-from bench.common import copy_bandwidth_gbs, environment, print_table, write_json
+from bench.common import copy_bandwidth_gbs, cuda_graph_ms, environment, print_table, write_json
 from mpdagl_triton import TdBNPLIF, ops
 from mpdagl_triton.kernels import tdbn_plif as K
 
@@ -141,20 +141,8 @@ def time_layer(shape, dtype, channels_last, device) -> dict:
     row = {"shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
            "layout": "channels_last" if channels_last else "nchw"}
     row["eager_ms"] = triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median")
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                step()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        x.grad = None
-        with torch.cuda.graph(graph):
-            layer(x).backward(grad)
-        row["graph_ms"] = triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
-    except Exception as exc:  # report, don't hide the eager number
-        row["note"] = f"graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
+    graph = cuda_graph_ms(step, device, warmup=25, repeats=100)
+    row["graph_ms" if isinstance(graph, float) else "note"] = graph
     return row
 
 

@@ -1,11 +1,14 @@
 """The benchmark commands still run (tiny sizes, CPU), as documented: `python -m bench.<name>` from
 the repository root. They assert nothing about speed."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,11 +39,73 @@ def test_train_step_benchmark(tmp_path):
     rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
                  "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", "--profile", "1",
                  json_out=tmp_path / "t.json")["rows"]
-    assert [r["impl"] for r in rows] == ["mpdagl", "ann"]
-    assert rows[0]["ms"] > 0 and rows[1]["vs_ann"] == 1.0
-    host = rows[0]["profile"]["host"]  # --profile on the CPU: the host side only
+    assert [r["impl"] for r in rows] == ["ann", "mpdagl"]  # the floor first: each ratio known when printed
+    assert rows[1]["ms"] > 0 and rows[0]["vs_ann"] == 1.0 and rows[1]["vs_ann"] == rows[1]["ms"] / rows[0]["ms"]
+    assert all(r["compile_s"] > 0 for r in rows)
+    host = rows[1]["profile"]["host"]  # --profile on the CPU: the host side only
     assert host["families"]["aten"]["ms"] > 0 and host["families"]["optimizer"]["events"] == 2  # zero_grad, step
-    assert host["launch_calls"] == 0 and "gpu_ms" not in rows[0]
+    assert host["launch_calls"] == 0 and "gpu_ms" not in rows[1]
+
+
+def test_train_step_warm_only_times_nothing(tmp_path):
+    rows = bench("train_step", "--settings", "t2b128", "t4b64", "--batch", "2", "--dtype", "fp32", "--no-compile",
+                 "--impls", "spikingjelly", "mpdagl", "--warm-only", json_out=tmp_path / "t.json")["rows"]
+    assert [(r["impl"], r["T"]) for r in rows] == [("mpdagl", 2), ("mpdagl", 4), ("spikingjelly", 2), ("spikingjelly", 4)]
+    assert all("ms" not in r and (r["compile_s"] > 0 or r.get("note")) for r in rows)
+
+
+def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
+    """--jobs N: one warm-up process per (implementation, setting), N at a time, with the flags that
+    shape the compiled graph, so that the measuring process hits torch.compile's caches."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import train_step
+
+    commands = []
+
+    def run(command):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(train_step, "run_quietly", run)
+    args = argparse.Namespace(device="cuda", dtype="bf16", compile_mode="reduce-overhead", full=False,
+                              no_layout_optimization=True, batch=None, impls=["ann", "mpdagl"],
+                              settings=["t4b64", "t2b128"])
+    assert train_step.warm_caches(args, jobs=3) >= 0
+    assert sorted((c[c.index("--impls") + 1], c[c.index("--settings") + 1]) for c in commands) == [
+        ("ann", "t2b128"), ("ann", "t4b64"), ("mpdagl", "t2b128"), ("mpdagl", "t4b64")]
+    for command in commands:
+        assert command[:4] == [sys.executable, "-m", "bench.train_step", "--warm-only"]
+        assert command[command.index("--compile-mode") + 1] == "reduce-overhead"
+        assert "--no-layout-optimization" in command and "--full" not in command and "--batch" not in command
+
+
+def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
+    """SpikingJelly logs through loguru's global logger; with loguru's default sink a logger call
+    reads the caller's frame (sys._getframe), which dynamo cannot trace: a graph break per call.
+    After `prepare_spikingjelly` info/debug calls return first and warnings still print."""
+    loguru = pytest.importorskip("loguru")
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+
+    from bench.common import prepare_spikingjelly
+
+    def neuron(x):
+        loguru.logger.info("plan {}", 1)
+        return x * 2
+
+    def graph_breaks():
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        torch.compile(neuron, backend="eager")(torch.randn(3))
+        return sum(torch._dynamo.utils.counters["graph_break"].values())
+
+    try:
+        assert graph_breaks() == 1
+        prepare_spikingjelly(torch.nn.Linear(1, 1), torch.float32, torch.device("cpu"))
+        assert graph_breaks() == 0
+    finally:
+        loguru.logger.remove()
+        loguru.logger.add(sys.stderr)  # loguru's default sink back for the rest of the session
 
 
 def test_host_profile_families(monkeypatch):
@@ -82,21 +147,29 @@ def test_host_cost_benchmark(tmp_path):
 
 
 def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
-    """`python -m bench.all` wiring: each part runs once with its JSON under --out, and the wall
-    time of each part and of the whole suite lands in suite.json (the parts run at GPU sizes, so
-    they are stubbed here; each runs alone in the tests above)."""
+    """`python -m bench.all` wiring: each part runs once, in a process of its own, with its JSON
+    under --out (the training step compiling in --jobs processes first), and the wall time of
+    each part and of the whole suite lands in suite.json; a part that fails is named. The parts
+    run at GPU sizes, so the processes are stubbed here; each part runs alone in the tests above."""
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import all as suite
 
-    calls = []
-    for module in (suite.layer, suite.train_step, suite.data_bench, suite.probe):
-        monkeypatch.setattr(module, "main", lambda argv, name=module.__name__: calls.append((name, argv)))
-    payload = suite.main(["--out", str(tmp_path)])
-    assert [name for name, _ in calls] == ["bench.layer", "bench.train_step", "bench.data", "bench.probe"]
-    for _, argv in calls:
-        assert argv[argv.index("--json") + 1].startswith(str(tmp_path))
+    commands = []
+
+    def run(command):
+        commands.append([sys.executable, "-m", *command])
+        return 1 if command[0] == "bench.data" else 0
+
+    monkeypatch.setattr(suite, "run_part", run)
+    payload = suite.main(["--out", str(tmp_path), "--jobs", "3"])
+    assert [command[:3] for command in commands] == [[sys.executable, "-m", f"bench.{name}"]
+                                                     for name in ("layer", "train_step", "data", "probe")]
+    for command in commands:
+        assert command[command.index("--json") + 1].startswith(str(tmp_path))
+    assert commands[1][commands[1].index("--jobs") + 1] == "3"
     rows = payload["rows"]
     assert [row["part"] for row in rows] == ["layer", "train_step", "data", "probe", "suite"]
+    assert [row["note"] for row in rows] == [None, None, "exit status 1", None, None]
     assert rows[-1]["seconds"] == sum(row["seconds"] for row in rows[:-1])
     assert json.loads((tmp_path / "suite.json").read_text())["rows"] == rows
 

@@ -171,11 +171,27 @@ def host_overheads(device: torch.device) -> list[dict]:
         finally:
             ops.INDUCTOR_LAUNCH = DEFAULT_ROUTE
 
+    def forward_kernel():
+        return K.forward(x, layout, out, p["gamma"], p["beta"], p["rho"], 0.0, None, mean, var, 1e-5, 0.5,
+                         1.0, WIDTHS)
+
+    kappas, dx = forward_kernel(), torch.empty_like(x)
+
+    def no_grad_forward():
+        with torch.no_grad():
+            layer(xg)
+
+    # eager fwd+bwd in parts: which of them holds the host time (run 4: 1.5 ms per layer call,
+    # of which stubbed kernels explained half)
     calls = {
-        "triton forward-kernel launch": lambda: K.forward(x, layout, out, p["gamma"], p["beta"], p["rho"],
-                                                          0.0, None, mean, var, 1e-5, 0.5, 1.0,
-                                                          WIDTHS),
+        "triton forward-kernel launch": forward_kernel,
+        "triton statistics (2 launches)": lambda: K.batch_stats(x, layout),
+        "triton backward (3 launches)": lambda: K.backward(grad, x, layout, dx, None, p["gamma"], p["beta"],
+                                                           p["rho"], 0.0, None, mean, var, kappas, 1e-5, 0.5,
+                                                           1.0, "rect", True),
         "torch add_": lambda: out.add_(1.0),
+        "layer forward, eager, no grad": no_grad_forward,
+        "layer forward, eager (autograd graph kept)": lambda: layer(xg),
         "layer fwd+bwd, eager": lambda: layer(xg).backward(grad),
     }
     rows = [{"call": name, "host_us": host.host_us(fn, device)} for name, fn in calls.items()]

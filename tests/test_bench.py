@@ -175,8 +175,8 @@ def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
 
 
 def test_tune_calls_the_launchers_as_they_are(monkeypatch):
-    """`bench.tune` runs only on a GPU: here its kernel timings run once each through the
-    interpreter (do_bench stubbed), so a launcher signature change cannot break it unseen."""
+    """`bench.tune` runs only on a GPU: here its kernel timings and host-cost calls run once each
+    through the interpreter (timers stubbed), so a launcher signature change cannot break it unseen."""
     import torch
     import triton.testing
 
@@ -196,6 +196,12 @@ def test_tune_calls_the_launchers_as_they_are(monkeypatch):
                                 torch.device("cpu"), bandwidth=1.0)
         assert row["total_ms"] == 3.0
     assert calls == ["stats", "forward", "backward"] * 2
+
+    # the host-cost rows: each call runs once (host_us stubbed), the compiled layer on each route
+    ran = []
+    monkeypatch.setattr(tune.host, "host_us", lambda fn, device: (fn(), ran.append(1), 1.0)[-1])
+    rows = tune.host_overheads(torch.device("cpu"))
+    assert len(ran) == len(rows) == 10 and all(row["host_us"] == 1.0 for row in rows)
 
 
 def test_launches_of_a_compiled_stem_layer(tmp_path):

@@ -3,6 +3,7 @@
     python -m bench.train_step                       # the two settings of issue 7, bf16 autocast
     python -m bench.train_step --full                # both settings x fp32/bf16 x NCHW/channels_last
     python -m bench.train_step --json bench/results/train_step.json
+    python -m bench.train_step --jobs 4              # compile every step in 4 processes first
 
 Implementations (all torch.compile'd, same convolutions on T*B images):
   mpdagl        our ResNet-19, fused Triton tdBN -> PLIF
@@ -17,7 +18,9 @@ syncs with the host (CUDA's sync debug mode set to error). ``--profile N`` adds 
 steps (``profile``): the GPU time by kernel family and the kernels launched per step (CUDA), and
 on any device the host's time by family (our launches, inductor's, the CUDA API, the Python of the
 compiled graphs, autograd, the optimizer) with the calls that launch work: where a step's time
-goes next to the floor's, on the GPU and on the host.
+goes next to the floor's, on the GPU and on the host. ``compile_s`` is each first step's wall
+time: most of this benchmark's time is compilation, which ``--jobs`` moves into parallel
+processes before the measuring starts (they fill torch.compile's on-disk caches).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ read from sm_90 cubins compiled on this machine (no GPU needed).
     python -m bench.registers --json out.json
 
 Occupancy here is only the register limit: 65536 registers per SM, 64 warps at most.
+``static_launch`` says whether inductor's static CUDA launcher takes the kernel inside a compiled
+graph (else it falls back to Triton's launcher, with more host time per launch).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def variants(T: int, layout: K.Layout, batch: int):
     p = K.plan("stats", layout, T, batch)
     yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
         dict(T=T, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), p.block_r * p.block_k, p.num_warps
+    p = K.plan("finalize", layout, T, batch)
+    yield "finalize", K._stats_finalize_kernel, {"partial_ptr": "fp32", "mean_ptr": "fp32", "var_ptr": "fp32"}, \
+        dict(BLOCK_P=p.block_r, BLOCK_C=p.block_k, COMPUTE=tl.float32), p.block_r * p.block_k, p.num_warps
     p = K.plan("forward", layout, T, batch)
     yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "skip_ptr": "bf16", "out_ptr": "bf16",
                                          "widths_ptr": "fp32", **PER_CHANNEL}, \
@@ -53,6 +58,23 @@ def variants(T: int, layout: K.Layout, batch: int):
             T=T, SURROGATE=0, LEARN_TAU=True, HAS_RESIDUAL=False, WRITE_RESIDUAL_GRAD=False,
             WRITE_DX=dx, SUM_DX=False, BATCH_STATS=True, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), \
             p.block_r * p.block_k, p.num_warps
+    p = K.plan("sums", layout, T, batch)
+    yield "backward total", K._sum_partials_kernel, {"partial_ptr": "fp32", "out_ptr": "fp32"}, \
+        dict(BLOCK_P=p.block_r, BLOCK_C=p.block_k, COMPUTE=tl.float32), p.block_r * p.block_k, p.num_warps
+
+
+def static_launch(compiled) -> str:
+    """"yes" when inductor's static CUDA launcher (what ``compile_options`` asks for) can launch
+    this kernel, else why it falls back to Triton's slower launcher. The checks read only the
+    compiled kernel's metadata and signature; the cubin is loaded later, on a GPU."""
+    from torch._inductor.runtime.static_triton_launcher import StaticallyLaunchedCudaKernel
+
+    compiled._cubin_path = "not loaded here"
+    try:
+        StaticallyLaunchedCudaKernel(compiled)
+    except NotImplementedError as exc:
+        return str(exc)
+    return "yes"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,11 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
             layout = _layout(shape, 1, channels_last)
             for T in args.timesteps:
                 for kernel_name, kernel, pointers, constexprs, tile, warps in variants(T, layout, shape[0]):
-                    usage = resource_usage(compile_variant(kernel, pointers, constexprs, warps))
+                    compiled = compile_variant(kernel, pointers, constexprs, warps)
+                    usage = resource_usage(compiled)
                     warps_per_sm = min(64, 65536 // (usage["registers"] * 32 * warps) * warps)
                     rows.append({"layer": layer, "layout": "channels_last" if layout.channels_last else "nchw",
                                  "T": T, "kernel": kernel_name, "tile": tile, "warps": warps, **usage,
-                                 "occupancy": warps_per_sm / 64})
+                                 "occupancy": warps_per_sm / 64, "static_launch": static_launch(compiled)})
                     print_table([rows[-1]], list(rows[-1]))
     write_json(args.json, {"benchmark": "registers", "target": "sm_90", "rows": rows})
     return {"rows": rows}

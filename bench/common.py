@@ -43,8 +43,8 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
 
 def cuda_graph_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float | str | None:
     """Median time of ``fn`` captured once as a CUDA graph and replayed ten times in a row: its GPU
-    work without the host's launch costs (what ``torch.compile(mode="reduce-overhead")`` gets). None off CUDA; a
-    string saying why when ``fn`` cannot be captured."""
+    work without the host's launch costs (what ``torch.compile(mode="reduce-overhead")`` gets).
+    None off CUDA; a string saying why when ``fn`` cannot be captured."""
     if device.type != "cuda":
         return None
     try:

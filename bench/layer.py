@@ -14,8 +14,9 @@ Implementations (those that cannot run on the device are reported as skipped):
 ``fwd_ms`` and ``fwd_bwd_ms`` time one call from an idle GPU, so the host's launch costs count
 (a lone layer is host-bound); ``fwd_bwd_graph_ms`` replays the forward + backward captured as
 one CUDA graph: the GPU work alone, what a compiled step in reduce-overhead mode pays, and what
-the roofline bounds. The roofline column is 8 passes over the activation (stats read, forward read + write, backward
-two reads, then two reads + one write) at the copy bandwidth measured in the same run.
+the roofline bounds. The roofline column is 8 passes over the activation (stats read, forward
+read + write, backward two reads, then two reads + one write) at the copy bandwidth measured in
+the same run.
 
 ``--stem`` measures the layer as a network's first one runs: its input is one timestep
 ``[1, B, C, H, W]``, the same at every step (ours: ``timesteps=T``, read in place, the gradient

@@ -50,7 +50,9 @@ def test_train_step_benchmark(tmp_path):
 def test_train_step_warm_only_times_nothing(tmp_path):
     rows = bench("train_step", "--settings", "t2b128", "t4b64", "--batch", "2", "--dtype", "fp32", "--no-compile",
                  "--impls", "spikingjelly", "mpdagl", "--warm-only", json_out=tmp_path / "t.json")["rows"]
-    assert [(r["impl"], r["T"]) for r in rows] == [("mpdagl", 2), ("mpdagl", 4), ("spikingjelly", 2), ("spikingjelly", 4)]
+    # SpikingJelly last: compiling it changes torch.compile's cache key for what follows
+    assert [(r["impl"], r["T"]) for r in rows] == [("mpdagl", 2), ("mpdagl", 4),
+                                                   ("spikingjelly", 2), ("spikingjelly", 4)]
     assert all("ms" not in r for r in rows)
     assert all(r["compile_s"] > 0 for r in rows if r["impl"] == "mpdagl" or "note" not in r)
     assert all(r.get("note") in (None, "spikingjelly not installed") for r in rows)

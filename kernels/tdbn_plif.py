@@ -732,8 +732,8 @@ def forward(x: torch.Tensor, layout: Layout, out: torch.Tensor, gamma: torch.Ten
     wrap(_forward_kernel)[p.grid](
         _memory(x), residual if residual is not None else mean, skip if skip is not None else mean,
         out, kappas, mean, var, gamma, beta, rho if rho is not None else mean, layout.n_rows,
-        layout.n_cols, p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)), layout.stride_row,
-        layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
+        layout.n_cols, p.col_blocks, layout.n_chan, int(x.stride(0)), int(out.stride(0)),
+        layout.stride_row, layout.stride_chan, eps, vth, alpha, float(tau), float(widths.kappa0),
         float(widths.gamma_floor), T=T, WIDTH_RULE=WIDTH_RULE_IDS[widths.rule],
         LEARN_TAU=rho is not None, HAS_RESIDUAL=residual is not None, HAS_SKIP=skip is not None,
         CHANNELS_LAST=layout.channels_last,

@@ -625,8 +625,9 @@ def tdbn_plif(
     # tau = sigmoid(rho) and the surrogate widths are worked out inside the kernels: no chain of
     # small PyTorch ops per layer
     spikes, mean, var, _ = fused(
-        x, gamma, beta, rho if learn_tau else None, residual, skip, *stats, training, 0.0 if learn_tau else float(tau), float(eps), float(vth),
-        float(alpha), surrogate, width_rule, float(kappa0), sync, timesteps or x.shape[0],
+        x, gamma, beta, rho if learn_tau else None, residual, skip, *stats, training,
+        0.0 if learn_tau else float(tau), float(eps), float(vth), float(alpha), surrogate,
+        width_rule, float(kappa0), sync, timesteps or x.shape[0],
     )
     if training and running_mean is not None:
         n = spikes.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches

@@ -129,6 +129,18 @@ def write_json(path: str | None, payload: dict) -> None:
         print(f"wrote {path}")
 
 
+def spikingjelly_plif(tau: float = 0.2, vth: float = 0.5) -> torch.nn.Module:
+    """SpikingJelly's multi-step PLIF node with our dynamics: hard reset to 0 at ``vth``, decay
+    ``tau``. SpikingJelly decays by sigmoid(w) = 1 / tau_sj; ours keeps tau * V, so
+    tau_sj = 1 / (1 - tau). Its Triangle surrogate where it has one, else PiecewiseQuadratic."""
+    from spikingjelly.activation_based import neuron, surrogate
+
+    shape = getattr(surrogate, "Triangle", None) or getattr(surrogate, "PiecewiseQuadratic")
+    return neuron.ParametricLIFNode(init_tau=1.0 / (1.0 - tau), decay_input=False, v_threshold=vth,
+                                    v_reset=0.0, surrogate_function=shape(), detach_reset=False,
+                                    step_mode="m")
+
+
 def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
     """Give SpikingJelly its best run under torch.compile (import it first).
 

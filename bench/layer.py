@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from bench.common import (DTYPES, copy_bandwidth_gbs, cuda_graph_ms, environment, peak_memory_bytes,
-                          prepare_spikingjelly, print_table, time_ms, write_json)
+                          prepare_spikingjelly, print_table, spikingjelly_plif, time_ms, write_json)
 from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
@@ -48,16 +48,9 @@ class SpikingJellyLayer(nn.Module):
 
     def __init__(self, channels: int, tau: float = 0.2, vth: float = 0.5):
         super().__init__()
-        from spikingjelly.activation_based import neuron, surrogate
-
         self.bn = nn.BatchNorm2d(channels)
-        shape = getattr(surrogate, "Triangle", None) or getattr(surrogate, "PiecewiseQuadratic")
-        # SpikingJelly decays by sigmoid(w) = 1 / tau_sj; ours keeps tau * V, so tau_sj = 1 / (1 - tau)
-        self.neuron = neuron.ParametricLIFNode(
-            init_tau=1.0 / (1.0 - tau), decay_input=False, v_threshold=vth, v_reset=0.0,
-            surrogate_function=shape(), detach_reset=False, step_mode="m",
-        )
-        self.surrogate_name = shape.__name__
+        self.neuron = spikingjelly_plif(tau, vth)
+        self.surrogate_name = type(self.neuron.surrogate_function).__name__
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from spikingjelly.activation_based import functional

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import environment, prepare_spikingjelly, print_table, synchronize, time_ms, write_json
+from bench.common import (environment, prepare_spikingjelly, print_table, spikingjelly_plif, synchronize, time_ms,
+                          write_json)
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
@@ -70,13 +71,8 @@ class SpikingJellyNeuron(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        from spikingjelly.activation_based import neuron, surrogate
-
         self.bn2d, self.bn1d = nn.BatchNorm2d(channels), nn.BatchNorm1d(channels)
-        shape = getattr(surrogate, "Triangle", None) or getattr(surrogate, "PiecewiseQuadratic")
-        self.node = neuron.ParametricLIFNode(init_tau=1.25, decay_input=False, v_threshold=0.5,
-                                             v_reset=0.0, surrogate_function=shape(),
-                                             detach_reset=False, step_mode="m")
+        self.node = spikingjelly_plif()
 
     def forward(self, x, residual=None, skip=None, timesteps=None):
         if timesteps is not None:

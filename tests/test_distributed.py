@@ -93,6 +93,10 @@ def _ddp_step_worker(rank: int, store: str, result: str) -> None:
     dist.all_gather(gathered, flat)
     if rank == 0:
         save_file({f"rank{i}": t for i, t in enumerate(gathered)}, result)
+    # both ranks done, and DDP's reducer (which holds the group) gone, before the group is torn
+    # down: otherwise a rank could abort at exit ("terminate called without an active exception")
+    dist.barrier()
+    del ddp
     dist.destroy_process_group()
 
 

@@ -41,8 +41,11 @@ def variants(T: int, layout: K.Layout, batch: int):
     yield "stats", K._stats_partial_kernel, {"x_ptr": "bf16", "partial_ptr": "fp32"}, \
         dict(T=T, BLOCK_R=p.block_r, BLOCK_K=p.block_k, **common), p.block_r * p.block_k, p.num_warps
     p = K.plan("finalize", layout, T, batch)
-    yield "finalize", K._stats_finalize_kernel, {"partial_ptr": "fp32", "mean_ptr": "fp32", "var_ptr": "fp32"}, \
-        dict(BLOCK_P=p.block_r, BLOCK_C=p.block_k, COMPUTE=tl.float32), p.block_r * p.block_k, p.num_warps
+    stats = {"partial_ptr": "fp32", "mean_ptr": "fp32", "var_ptr": "fp32", "running_mean_ptr": "fp32",
+             "running_var_ptr": "fp32"}
+    yield "finalize", K._stats_finalize_kernel, stats, \
+        dict(BLOCK_P=p.block_r, BLOCK_C=p.block_k, COMPUTE=tl.float32, UPDATE_RUNNING=True), \
+        p.block_r * p.block_k, p.num_warps
     p = K.plan("forward", layout, T, batch)
     yield "forward", K._forward_kernel, {"x_ptr": "bf16", "res_ptr": "bf16", "skip_ptr": "bf16", "out_ptr": "bf16",
                                          "widths_ptr": "fp32", **PER_CHANNEL}, \

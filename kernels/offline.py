@@ -18,21 +18,22 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 HOPPER = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = ("eps", "vth", "alpha")
 
 
 def compile_variant(kernel, pointers: dict[str, str], constexprs: dict, num_warps: int = 4,
                     target: GPUTarget = HOPPER):
     """Compile ``kernel`` for ``target``: pointer args typed by ``pointers`` (e.g. ``"bf16"``),
-    ``constexprs`` fixed, float scalars fp32, other scalars i32. Returns Triton's CompiledKernel."""
+    ``constexprs`` fixed, scalars as annotated (our float scalars are ``tl.float64``), else i32.
+    Returns Triton's CompiledKernel."""
     signature = {}
-    for name in kernel.arg_names:
+    for param in kernel.params:
+        name = param.name
         if name in constexprs:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = "*" + pointers[name]
         else:
-            signature[name] = "fp64" if name in FLOAT_SCALARS else "i32"
+            signature[name] = param.annotation if param.annotation in ("fp32", "fp64") else "i32"
     source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     return triton.compile(source, target=target, options={"num_warps": num_warps})
 

@@ -18,8 +18,8 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
   tile) accumulate elementwise in registers, reduced once at the end. Grid: NCHW-like ``(row
   groups * col blocks, C)``; channels-last ``(row groups, channel blocks)``, with ``row_iters``
   chosen for about STATS_PROGRAMS programs.
-- ``_stats_finalize_kernel``  merges the per-program partials into mean and biased var. Grid
-  ``(cdiv(C, BLOCK_C),)``.
+- ``_stats_finalize_kernel``  merges the per-program partials into mean and biased var, and
+  (eager calls) moves the running statistics towards them in place. Grid ``(cdiv(C, BLOCK_C),)``.
 - ``_forward_kernel``         normalize + affine + residual + LIF recurrence; writes the spikes
   (plus a shortcut ``skip`` added after firing, when given); its first program also writes the
   surrogate widths ``[2]`` (kappa_first, kappa_rest) that the backward pass reads.
@@ -39,7 +39,8 @@ Kernels (all tiles are 2-D ``[BLOCK_R, BLOCK_K]``; a whole tile runs every times
 
 The decay tau = sigmoid(rho), the surrogate widths (``surrogates.kappas``, from the channel mean
 of gamma) and the parameter gradients are computed inside the kernels, so a layer's forward +
-backward launches no PyTorch op besides the kernels (but the caller's running-statistics update).
+backward launches no PyTorch op besides the kernels (under torch.compile the running statistics
+are updated by the caller, so that the op stays functional; inductor fuses that update).
 
 Two memory layouts are handled without copies: "channel-major" (each (t, b, c) holds a contiguous
 block of S spatial values: rows = b, cols = s, one channel per program) and "channels-last" (C is
@@ -307,8 +308,10 @@ def _stats_partial_kernel(x_ptr, partial_ptr, n_rows, n_cols, n_col_blocks, n_ch
 
 
 @triton.jit
-def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, COMPUTE: tl.constexpr):
+def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, running_mean_ptr, running_var_ptr,
+                           n_partials, n_chan, running_mean_stride, running_var_stride,
+                           momentum: tl.float64, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                           COMPUTE: tl.constexpr, UPDATE_RUNNING: tl.constexpr):
     chans = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     chan_mask = chans < n_chan
     total = tl.zeros([BLOCK_C], COMPUTE)
@@ -334,6 +337,15 @@ def _stats_finalize_kernel(partial_ptr, mean_ptr, var_ptr, n_partials, n_chan,
         m2 += tl.sum(part_m2 + count * delta * delta, axis=0)
     tl.store(mean_ptr + chans, mean, mask=chan_mask)
     tl.store(var_ptr + chans, m2 / tl.maximum(total, 1.0), mask=chan_mask)
+    if UPDATE_RUNNING:  # running <- running + momentum * (batch - running), unbiased var
+        w = _scalar(momentum, COMPUTE)
+        mean_ptrs = running_mean_ptr + chans * running_mean_stride
+        var_ptrs = running_var_ptr + chans * running_var_stride
+        old_mean = tl.load(mean_ptrs, mask=chan_mask).to(COMPUTE)
+        old_var = tl.load(var_ptrs, mask=chan_mask).to(COMPUTE)
+        unbiased = m2 / tl.maximum(total - 1.0, 1.0)
+        tl.store(mean_ptrs, old_mean + w * (mean - old_mean), mask=chan_mask)
+        tl.store(var_ptrs, old_var + w * (unbiased - old_var), mask=chan_mask)
 
 
 @triton.jit
@@ -676,8 +688,12 @@ def _direct(kernel):
     return kernel
 
 
-def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``x`` over every axis but C.
+def batch_stats(x: torch.Tensor, layout: Layout, wrap=None,
+                running: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` over every axis but C. With ``running =
+    (running_mean, running_var, momentum)`` the finalizing kernel also moves the running
+    statistics towards the batch's (the variance unbiased), in place, as batch norm does.
 
     ``wrap``, when given, turns each kernel into what is launched (``torch.library.wrap_triton``
     inside a ``triton_op``, so that inductor launches the kernels from its generated code);
@@ -696,9 +712,12 @@ def batch_stats(x: torch.Tensor, layout: Layout, wrap=None) -> tuple[torch.Tenso
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
     f = plan("finalize", layout, T, batch)
+    running_mean, running_var, momentum = running or (mean, var, 0.0)  # unused without running
     wrap(_stats_finalize_kernel)[f.grid](
-        partial, mean, var, f.partials, layout.n_chan,
-        BLOCK_P=f.block_r, BLOCK_C=f.block_k, COMPUTE=_TL_DTYPES[cdtype], num_warps=f.num_warps,
+        partial, mean, var, running_mean, running_var, f.partials, layout.n_chan,
+        running_mean.stride(0), running_var.stride(0), momentum,
+        BLOCK_P=f.block_r, BLOCK_C=f.block_k, COMPUTE=_TL_DTYPES[cdtype],
+        UPDATE_RUNNING=running is not None, num_warps=f.num_warps,
     )
     return mean, var
 

@@ -169,10 +169,12 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
                   tau: float, eps: float, vth: float, alpha: float,
                   surrogate: str, width_rule: str, kappa0: float, sync: bool, timesteps: int,
-                  wrap=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  wrap=None, momentum: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward op (``mpdagl::tdbn_plif_fwd``, below).
 
-    ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops."""
+    ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops.
+    ``momentum`` (eager calls only; the op itself never writes its inputs): in training, also
+    update ``running_mean`` and ``running_var`` in place, inside the statistics kernel."""
     x = _at_every_step(x, timesteps)
     spikes = _output_like(x)
     work, work_out = x, spikes
@@ -186,9 +188,15 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
     if skip is not None:
         skip = _in_layout_of(work_out, skip)
     if training:
-        mean, var = _kernels.batch_stats(work, layout, wrap)
-        if sync and world_size() > 1:
+        sync = sync and world_size() > 1
+        update = momentum is not None and running_mean is not None
+        in_kernel = (running_mean, running_var, momentum) if update and not sync else None
+        mean, var = _kernels.batch_stats(work, layout, wrap, in_kernel)
+        if sync:
             mean, var = _merge_stats(mean, var, x.numel() // x.shape[2])
+            if update:
+                _update_running_stats(running_mean, running_var, mean, var,
+                                     x.numel() // x.shape[2] * world_size(), momentum)
     else:
         cdtype = _kernels.compute_dtype(x.dtype)
         mean = running_mean.to(dtype=cdtype, copy=True)
@@ -345,26 +353,26 @@ def _save(ctx, inputs: tuple, mean: Tensor, var: Tensor, kappas: Tensor) -> None
     ctx.save_for_backward(x, gamma, beta, rho, residual, mean, var, kappas)
     ctx.hyper = (tau, eps, vth, alpha, surrogate, training, sync)
     ctx.has_skip = skip is not None
-    ctx.mark_non_differentiable(mean, var, kappas)
-    ctx.set_materialize_grads(False)  # the unused grads of mean, var, kappas stay None, not zeros
 
 
 def _grads(ctx, grad_spikes, backward) -> tuple:
+    """The gradients of (x, gamma, beta, rho, residual, skip)."""
     x, gamma, beta, rho, residual, mean, var, kappas = ctx.saved_tensors
     dx, dgamma, dbeta, drho, dres = backward(grad_spikes, x, gamma, beta, rho, residual, mean, var,
                                              kappas, *ctx.hyper)
     # the skip is added after firing: its gradient is the incoming one, unchanged
     return (dx, dgamma, dbeta, drho if rho is not None else None,
-            dres if residual is not None else None, grad_spikes if ctx.has_skip else None,
-            *(None,) * 12)
+            dres if residual is not None else None, grad_spikes if ctx.has_skip else None)
 
 
 def _fwd_setup_context(ctx, inputs, output):
     _save(ctx, inputs, *output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # the unused grads of mean, var, kappas stay None, not zeros
 
 
 def _fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
-    return _grads(ctx, grad_spikes, _bwd_op)
+    return *_grads(ctx, grad_spikes, _bwd_op), *(None,) * 12
 
 
 _fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -374,18 +382,22 @@ class _EagerTdBNPLIF(torch.autograd.Function):
     """The custom ops' implementation as a plain autograd Function, for eager mode.
 
     The dispatcher route of ``torch.library`` ops costs a few hundred microseconds of host time
-    per layer and step; outside torch.compile this calls the same implementations directly.
-    Under torch.compile the registered ops are used (``_compiled_op``)."""
+    per layer and step; outside torch.compile this calls the same implementations directly, with
+    few arguments (autograd walks each one) and one output, the spikes; the statistics kernel
+    updates the running statistics itself (``momentum``; None: not at all). Under torch.compile
+    the registered ops are used (``_compiled_op``)."""
 
     @staticmethod
-    def forward(ctx, *inputs):  # the forward op's arguments
-        outputs = _forward_impl(*inputs)
-        _save(ctx, inputs, *outputs[1:])
-        return outputs
+    def forward(ctx, x, gamma, beta, rho, residual, skip, options: tuple, momentum):
+        # options: the forward op's arguments after skip, running_mean first
+        inputs = (x, gamma, beta, rho, residual, skip, *options)
+        spikes, mean, var, kappas = _forward_impl(*inputs, momentum=momentum)
+        _save(ctx, inputs, mean, var, kappas)
+        return spikes
 
     @staticmethod
-    def backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
-        return _grads(ctx, grad_spikes, _backward_impl)
+    def backward(ctx, grad_spikes):
+        return *_grads(ctx, grad_spikes, _backward_impl), None, None
 
 
 def _dense_for_inductor(x: Tensor) -> Tensor:
@@ -417,7 +429,7 @@ if _kernels is not None and not triton_interpreting():
         return _backward_impl(grad, _dense_for_inductor(x), *args[:-1], False, wrap_triton)
 
     def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
-        return _grads(ctx, grad_spikes, _bwd_inductor_op)
+        return *_grads(ctx, grad_spikes, _bwd_inductor_op), *(None,) * 12
 
     _fwd_inductor_op.register_autograd(_fwd_inductor_backward, setup_context=_fwd_setup_context)
 else:  # Triton's interpreter runs kernels as Python: inductor cannot trace them
@@ -618,21 +630,35 @@ def tdbn_plif(
             alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,
             width_rule=width_rule, kappa0=kappa0, sync_stats=sync,
         )
-    fused = _compiled_op(x, sync) if torch.compiler.is_compiling() else _EagerTdBNPLIF.apply
     # the kernels index per-channel tensors as dense vectors (a no-op for parameters)
     gamma, beta = gamma.contiguous(), beta.contiguous()
-    stats = (None, None) if training else (running_mean.contiguous(), running_var.contiguous())
+    if not training:
+        running_mean, running_var = running_mean.contiguous(), running_var.contiguous()
     # tau = sigmoid(rho) and the surrogate widths are worked out inside the kernels: no chain of
     # small PyTorch ops per layer
-    spikes, mean, var, _ = fused(
-        x, gamma, beta, rho if learn_tau else None, residual, skip, *stats, training,
-        0.0 if learn_tau else float(tau), float(eps), float(vth), float(alpha), surrogate,
-        width_rule, float(kappa0), sync, timesteps or x.shape[0],
-    )
+    options = (float(eps), float(vth), float(alpha), surrogate, width_rule, float(kappa0), sync,
+               timesteps or x.shape[0])
+    tau = 0.0 if learn_tau else float(tau)
+    rho = rho if learn_tau else None
+    if not torch.compiler.is_compiling():
+        return _EagerTdBNPLIF.apply(x, gamma, beta, rho, residual, skip,
+                                    (running_mean, running_var, training, tau, *options),
+                                    float(momentum) if training else None)
+    # a compiled op is functional: it never writes the running statistics, it returns the batch's
+    stats = (None, None) if training else (running_mean, running_var)
+    spikes, mean, var, _ = _compiled_op(x, sync)(x, gamma, beta, rho, residual, skip, *stats,
+                                                 training, tau, *options)
     if training and running_mean is not None:
         n = spikes.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
-        with torch.no_grad():
-            # one foreach op: inductor updates both buffers in one kernel, not one per buffer
-            torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),
-                                 (var * (n / (n - 1))).to(running_var.dtype)], momentum)
+        _update_running_stats(running_mean, running_var, mean, var, n, momentum)
     return spikes
+
+
+def _update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                         n: int, momentum: float) -> None:
+    """Batch norm's update of the running statistics from a batch's mean and biased var over
+    ``n`` values per channel (the running var gets the unbiased one), in place."""
+    with torch.no_grad():
+        # one foreach op: inductor updates both buffers in one kernel, not one per buffer
+        torch._foreach_lerp_([running_mean, running_var], [mean.to(running_mean.dtype),
+                             (var * (n / (n - 1))).to(running_var.dtype)], momentum)

@@ -164,7 +164,9 @@ def host_overheads(device: torch.device) -> list[dict]:
         ops.INDUCTOR_LAUNCH = inductor_launch  # read (and guarded on) while dynamo traces
         try:
             torch._dynamo.reset()
-            options = ops.compile_options() if static_launch else {}
+            # compiled in this process, whose options then pick the launcher (in inductor's worker
+            # processes one environment variable decides, for the whole run: ops.compile_options)
+            options = {**(ops.compile_options() if static_launch else {}), "compile_threads": 1}
             compiled = torch.compile(TdBNPLIF(8, backend="triton").to(device), fullgraph=True,
                                      options=options)
             return host.host_us(lambda: compiled(xg).backward(grad), device)

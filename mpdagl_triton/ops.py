@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -446,6 +447,8 @@ def _compiled_op(x: Tensor, sync: bool):
 
 #: ``MPDAGL_STATIC_LAUNCH=0`` leaves our kernels on Triton's own launcher inside compiled graphs
 STATIC_LAUNCH = os.environ.get("MPDAGL_STATIC_LAUNCH", "1") != "0"
+#: how inductor's compile workers learn the option (``compile_options``)
+STATIC_LAUNCH_ENV = "TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS"
 
 
 def compile_options(mode: str = "default") -> dict:
@@ -453,13 +456,35 @@ def compile_options(mode: str = "default") -> dict:
     inductor's static CUDA launcher, as inductor launches its own (torch leaves user-defined
     Triton kernels on Triton's launcher by default: 16 us per launch against a few on an H200
     host, and a layer's forward + backward launches six of ours). Pass as
-    ``torch.compile(model, options=compile_options(mode))``; ``mode`` as torch.compile's."""
+    ``torch.compile(model, options=compile_options(mode))``; ``mode`` as torch.compile's.
+
+    Inductor compiles kernels in worker processes, where each kernel's launcher is chosen, and
+    torch passes them ``use_static_triton_launcher`` but not this option (torch 2.11-2.13:
+    ``async_compile.py``). So this also sets
+    ``TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1``, which workers read when they
+    start (it then holds for every user-defined Triton kernel they compile). Call it before the
+    process's first torch.compile: workers already running keep Triton's launcher (it warns)."""
     from torch._inductor import config, list_mode_options
 
     options = dict(list_mode_options(mode))
     if STATIC_LAUNCH and hasattr(config, "static_launch_user_defined_triton_kernels"):
         options["static_launch_user_defined_triton_kernels"] = True
+        if STATIC_LAUNCH_ENV not in os.environ:  # an explicit setting is the user's to keep
+            if _compile_workers_running():
+                warnings.warn(
+                    "inductor's compile workers started before compile_options(): they launch "
+                    "our kernels through Triton's launcher (more host time per launch in "
+                    "compiled graphs outside CUDA graphs). Call compile_options() before the "
+                    f"first torch.compile, or set {STATIC_LAUNCH_ENV}=1.", stacklevel=2)
+            os.environ[STATIC_LAUNCH_ENV] = "1"
     return options
+
+
+def _compile_workers_running() -> bool:
+    """Whether this process has started inductor's pool of compile workers."""
+    from torch._inductor.async_compile import AsyncCompile
+
+    return AsyncCompile.process_pool.cache_info().currsize > 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -169,6 +169,49 @@ def test_compile_options_launch_our_kernels_statically(monkeypatch):
     assert ops.compile_options("reduce-overhead") == {"triton.cudagraphs": True}
 
 
+def _compile_worker_setting() -> str:
+    """static_launch_user_defined_triton_kernels as one of inductor's compile workers would see it:
+    a new Python process started with the environment torch gives its workers."""
+    from torch._inductor.utils import python_subprocess_env
+
+    code = "import torch._inductor.config as c; print(c.static_launch_user_defined_triton_kernels)"
+    done = subprocess.run([sys.executable, "-c", code], env=python_subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_compile_options_reach_inductors_compile_workers(monkeypatch):
+    """The option decides in inductor's compile workers (other processes, handed only
+    use_static_triton_launcher), so compile_options passes it on through the environment they
+    start with; an explicit setting is kept, and workers already running get a warning."""
+    import warnings
+
+    monkeypatch.delenv(ops.STATIC_LAUNCH_ENV, raising=False)
+    assert _compile_worker_setting() == "False"  # torch's default: Triton's launcher for ours
+    monkeypatch.setattr(ops, "_compile_workers_running", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.compile_options()
+    assert _compile_worker_setting() == "True"
+
+    monkeypatch.setenv(ops.STATIC_LAUNCH_ENV, "0")
+    ops.compile_options()
+    assert os.environ[ops.STATIC_LAUNCH_ENV] == "0"
+
+    monkeypatch.delenv(ops.STATIC_LAUNCH_ENV)
+    monkeypatch.setattr(ops, "_compile_workers_running", lambda: True)
+    with pytest.warns(UserWarning, match="compile workers started before compile_options"):
+        ops.compile_options("reduce-overhead")
+
+
+def test_compile_workers_running_once_inductor_starts_its_pool():
+    from torch._inductor.async_compile import AsyncCompile, get_compile_threads
+
+    AsyncCompile.warm_pool()  # what inductor does first on a compile (no pool on one core)
+    assert ops._compile_workers_running() == (get_compile_threads() > 1)
+
+
 def test_compile_inductor_no_graph_breaks():
     """The inductor backend too, counting graphs: one forward graph means no break. With
     compile_options: on CUDA, inductor launches our kernels through its static launcher."""

@@ -43,7 +43,7 @@ from bench.common import (environment, prepare_spikingjelly, print_table, spikin
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
-from mpdagl_triton.ops import compile_options
+from mpdagl_triton.ops import compile_options, compiled_kernel_launchers
 
 #: (name, T, B, channels_last) of issue 7's two settings
 SETTINGS = {"t4b64": (4, 64, True), "t2b128": (2, 128, False), "t2b128cl": (2, 128, True)}
@@ -282,6 +282,9 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
             row["host_ms"] = host_ms(step, device, repeats)
             if impl == "mpdagl":
                 row["host_syncs"] = host_syncs(step, device)
+                if compile_model:  # our kernels' launchers in the graphs loaded so far
+                    row["launchers"] = ", ".join(f"{kind} {n}" for kind, n in
+                                                 compiled_kernel_launchers().items()) or None
         if profile_steps:
             row["profile"] = step_profile(step, profile_steps, device)
             if "gpu_ms" in row["profile"]:
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
     columns = ["impl", "T", "B", "layout", "dtype", "ms", "gpu_ms", "host_ms", "images_per_s", "peak_gib", "vs_ann",
-               "host_syncs", "compile_s", "note"]
+               "host_syncs", "launchers", "compile_s", "note"]
     warm_s = warm_caches(args, args.jobs) if args.jobs and not args.warm_only and not args.no_compile else None
     variants = [(None, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
     if args.full:

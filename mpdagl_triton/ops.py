@@ -480,6 +480,26 @@ def compile_options(mode: str = "default") -> dict:
     return options
 
 
+def compiled_kernel_launchers() -> dict[str, int]:
+    """How the compiled graphs this process has loaded launch our kernels: the number of kernels
+    on inductor's static CUDA launcher (``"static"``) and on Triton's (``"triton"``). Empty until
+    a graph launching them has loaded (only on CUDA: elsewhere the custom ops launch them)."""
+    from torch._inductor.codecache import PyCodeCache
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    if _kernels is None:
+        return {}
+    counts, seen = {"static": 0, "triton": 0}, set()
+    for module in [*PyCodeCache.modules, *PyCodeCache.modules_no_attr.values()]:
+        for value in vars(module).values():
+            name = getattr(getattr(value, "fn", None), "__name__", "")
+            if (isinstance(value, CachingAutotuner) and id(value) not in seen
+                    and name in _kernels.KERNEL_NAMES):
+                seen.add(id(value))
+                counts["static" if value.is_statically_launchable() else "triton"] += 1
+    return {kind: n for kind, n in counts.items() if n}
+
+
 def _compile_workers_running() -> bool:
     """Whether this process has started inductor's pool of compile workers."""
     from torch._inductor.async_compile import AsyncCompile

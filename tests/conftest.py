@@ -33,3 +33,6 @@ else:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 os.environ.pop("MPDAGL_BACKEND", None)  # tests choose backends explicitly
+# what ops.compile_options sets before a first compile; here before any test starts inductor's
+# compile workers, whatever the order the tests run in
+os.environ.setdefault("TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS", "1")

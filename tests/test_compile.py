@@ -212,6 +212,37 @@ def test_compile_workers_running_once_inductor_starts_its_pool():
     assert ops._compile_workers_running() == (get_compile_threads() > 1)
 
 
+def test_compiled_kernel_launchers_counts_our_loaded_kernels(monkeypatch):
+    """The launcher check reads inductor's loaded kernels: ours by kernel name, each counted once,
+    static when every compiled variant is on the static launcher."""
+    import types
+
+    from torch._inductor.codecache import PyCodeCache
+    from torch._inductor.runtime.triton_heuristics import (CachingAutotuner, StaticTritonCompileResult,
+                                                           TritonCompileResult)
+
+    def kernel(name, *results):
+        autotuner = object.__new__(CachingAutotuner)
+        autotuner.fn = types.SimpleNamespace(__name__=name)
+        autotuner.compile_results = [object.__new__(r) for r in results]
+        return autotuner
+
+    shared = kernel("_backward_kernel", TritonCompileResult)
+    graph = types.ModuleType("graph")
+    graph.__dict__.update(a=kernel("_forward_kernel", StaticTritonCompileResult), b=shared,
+                          c=kernel("_stats_partial_kernel", StaticTritonCompileResult,
+                                   TritonCompileResult),
+                          d=kernel("triton_poi_fused_add_0", TritonCompileResult))
+    other = types.ModuleType("other")
+    other.__dict__.update(e=shared, f=kernel("_sum_partials_kernel", StaticTritonCompileResult))
+    monkeypatch.setattr(PyCodeCache, "modules", [graph])
+    monkeypatch.setattr(PyCodeCache, "modules_no_attr", {"k": other})
+    assert ops.compiled_kernel_launchers() == {"static": 2, "triton": 2}
+    monkeypatch.setattr(PyCodeCache, "modules", [])
+    monkeypatch.setattr(PyCodeCache, "modules_no_attr", {})
+    assert ops.compiled_kernel_launchers() == {}
+
+
 def test_compile_inductor_no_graph_breaks():
     """The inductor backend too, counting graphs: one forward graph means no break. With
     compile_options: on CUDA, inductor launches our kernels through its static launcher."""
@@ -232,6 +263,8 @@ def test_compile_inductor_no_graph_breaks():
     assert torch.equal(out, expected)
     for (name, p1), (_, p2) in zip(model.named_parameters(), reference_model.named_parameters()):
         torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-6, msg=name)
+    if DEVICE.type == "cuda":  # conftest gives compile workers the setting, as compile_options does
+        assert ops.compiled_kernel_launchers().keys() == {"static"}
 
 
 FORWARD_LAUNCHES = ["_stats_partial_kernel", "_stats_finalize_kernel", "_forward_kernel"]

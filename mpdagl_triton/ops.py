@@ -170,7 +170,8 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
                   tau: float, eps: float, vth: float, alpha: float,
                   surrogate: str, width_rule: str, kappa0: float, sync: bool, timesteps: int,
-                  wrap=None, momentum: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  wrap=None, momentum: float | None = None,
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward op (``mpdagl::tdbn_plif_fwd``, below).
 
     ``wrap(kernel)`` is what gets launched: ``torch.library.wrap_triton`` in the triton_ops.

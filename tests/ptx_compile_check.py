@@ -44,7 +44,8 @@ def fixed_set() -> int:
         compile_kernel(K._stats_finalize_kernel,
                        {"partial_ptr": compute, "mean_ptr": compute, "var_ptr": compute,
                         "running_mean_ptr": "fp32", "running_var_ptr": compute},
-                       dict(BLOCK_P=32, BLOCK_C=64, COMPUTE=tl_compute, UPDATE_RUNNING=not channels_last))
+                       dict(BLOCK_P=32, BLOCK_C=64, COMPUTE=tl_compute,
+                            UPDATE_RUNNING=not channels_last))
         compile_kernel(K._sum_partials_kernel, {"partial_ptr": compute, "out_ptr": compute},
                        dict(BLOCK_P=64, BLOCK_C=32, COMPUTE=tl_compute))
         per_channel = {"mean_ptr": compute, "var_ptr": compute, "gamma_ptr": "fp32",

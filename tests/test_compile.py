@@ -218,8 +218,8 @@ def test_compiled_kernel_launchers_counts_our_loaded_kernels(monkeypatch):
     import types
 
     from torch._inductor.codecache import PyCodeCache
-    from torch._inductor.runtime.triton_heuristics import (CachingAutotuner, StaticTritonCompileResult,
-                                                           TritonCompileResult)
+    from torch._inductor.runtime.triton_heuristics import (
+        CachingAutotuner, StaticTritonCompileResult, TritonCompileResult)
 
     def kernel(name, *results):
         autotuner = object.__new__(CachingAutotuner)

@@ -502,10 +502,12 @@ def compiled_kernel_launchers() -> dict[str, int]:
 
 
 def _compile_workers_running() -> bool:
-    """Whether this process has started inductor's pool of compile workers."""
+    """Whether this process has started inductor's pool of compile workers (False where this torch
+    keeps the pool elsewhere: only the warning depends on it)."""
     from torch._inductor.async_compile import AsyncCompile
 
-    return AsyncCompile.process_pool.cache_info().currsize > 0
+    cache_info = getattr(AsyncCompile.process_pool, "cache_info", None)
+    return cache_info is not None and cache_info().currsize > 0
 
 
 # ----------------------------------------------------------------------------------------------

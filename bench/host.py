@@ -9,9 +9,9 @@ counters, so a forward + backward of a stack of tiny ``TdBNPLIF`` layers times o
 PyTorch's dispatch and autograd, and the small PyTorch ops around the kernels. It reports, per
 layer fwd+bwd, the host microseconds (eager and ``torch.compile``; a stack, so that
 torch.compile's per-graph cost is shared as in a real network), the Triton launches, and the
-PyTorch ops that launch a device kernel in eager mode (views and allocations excluded). On a GPU
-(``--device cuda``) the small ops launch real CUDA kernels; ``python -m bench.tune`` times a real
-Triton launch there. Stubbed kernels cannot be traced, so compiled layers here take the opaque
+PyTorch ops that launch a device kernel in eager mode (views and allocations excluded), and the
+eager forward alone (no autograd graph). On a GPU (``--device cuda``) the small ops launch real
+CUDA kernels; ``python -m bench.tune`` times a real Triton launch there. Stubbed kernels cannot be traced, so compiled layers here take the opaque
 custom ops: on CUDA, compiled graphs normally launch the kernels from inductor's code instead
 (``bench.tune`` times both routes with real kernels).
 """
@@ -130,6 +130,12 @@ def measure(device: torch.device, shape=(4, 2, 8, 4, 4), depth: int = 8) -> list
                    "torch_kernels": sum(counter.ops.values()) / depth if mode == "eager" else None}
             if mode == "eager":
                 row["ops"] = {name: n / depth for name, n in sorted(counter.ops.items())}
+
+                def forward():
+                    with torch.no_grad():
+                        layer(x)
+
+                row["forward_us"] = host_us(forward, device) / depth  # the rest is autograd + backward
             rows.append(row)
     return rows
 
@@ -144,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # lets backend="triton" take CPU tensors; kernels are stubs
     rows = measure(device, depth=args.depth)
-    print_table(rows, ["mode", "host_us", "triton_launches", "torch_kernels"])
-    print("eager ops per layer:", ", ".join(f"{n} x{c:g}" for n, c in rows[0]["ops"].items()))
+    print_table(rows, ["mode", "host_us", "forward_us", "triton_launches", "torch_kernels"])
+    print("eager ops per layer:", ", ".join(f"{n} x{c:g}" for n, c in rows[0]["ops"].items()) or "none")
     payload = {"benchmark": "host", "environment": environment(device), "rows": rows}
     write_json(args.json, payload)
     return payload

@@ -152,6 +152,7 @@ def test_host_cost_benchmark(tmp_path):
     assert all(r["triton_launches"] == 6 and r["host_us"] > 0 for r in rows)
     # eager, the statistics kernel updates the running statistics: no PyTorch kernel at all
     assert rows[0]["torch_kernels"] == 0 and rows[0]["ops"] == {}
+    assert 0 < rows[0]["forward_us"] < rows[0]["host_us"]
 
 
 def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):

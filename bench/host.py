@@ -4,16 +4,17 @@
 
 Outside CUDA graphs every fused layer costs more host time than GPU time (on an H200, 1.5 ms of
 host time per layer forward + backward against 0.33 ms of GPU work; bench/RESULTS.md). This
-measures the part the library controls, without a GPU: the four Triton kernels are replaced by
+measures the part the library controls, without a GPU: our Triton kernels are replaced by
 counters, so a forward + backward of a stack of tiny ``TdBNPLIF`` layers times our Python,
 PyTorch's dispatch and autograd, and the small PyTorch ops around the kernels. It reports, per
 layer fwd+bwd, the host microseconds (eager and ``torch.compile``; a stack, so that
-torch.compile's per-graph cost is shared as in a real network), the Triton launches, and the
-PyTorch ops that launch a device kernel in eager mode (views and allocations excluded), and the
-eager forward alone (no autograd graph). On a GPU (``--device cuda``) the small ops launch real
-CUDA kernels; ``python -m bench.tune`` times a real Triton launch there. Stubbed kernels cannot be traced, so compiled layers here take the opaque
-custom ops: on CUDA, compiled graphs normally launch the kernels from inductor's code instead
-(``bench.tune`` times both routes with real kernels).
+torch.compile's per-graph cost is shared as in a real network), the eager forward alone (no
+autograd graph), the Triton launches, and the PyTorch ops that launch a device kernel in eager
+mode (views and allocations excluded). On a GPU (``--device cuda``) the small ops launch real
+CUDA kernels; ``python -m bench.tune`` times a real Triton launch there. Stubbed kernels cannot
+be traced, so compiled layers here take the opaque custom ops: on CUDA, compiled graphs
+normally launch the kernels from inductor's code instead (``bench.tune`` times both routes with
+real kernels).
 """
 
 from __future__ import annotations

@@ -294,24 +294,35 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     return row
 
 
-def run_quietly(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True)
+def run_quietly(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def share_of_cores(jobs: int) -> dict[str, str]:
+    """The environment of one of ``jobs`` parallel compiling processes: inductor's compile workers
+    split the cores between them (each process would otherwise start one worker per core, and
+    every worker imports torch), unless the caller chose a number."""
+    env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
 
 
 def warm_caches(args, jobs: int) -> float:
-    """Compile every (setting, implementation) once, ``jobs`` processes at a time, so that the
-    measuring process (one at a time: timings must not share the GPU) loads compiled code from
-    torch.compile's on-disk caches instead of compiling: most of this benchmark's wall time is
-    compilation, which is CPU work. Returns the seconds it took; a failure is reported and left
-    to the measurement, which compiles anyway."""
+    """Compile every (setting, implementation) once, ``jobs`` processes at a time (each with its
+    share of the cores for inductor's compile workers), so that the measuring process (one at a
+    time: timings must not share the GPU) loads compiled code from torch.compile's on-disk caches
+    instead of compiling: most of this benchmark's wall time is compilation, which is CPU work.
+    Returns the seconds it took; a failure is reported and left to the measurement, which
+    compiles anyway."""
     passthrough = ["--device", args.device, "--dtype", args.dtype, "--compile-mode", args.compile_mode]
     passthrough += ["--full"] * args.full + ["--no-layout-optimization"] * args.no_layout_optimization
     passthrough += ["--batch", str(args.batch)] if args.batch else []
     commands = [[sys.executable, "-m", "bench.train_step", "--warm-only", "--settings", name, "--impls", impl,
                  *passthrough] for impl in args.impls for name in args.settings]
+    env = share_of_cores(jobs)
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for command, done in zip(commands, pool.map(run_quietly, commands)):
+        for command, done in zip(commands, pool.map(lambda c: run_quietly(c, env), commands)):
             if done.returncode:
                 print(f"warming {' '.join(command[3:8])} failed:\n{done.stderr[-2000:]}")
     seconds = time.perf_counter() - start

@@ -66,10 +66,12 @@ def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
 
     commands = []
 
-    def run(command):
+    def run(command, env):
         commands.append(command)
+        assert env["TORCHINDUCTOR_COMPILE_THREADS"] == str(max(1, (os.cpu_count() or 1) // 3))
         return subprocess.CompletedProcess(command, 0, "", "")
 
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     monkeypatch.setattr(train_step, "run_quietly", run)
     args = argparse.Namespace(device="cuda", dtype="bf16", compile_mode="reduce-overhead", full=False,
                               no_layout_optimization=True, batch=None, impls=["ann", "mpdagl"],
@@ -81,6 +83,8 @@ def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
         assert command[:4] == [sys.executable, "-m", "bench.train_step", "--warm-only"]
         assert command[command.index("--compile-mode") + 1] == "reduce-overhead"
         assert "--no-layout-optimization" in command and "--full" not in command and "--batch" not in command
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")  # the user's choice stands
+    assert train_step.share_of_cores(3)["TORCHINDUCTOR_COMPILE_THREADS"] == "5"
 
 
 def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):

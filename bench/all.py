@@ -6,8 +6,8 @@ under 8 minutes on one GPU).
 
 Each part runs in a process of its own, as it would alone (``python -m bench.layer`` etc.):
 SpikingJelly, measured in the layer part, changes dynamo and torch.compile's cache key for the
-rest of its process. The training-step part first compiles its eight steps in ``--jobs`` parallel
-processes, which fill torch.compile's on-disk caches, then measures one step at a time (run 5 on
+rest of its process. The layer and training-step parts first compile what they measure in
+``--jobs`` parallel processes, which fill torch.compile's on-disk caches, then measure one at a time (run 5 on
 an H100 spent ~285 s compiling and measuring one setting's four steps in series). Record what you
 measure, with the card and date, in bench/RESULTS.md.
 """
@@ -30,7 +30,7 @@ def parts(out: Path, full: bool, jobs: int) -> dict[str, list[str]]:
     """Each part's module and arguments."""
     shapes = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8"] if full else ["4x64x128x32x32"]
     return {
-        "layer": ["bench.layer", "--shapes", *shapes, "--json", str(out / "layer.json")],
+        "layer": ["bench.layer", "--jobs", str(jobs), "--shapes", *shapes, "--json", str(out / "layer.json")],
         "train_step": ["bench.train_step", "--jobs", str(jobs), "--json", str(out / "train_step.json")],
         "data": ["bench.data", "--synthetic", "50000", "--batch-size", "128", "--json", str(out / "data.json")],
         "probe": ["bench.probe", "--arch", "resnet19", "--images", "50000", "--batch-size", "128", "-T", "2",

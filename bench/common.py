@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import platform
 import statistics
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +16,35 @@ from typing import Callable
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_quietly(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+def share_of_cores(jobs: int) -> dict[str, str]:
+    """The environment of one of ``jobs`` parallel compiling processes: inductor's compile workers
+    split the cores between them (each process would otherwise start one worker per core, and
+    every worker imports torch), unless the caller chose a number."""
+    env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
+
+
+def compile_in_parallel(commands: list[list[str]], jobs: int) -> tuple[float, int]:
+    """Run benchmark processes that only compile (``--warm-only``), ``jobs`` at a time, so that
+    the measuring process, which runs alone (timings must not share the GPU), loads compiled code
+    from torch.compile's on-disk caches instead of compiling: compilation is CPU work, and most
+    of a compiled benchmark's wall time. Returns the seconds it took and how many processes
+    failed; a failure is printed and left to the measurement, which compiles anyway."""
+    env = share_of_cores(jobs)
+    start, failed = time.perf_counter(), 0
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        for command, done in zip(commands, pool.map(lambda c: run_quietly(c, env), commands)):
+            if done.returncode:
+                failed += 1
+                print(f"compiling {' '.join(command[2:])} failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - start, failed
 
 
 def synchronize(device: torch.device) -> None:

@@ -2,6 +2,7 @@
 
     python -m bench.layer                      # every implementation, default shapes, fp32 + bf16
     python -m bench.layer --shapes 4x64x128x32x32 --dtypes bf16 --json bench/results/layer.json
+    python -m bench.layer --jobs 4             # compile the compiled implementations in 4 processes first
 
 Implementations (those that cannot run on the device are reported as skipped):
   fused              mpdagl_triton.TdBNPLIF, Triton kernels (CUDA)
@@ -30,17 +31,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 import torch
 from torch import nn
 
-from bench.common import (DTYPES, copy_bandwidth_gbs, cuda_graph_ms, environment, peak_memory_bytes,
-                          prepare_spikingjelly, print_table, spikingjelly_plif, time_ms, write_json)
+from bench.common import (DTYPES, compile_in_parallel, copy_bandwidth_gbs, cuda_graph_ms, environment,
+                          peak_memory_bytes, prepare_spikingjelly, print_table, spikingjelly_plif, time_ms,
+                          write_json)
 from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
 COLUMNS = ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_graph_ms", "peak_mib", "roofline_ms", "note"]
 IMPLEMENTATIONS = ["fused", "fused-compiled", "reference", "reference-compiled", "spikingjelly"]
+COMPILED = ("fused-compiled", "reference-compiled", "spikingjelly")
 
 
 class SpikingJellyLayer(nn.Module):
@@ -76,13 +80,13 @@ def build(impl: str, channels: int, device: torch.device, dtype: torch.dtype = t
         except ImportError:
             return "spikingjelly not installed"
         prepare_spikingjelly(module, dtype, device)
-    if impl.endswith("compiled") or impl == "spikingjelly":
+    if impl in COMPILED:
         module = torch.compile(module, options=compile_options())
     return module
 
 
 def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.device, warmup: int,
-            repeats: int, stem: bool = False) -> dict:
+            repeats: int, stem: bool = False, warm_only: bool = False) -> dict:
     row = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
     module = build(impl, shape[2], device, dtype)
     if isinstance(module, str):
@@ -108,6 +112,9 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
         run().backward(grad)
 
     try:
+        if warm_only:  # compile both graphs (with and without autograd), measure nothing
+            forward(), step()
+            return row
         row["fwd_ms"] = time_ms(forward, device, warmup, repeats)
         row["fwd_bwd_ms"] = time_ms(step, device, warmup, repeats)
         graph = cuda_graph_ms(step, device, warmup, repeats)
@@ -134,10 +141,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--stem", action="store_true", help="the input is one timestep, the same at every step")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="compile the compiled implementations first, in this many parallel processes")
+    parser.add_argument("--warm-only", action="store_true", help="compile and run once, measure nothing")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+    if args.warm_only:
+        for shape_text in args.shapes:
+            for dtype_name in args.dtypes:
+                for impl in args.impls:
+                    measure(impl, [int(v) for v in shape_text.split("x")], DTYPES[dtype_name], device,
+                            0, 0, args.stem, warm_only=True)
+        return {}
+    parallel = None
+    if args.jobs:
+        compiled = [impl for impl in args.impls if impl in COMPILED]
+        commands = [[sys.executable, "-m", "bench.layer", "--warm-only", "--device", args.device, "--impls", impl,
+                     "--dtypes", dtype_name, "--shapes", *args.shapes, *["--stem"] * args.stem]
+                    for impl in compiled for dtype_name in args.dtypes]
+        seconds, failed = compile_in_parallel(commands, args.jobs)
+        parallel = {"processes": len(commands), "failed": failed, "seconds": seconds}
+        print(f"compiled {len(commands) - failed} of {len(commands)} implementations x dtypes in {args.jobs} "
+              f"parallel processes in {seconds:.0f} s")
 
     bandwidth = copy_bandwidth_gbs(device)
     rows = []
@@ -159,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
           f"copy bandwidth {bandwidth and round(bandwidth)} GB/s")
     print_table(rows, COLUMNS)
-    payload = {"benchmark": "layer", "environment": env, "copy_bandwidth_gbs": bandwidth, "rows": rows}
+    payload = {"benchmark": "layer", "environment": env, "copy_bandwidth_gbs": bandwidth,
+               "parallel_compile": parallel, "rows": rows}
     write_json(args.json, payload)
     return payload
 

@@ -26,11 +26,9 @@ processes before the measuring starts (they fill torch.compile's on-disk caches)
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -38,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import (environment, prepare_spikingjelly, print_table, spikingjelly_plif, synchronize, time_ms,
+from bench.common import (compile_in_parallel, environment, prepare_spikingjelly, print_table, spikingjelly_plif, synchronize, time_ms,
                           write_json)
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
@@ -294,39 +292,17 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     return row
 
 
-def run_quietly(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, env=env)
-
-
-def share_of_cores(jobs: int) -> dict[str, str]:
-    """The environment of one of ``jobs`` parallel compiling processes: inductor's compile workers
-    split the cores between them (each process would otherwise start one worker per core, and
-    every worker imports torch), unless the caller chose a number."""
-    env = dict(os.environ)
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    return env
-
-
 def warm_caches(args, jobs: int) -> float:
-    """Compile every (setting, implementation) once, ``jobs`` processes at a time (each with its
-    share of the cores for inductor's compile workers), so that the measuring process (one at a
-    time: timings must not share the GPU) loads compiled code from torch.compile's on-disk caches
-    instead of compiling: most of this benchmark's wall time is compilation, which is CPU work.
-    Returns the seconds it took; a failure is reported and left to the measurement, which
-    compiles anyway."""
+    """Compile every (setting, implementation) once, in ``jobs`` parallel processes
+    (``common.compile_in_parallel``); the seconds it took."""
     passthrough = ["--device", args.device, "--dtype", args.dtype, "--compile-mode", args.compile_mode]
     passthrough += ["--full"] * args.full + ["--no-layout-optimization"] * args.no_layout_optimization
     passthrough += ["--batch", str(args.batch)] if args.batch else []
     commands = [[sys.executable, "-m", "bench.train_step", "--warm-only", "--settings", name, "--impls", impl,
                  *passthrough] for impl in args.impls for name in args.settings]
-    env = share_of_cores(jobs)
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for command, done in zip(commands, pool.map(lambda c: run_quietly(c, env), commands)):
-            if done.returncode:
-                print(f"warming {' '.join(command[3:8])} failed:\n{done.stderr[-2000:]}")
-    seconds = time.perf_counter() - start
-    print(f"compiled {len(commands)} steps in {jobs} parallel processes in {seconds:.0f} s")
+    seconds, failed = compile_in_parallel(commands, jobs)
+    print(f"compiled {len(commands) - failed} of {len(commands)} steps in {jobs} parallel processes "
+          f"in {seconds:.0f} s")
     return seconds
 
 

@@ -28,6 +28,17 @@ def test_layer_benchmark(tmp_path):
     assert rows[1]["note"] == "needs CUDA" or rows[1]["fwd_bwd_ms"] > 0
 
 
+def test_layer_benchmark_compiles_in_parallel_first(tmp_path):
+    """--jobs: one process per compiled implementation and dtype compiles (--warm-only) before the
+    measurement; here the compiled reference, on the CPU."""
+    payload = bench("layer", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",
+                    "reference-compiled", "--jobs", "2", "--warmup", "0", "--repeats", "1",
+                    json_out=tmp_path / "l.json")
+    assert payload["parallel_compile"]["processes"] == 1 and payload["parallel_compile"]["failed"] == 0
+    assert [r["impl"] for r in payload["rows"]] == ["reference", "reference-compiled"]
+    assert all(r["fwd_bwd_ms"] > 0 for r in payload["rows"])
+
+
 def test_layer_benchmark_as_a_stem(tmp_path):
     """--stem: one input timestep at every step (timesteps=T for ours)."""
     rows = bench("layer", "--shapes", "3x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",
@@ -62,7 +73,7 @@ def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
     """--jobs N: one warm-up process per (implementation, setting), N at a time, with the flags that
     shape the compiled graph, so that the measuring process hits torch.compile's caches."""
     monkeypatch.syspath_prepend(str(ROOT))
-    from bench import train_step
+    from bench import common, train_step
 
     commands = []
 
@@ -72,7 +83,7 @@ def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    monkeypatch.setattr(train_step, "run_quietly", run)
+    monkeypatch.setattr(common, "run_quietly", run)
     args = argparse.Namespace(device="cuda", dtype="bf16", compile_mode="reduce-overhead", full=False,
                               no_layout_optimization=True, batch=None, impls=["ann", "mpdagl"],
                               settings=["t4b64", "t2b128"])
@@ -84,7 +95,7 @@ def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
         assert command[command.index("--compile-mode") + 1] == "reduce-overhead"
         assert "--no-layout-optimization" in command and "--full" not in command and "--batch" not in command
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")  # the user's choice stands
-    assert train_step.share_of_cores(3)["TORCHINDUCTOR_COMPILE_THREADS"] == "5"
+    assert common.share_of_cores(3)["TORCHINDUCTOR_COMPILE_THREADS"] == "5"
 
 
 def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
@@ -179,7 +190,7 @@ def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
                                                      for name in ("layer", "train_step", "data", "probe")]
     for command in commands:
         assert command[command.index("--json") + 1].startswith(str(tmp_path))
-    assert commands[1][commands[1].index("--jobs") + 1] == "3"
+    assert [c[c.index("--jobs") + 1] for c in commands[:2]] == ["3", "3"]  # layer, train_step
     rows = payload["rows"]
     assert [row["part"] for row in rows] == ["layer", "train_step", "data", "probe", "suite"]
     assert [row["note"] for row in rows] == [None, None, "exit status 1", None, None]

@@ -54,7 +54,7 @@ for stage in $stages; do
                  --compile-mode reduce-overhead --settings t4b64 t2b128cl --json "$OUT/train_step_ro_custom_ops.json" ;;
     step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --jobs 4 --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
-    layer) run layer 80 python3 -m bench.layer --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
+    layer) run layer 80 python3 -m bench.layer --jobs 3 --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
     step-nchw) run step_nchw 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \
                  --json "$OUT/train_step_nchw.json"
                run step_nchw_no_layout_opt 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \

@@ -712,7 +712,9 @@ def batch_stats(x: torch.Tensor, layout: Layout, wrap=None,
     mean = torch.empty(layout.n_chan, dtype=cdtype, device=x.device)
     var = torch.empty_like(mean)
     f = plan("finalize", layout, T, batch)
-    running_mean, running_var, momentum = running or (mean, var, 0.0)  # unused without running
+    # without running statistics their pointers get partial, which this kernel only reads: no
+    # argument aliases a written one (inductor would copy it)
+    running_mean, running_var, momentum = running or (partial, partial, 0.0)
     wrap(_stats_finalize_kernel)[f.grid](
         partial, mean, var, running_mean, running_var, f.partials, layout.n_chan,
         running_mean.stride(0), running_var.stride(0), momentum,

@@ -149,11 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
     if args.warm_only:
-        for shape_text in args.shapes:
-            for dtype_name in args.dtypes:
-                for impl in args.impls:
-                    measure(impl, [int(v) for v in shape_text.split("x")], DTYPES[dtype_name], device,
-                            0, 0, args.stem, warm_only=True)
+        notes = [measure(impl, [int(v) for v in shape_text.split("x")], DTYPES[dtype_name], device, 0, 0,
+                         args.stem, warm_only=True).get("note") or ""
+                 for shape_text in args.shapes for dtype_name in args.dtypes for impl in args.impls]
+        failures = [note for note in notes if note.startswith("failed")]
+        if failures:  # the parent counts failed processes
+            sys.exit("\n".join(failures))
         return {}
     parallel = None
     if args.jobs:

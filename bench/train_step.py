@@ -359,6 +359,9 @@ def main(argv: list[str] | None = None) -> dict:
                 # written after every row: a run cut short still leaves what it measured
                 write_json(args.json, {"benchmark": "train_step", "environment": environment(device),
                                        "parallel_compile_s": warm_s, "rows": rows})
+    failures = [row["note"] for row in rows if (row.get("note") or "").startswith("failed")]
+    if args.warm_only and failures:  # the parent counts failed processes
+        sys.exit("\n".join(failures))
     env = environment(device)
     print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}")
     print_table(rows, columns)

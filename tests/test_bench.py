@@ -39,6 +39,27 @@ def test_layer_benchmark_compiles_in_parallel_first(tmp_path):
     assert all(r["fwd_bwd_ms"] > 0 for r in payload["rows"])
 
 
+def test_layer_warm_up_process_fails_when_a_compile_fails(monkeypatch):
+    """A --warm-only process exits non-zero on a failed compile, so the parent counts it."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import layer
+
+    monkeypatch.setattr(layer, "measure", lambda impl, *a, **k: {"note": "spikingjelly not installed"}
+                        if impl == "spikingjelly" else {"note": f"failed: {impl} broke"})
+    with pytest.raises(SystemExit, match="failed: reference-compiled broke"):
+        layer.main(["--warm-only", "--impls", "reference-compiled", "spikingjelly", "--dtypes", "fp32"])
+    assert layer.main(["--warm-only", "--impls", "spikingjelly", "--dtypes", "fp32"]) == {}
+
+
+def test_train_step_warm_up_process_fails_when_a_compile_fails(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import train_step
+
+    monkeypatch.setattr(train_step, "measure", lambda impl, *a, **k: {"impl": impl, "note": "failed: boom"})
+    with pytest.raises(SystemExit, match="failed: boom"):
+        train_step.main(["--warm-only", "--impls", "mpdagl", "--settings", "t2b128", "--device", "cpu"])
+
+
 def test_layer_benchmark_as_a_stem(tmp_path):
     """--stem: one input timestep at every step (timesteps=T for ours)."""
     rows = bench("layer", "--shapes", "3x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",

@@ -7,6 +7,7 @@
 # Stages: tests tune step-ro step step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
+# step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
 # NCHW with and without inductor's layout optimization: should NCHW models train channels-last?),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
@@ -44,7 +45,14 @@ for stage in $stages; do
     tests) run tests 160 python3 -m pytest -q --maxfail=5 -p no:cacheprovider -n 8 tests/test_op.py \
              tests/test_compile.py tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
     tune) run tune 180 python3 -m bench.tune --json "$OUT/tune.json" ;;
-    step) run step 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --profile 3 --json "$OUT/train_step.json" ;;
+    step) run step 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --profile 3 --json "$OUT/train_step.json"
+          # if ours failed (inductor's static launcher with our kernels?), measure it on Triton's launcher
+          python3 -c "import json,sys; rows=json.load(open('$OUT/train_step.json'))['rows']; \
+            sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||
+            MPDAGL_STATIC_LAUNCH=0 run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 --impls mpdagl \
+              --json "$OUT/train_step_triton_launcher.json" ;;
+    step-launchers) MPDAGL_STATIC_LAUNCH=0 run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 \
+                      --impls mpdagl --settings t4b64 --json "$OUT/train_step_triton_launcher.json" ;;
     step-ro) run step_ro 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --compile-mode reduce-overhead \
                --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json"
              # if ours failed on the default compiled route, measure the custom-op route instead

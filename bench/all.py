@@ -7,9 +7,9 @@ under 8 minutes on one GPU).
 Each part runs in a process of its own, as it would alone (``python -m bench.layer`` etc.):
 SpikingJelly, measured in the layer part, changes dynamo and torch.compile's cache key for the
 rest of its process. The layer and training-step parts first compile what they measure in
-``--jobs`` parallel processes, which fill torch.compile's on-disk caches, then measure one at a time (run 5 on
-an H100 spent ~285 s compiling and measuring one setting's four steps in series). Record what you
-measure, with the card and date, in bench/RESULTS.md.
+``--jobs`` parallel processes, which fill torch.compile's on-disk caches, then measure one at a
+time (run 5 on an H100 spent ~285 s compiling and measuring one setting's four steps in series).
+Record what you measure, with the card and date, in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--full", action="store_true", help="three layer shapes instead of issue 7's one")
     parser.add_argument("--jobs", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)),
-                        help="parallel compile processes of the training-step part (0: compile as it measures)")
+                        help="parallel compile processes of the layer and training-step parts "
+                             "(0: compile as they measure)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

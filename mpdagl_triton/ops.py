@@ -195,10 +195,11 @@ def _forward_impl(x: Tensor, gamma: Tensor, beta: Tensor, rho: Optional[Tensor],
         in_kernel = (running_mean, running_var, momentum) if update and not sync else None
         mean, var = _kernels.batch_stats(work, layout, wrap, in_kernel)
         if sync:
-            mean, var = _merge_stats(mean, var, x.numel() // x.shape[2])
-            if update:
-                _update_running_stats(running_mean, running_var, mean, var,
-                                     x.numel() // x.shape[2] * world_size(), momentum)
+            count = x.numel() // x.shape[2]
+            mean, var = _merge_stats(mean, var, count)
+            if update:  # ranks hold equal batches
+                _update_running_stats(running_mean, running_var, mean, var, count * world_size(),
+                                      momentum)
     else:
         cdtype = _kernels.compute_dtype(x.dtype)
         mean = running_mean.to(dtype=cdtype, copy=True)

@@ -19,7 +19,6 @@ import sys
 import tempfile
 
 
-
 def compile_kernel(kernel, pointers: dict, constexprs: dict) -> None:
     from mpdagl_triton.kernels.offline import compile_variant
 

@@ -90,7 +90,7 @@ def tdbn(
             var = _AllReduceSum.apply(((xc - per_channel(mean, x)) ** 2).sum(dim=dims)) / n
         else:
             mean = xc.mean(dim=dims)
-            var = xc.var(dim=dims, unbiased=False)
+            var = ((xc - per_channel(mean, x)) ** 2).mean(dim=dims)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
                 running_mean.lerp_(mean.detach().to(running_mean.dtype), momentum)

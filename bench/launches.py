@@ -112,6 +112,7 @@ def generate(impl: str, T: int, B: int, channels_last: bool) -> list[str]:
     from mpdagl_triton.kernels.offline import offline_driver
 
     config.compile_threads = 1
+    ops.register_inductor_ops()
     ops.resolve_backend = lambda backend, device: "triton"
     ops._compiled_op = lambda x, sync: ops._fwd_inductor_op
     graphs = []

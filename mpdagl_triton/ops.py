@@ -415,28 +415,45 @@ def _dense_for_inductor(x: Tensor) -> Tensor:
     return x if _dense(x) or _broadcast_of_dense(x) else _output_like(x).copy_(x)
 
 
-if _kernels is not None and not triton_interpreting():
+_fwd_inductor_op = _bwd_inductor_op = None
+
+
+def register_inductor_ops() -> None:
+    """Register the custom ops whose bodies inductor traces (the module docstring), once.
+
+    Done at import where a CUDA device is present. Without one nothing calls them (their route
+    needs CUDA tensors) and registering would import dynamo and inductor (~1 s of every CPU
+    run's start); tools that trace them for a GPU on a machine without one call this first."""
+    global _fwd_inductor_op, _bwd_inductor_op
+    if _fwd_inductor_op is not None:
+        return
+    if _kernels is None or triton_interpreting():
+        raise RuntimeError("inductor cannot trace our kernels without triton, or through Triton's "
+                           "CPU interpreter (TRITON_INTERPRET=1), which runs them as Python")
     from torch.library import triton_op, wrap_triton
 
     # The custom ops above with bodies inductor can trace (no synchronized statistics); wraps()
     # gives them those ops' signatures, from which triton_op infers the same schemas.
     @triton_op("mpdagl::tdbn_plif_fwd_inductor", mutates_args=())
     @functools.wraps(_tdbn_plif_fwd)
-    def _fwd_inductor_op(x, *args):
+    def fwd_op(x, *args):
         *args, _sync, timesteps = args
         return _forward_impl(_dense_for_inductor(x), *args, False, timesteps, wrap_triton)
 
     @triton_op("mpdagl::tdbn_plif_bwd_inductor", mutates_args=())
     @functools.wraps(_tdbn_plif_bwd)
-    def _bwd_inductor_op(grad, x, *args):
+    def bwd_op(grad, x, *args):
         return _backward_impl(grad, _dense_for_inductor(x), *args[:-1], False, wrap_triton)
 
-    def _fwd_inductor_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
-        return *_grads(ctx, grad_spikes, _bwd_inductor_op), *(None,) * 12
+    def fwd_backward(ctx, grad_spikes, _grad_mean, _grad_var, _grad_kappas):
+        return *_grads(ctx, grad_spikes, bwd_op), *(None,) * 12
 
-    _fwd_inductor_op.register_autograd(_fwd_inductor_backward, setup_context=_fwd_setup_context)
-else:  # Triton's interpreter runs kernels as Python: inductor cannot trace them
-    _fwd_inductor_op = None
+    fwd_op.register_autograd(fwd_backward, setup_context=_fwd_setup_context)
+    _fwd_inductor_op, _bwd_inductor_op = fwd_op, bwd_op
+
+
+if _kernels is not None and not triton_interpreting() and torch.cuda.is_available():
+    register_inductor_ops()
 
 
 def _compiled_op(x: Tensor, sync: bool):

@@ -28,6 +28,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from mpdagl_triton import ops
 from mpdagl_triton.kernels.offline import offline_driver
 
+ops.register_inductor_ops()  # done at import only where CUDA is present
+
 
 def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symbolic: bool) -> dict:
     shape = (4, 2, 8, 4, 4)

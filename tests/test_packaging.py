@@ -6,6 +6,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,3 +35,34 @@ def test_wheel_installs_kernels_and_models_inside_the_package(tmp_path):
     assert "mpdagl_triton/assets/digits.npz" in names  # the default run needs no network
     top_level = {n.split("/")[0] for n in names}
     assert not top_level & {"kernels", "models", "tests", "bench"}, top_level
+
+
+def test_cpu_import_leaves_inductor_ops_until_asked():
+    """Without CUDA (and outside the interpreter) importing the package registers no inductor
+    op, so it does not import dynamo; register_inductor_ops() registers both, once."""
+    code = """
+import sys, torch
+import mpdagl_triton
+from mpdagl_triton import ops
+assert not torch.cuda.is_available()
+names = ("tdbn_plif_fwd_inductor", "tdbn_plif_bwd_inductor")
+print("at import:", "torch._dynamo" in sys.modules, [hasattr(torch.ops.mpdagl, n) for n in names])
+ops.register_inductor_ops()
+ops.register_inductor_ops()
+print("registered:", [hasattr(torch.ops.mpdagl, n) for n in names], ops._fwd_inductor_op is not None)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "at import: False [False, False]" in out.stdout
+    assert "registered: [True, True] True" in out.stdout
+
+
+def test_interpreted_kernels_cannot_get_inductor_ops():
+    from mpdagl_triton import ops
+
+    if not ops.triton_interpreting():
+        pytest.skip("a CUDA run: the ops are registered at import")
+    with pytest.raises(RuntimeError, match="interpreter"):
+        ops.register_inductor_ops()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import json
 import os
@@ -45,6 +46,15 @@ def compile_in_parallel(commands: list[list[str]], jobs: int) -> tuple[float, in
                 failed += 1
                 print(f"compiling {' '.join(command[2:])} failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - start, failed
+
+
+def layer_stack_parser(doc: str) -> argparse.ArgumentParser:
+    """Options of the benchmarks that time a stack of small layers on the host."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--depth", type=int, default=8, help="layers in the stack")
+    parser.add_argument("--json")
+    return parser
 
 
 def synchronize(device: torch.device) -> None:

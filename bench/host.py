@@ -19,7 +19,6 @@ real kernels).
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import os
@@ -28,7 +27,7 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench.common import environment, print_table, write_json
+from bench.common import environment, layer_stack_parser, print_table, write_json
 
 #: aten ops that launch no device kernel
 NO_KERNEL = {"empty.memory_format", "empty_like.default", "empty_strided.default", "new_empty.default",
@@ -142,11 +141,7 @@ def measure(device: torch.device, shape=(4, 2, 8, 4, 4), depth: int = 8) -> list
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--depth", type=int, default=8, help="layers in the stack")
-    parser.add_argument("--json")
-    args = parser.parse_args(argv)
+    args = layer_stack_parser(__doc__).parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # lets backend="triton" take CPU tensors; kernels are stubs

@@ -2,7 +2,8 @@
 
 The CPU interpreter accepts code the compiler rejects; this lowers a kernel variant all the way to a
 cubin for an H100 (sm_90) and reads its register, spill and shared-memory use from the cubin;
-``offline_driver`` lets torch lower kernels to Triton IR without a GPU (to trace a compiled graph).
+``offline_driver`` lets torch lower kernels to Triton IR without a GPU (to trace a compiled graph),
+and with ``recorded_launches`` it lets launches go through Triton's Python up to its launcher.
 Nothing here launches anything. Must run without TRITON_INTERPRET.
 """
 
@@ -99,3 +100,25 @@ def offline_driver(target: GPUTarget = HOPPER):
         yield
     finally:
         config._active = saved
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """While inside, a compiled kernel's launcher appends ``(compiled kernel, launcher
+    arguments)`` to the yielded list instead of loading the cubin and launching: with
+    ``offline_driver``, ``kernel[grid](...)`` then runs all of Triton's Python of a launch."""
+    from triton.compiler.compiler import CompiledKernel
+
+    calls = []
+    saved = CompiledKernel._init_handles
+
+    def init_handles(self):
+        if self._run is None:
+            self.function = id(self)
+            self._run = lambda *launch: calls.append((self, launch))
+
+    CompiledKernel._init_handles = init_handles
+    try:
+        yield calls
+    finally:
+        CompiledKernel._init_handles = saved

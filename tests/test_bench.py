@@ -181,6 +181,16 @@ def test_register_report(tmp_path):
     assert all(r["static_launch"] == "yes" for r in rows)
 
 
+def test_dispatch_benchmark(tmp_path):
+    """Triton's launch path against the direct launcher, kernels compiled for sm_90 and their
+    launchers recording (no GPU): one variant per kernel launch of the layer (the backward
+    kernel twice) ends up in the direct launchers' caches."""
+    rows = bench("dispatch", "--depth", "2", json_out=tmp_path / "d.json")["rows"]
+    assert [r["launch"] for r in rows] == ["Triton's kernel[grid]", "direct launcher", "saved per launch"]
+    assert rows[0]["layer_us"] > 0 and rows[1]["layer_us"] > 0
+    assert rows[1]["variants"] == 6
+
+
 def test_host_cost_benchmark(tmp_path):
     rows = bench("host", "--depth", "2", json_out=tmp_path / "h.json")["rows"]
     assert [r["mode"] for r in rows] == ["eager", "torch.compile"]

@@ -13,7 +13,10 @@ timed is the Python in front of the launcher plus the layer's own host path; on 
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+import torch
 
 from bench.common import environment, layer_stack_parser, print_table, write_json
 
@@ -23,10 +26,6 @@ LAUNCHES_PER_LAYER = 6  # statistics 2, forward 1, backward 3
 def measure(device_type: str, shape=(4, 2, 8, 4, 4), depth: int = 8) -> list[dict]:
     if device_type == "cpu":
         os.environ.pop("TRITON_INTERPRET", None)  # Triton's real launch path, compiled for sm_90
-    import contextlib
-
-    import torch
-
     from bench.host import host_us
     from mpdagl_triton import TdBNPLIF, ops
     from mpdagl_triton.kernels import tdbn_plif as K
@@ -71,8 +70,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = layer_stack_parser(__doc__).parse_args(argv)
     rows = measure(args.device, depth=args.depth)
     print_table(rows, ["launch", "layer_us", "variants"])
-    import torch
-
     payload = {"benchmark": "dispatch", "environment": environment(torch.device(args.device)), "rows": rows}
     write_json(args.json, payload)
     return payload

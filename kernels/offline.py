@@ -106,7 +106,8 @@ def offline_driver(target: GPUTarget = HOPPER):
 def recorded_launches():
     """While inside, a compiled kernel's launcher appends ``(compiled kernel, launcher
     arguments)`` to the yielded list instead of loading the cubin and launching: with
-    ``offline_driver``, ``kernel[grid](...)`` then runs all of Triton's Python of a launch."""
+    ``offline_driver``, ``kernel[grid](...)`` then runs all of Triton's Python of a launch.
+    Kernels first launched inside keep recording after it (for processes without a GPU)."""
     from triton.compiler.compiler import CompiledKernel
 
     calls = []

@@ -120,3 +120,19 @@ def assert_close_to_max(actual: torch.Tensor, expected: torch.Tensor, rtol: floa
     scale = expected.abs().max().item()
     err = (actual - expected).abs().max().item()
     assert err <= rtol * scale, f"{name}: max error {err:.3e} > {rtol:.1e} * {scale:.3e}"
+
+
+def check_float64(case: Case, rtol: float = 1e-10) -> dict:
+    """float64 in, float64 math: spikes identical, every gradient equal to rounding."""
+    inputs = make_inputs(case)
+    got = run(case, inputs, "triton")
+    want = run(case, inputs, "torch")
+    assert torch.equal(got["spikes"], want["spikes"])
+    fired = want["spikes"] if inputs["skip"] is None else want["spikes"] - inputs["skip"]
+    assert 0 < fired.sum() < fired.numel(), "degenerate case: all or no spikes"
+    assert got["grads"].keys() == want["grads"].keys()
+    for name in want["grads"]:
+        assert_close_to_max(got["grads"][name], want["grads"][name], rtol, name)
+    for name in ("running_mean", "running_var"):
+        assert_close_to_max(got[name], want[name], rtol, name)
+    return want

@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+import mpdagl_triton as M
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -32,3 +37,42 @@ def test_interpreted_and_stand_in_kernels_launch_as_they_are():
     assert K._direct(K._forward_kernel) is K._forward_kernel  # the interpreter's kernels here
     stand_in = object()
     assert K._direct(stand_in) is stand_in
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="direct launches need kernels compiled for a CUDA device")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
+    """On CUDA, float64: a layer's second call with fresh inputs of the same shape launches every
+    kernel from the direct launchers' cache (no new variant) and still gives the reference's
+    spikes, gradients and running statistics; so does an x 8 bytes off 16-byte alignment."""
+    from mpdagl_triton.kernels import tdbn_plif as K
+    from oracle import Case, assert_close_to_max, check_float64
+
+    def variants() -> int:
+        return sum(len(launcher.variants) for launcher in K._DIRECT_LAUNCHERS.values())
+
+    case = Case((3, 4, 5, 6, 7), channels_last=channels_last, residual=True)
+    check_float64(case)
+    cached = variants()
+    check_float64(Case(case.shape, channels_last=channels_last, residual=True, seed=1))
+    assert cached > 0 and variants() == cached
+
+    # x 8 bytes off 16-byte alignment: a new variant of every kernel that reads x, then cached
+    x = torch.randn(1 + 3 * 4 * 5 * 6 * 7, dtype=torch.float64, device="cuda")[1:].view(3, 4, 5, 6, 7)
+    assert x.data_ptr() % 16 == 8
+    x.requires_grad_(True)
+    gamma = (torch.rand(5, dtype=torch.float64, device="cuda") + 0.5).requires_grad_(True)
+    beta = torch.zeros(5, dtype=torch.float64, device="cuda", requires_grad=True)
+    rho = torch.tensor(-0.8, dtype=torch.float64, device="cuda", requires_grad=True)
+    grad = torch.randn(x.shape, dtype=torch.float64, device="cuda")
+    for _ in range(2):
+        results = {}
+        for backend in ("triton", "torch"):
+            spikes = M.tdbn_plif(x, gamma, beta, rho, backend=backend)
+            results[backend] = (spikes, *torch.autograd.grad(spikes, (x, gamma, beta, rho), grad))
+        assert torch.equal(results["triton"][0], results["torch"][0])
+        for name, got, want in zip(("dx", "dgamma", "dbeta", "drho"), results["triton"][1:],
+                                   results["torch"][1:]):
+            assert_close_to_max(got, want, 1e-10, name)
+    assert variants() > cached

@@ -8,23 +8,8 @@ import torch
 import mpdagl_triton as M
 from mpdagl_triton import SURROGATES, WIDTH_RULES
 from mpdagl_triton.kernels.tdbn_plif import CHANNEL_CHUNK, Layout
-from oracle import Case, assert_close_to_max, make_inputs, membrane_margin, run, to_channels_last
-
-
-def check_float64(case: Case, rtol: float = 1e-10) -> dict:
-    """float64 in, float64 math: spikes identical, every gradient equal to rounding."""
-    inputs = make_inputs(case)
-    got = run(case, inputs, "triton")
-    want = run(case, inputs, "torch")
-    assert torch.equal(got["spikes"], want["spikes"])
-    fired = want["spikes"] if inputs["skip"] is None else want["spikes"] - inputs["skip"]
-    assert 0 < fired.sum() < fired.numel(), "degenerate case: all or no spikes"
-    assert got["grads"].keys() == want["grads"].keys()
-    for name in want["grads"]:
-        assert_close_to_max(got["grads"][name], want["grads"][name], rtol, name)
-    for name in ("running_mean", "running_var"):
-        assert_close_to_max(got[name], want[name], rtol, name)
-    return want
+from oracle import (Case, assert_close_to_max, check_float64, make_inputs, membrane_margin, run,
+                    to_channels_last)
 
 
 @pytest.mark.parametrize("surrogate,width_rule", list(itertools.product(SURROGATES, WIDTH_RULES)))

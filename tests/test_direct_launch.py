@@ -45,7 +45,8 @@ def test_interpreted_and_stand_in_kernels_launch_as_they_are():
 def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
     """On CUDA, float64: a layer's second call with fresh inputs of the same shape launches every
     kernel from the direct launchers' cache (no new variant) and still gives the reference's
-    spikes, gradients and running statistics; so does an x 8 bytes off 16-byte alignment."""
+    spikes, gradients and running statistics; so does an x 8 bytes off 16-byte alignment, called
+    twice."""
     from mpdagl_triton.kernels import tdbn_plif as K
     from oracle import Case, assert_close_to_max, check_float64
 
@@ -58,7 +59,7 @@ def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
     check_float64(Case(case.shape, channels_last=channels_last, residual=True, seed=1))
     assert cached > 0 and variants() == cached
 
-    # x 8 bytes off 16-byte alignment: a new variant of every kernel that reads x, then cached
+    # x 8 bytes off 16-byte alignment: other variants of the kernels that read x
     x = torch.randn(1 + 3 * 4 * 5 * 6 * 7, dtype=torch.float64, device="cuda")[1:].view(3, 4, 5, 6, 7)
     assert x.data_ptr() % 16 == 8
     x.requires_grad_(True)
@@ -66,7 +67,9 @@ def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
     beta = torch.zeros(5, dtype=torch.float64, device="cuda", requires_grad=True)
     rho = torch.tensor(-0.8, dtype=torch.float64, device="cuda", requires_grad=True)
     grad = torch.randn(x.shape, dtype=torch.float64, device="cuda")
-    for _ in range(2):
+    for call in range(2):  # the first call may compile variants for it, the second launches from the cache
+        if call == 1:
+            cached = variants()
         results = {}
         for backend in ("triton", "torch"):
             spikes = M.tdbn_plif(x, gamma, beta, rho, backend=backend)
@@ -75,4 +78,4 @@ def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
         for name, got, want in zip(("dx", "dgamma", "dbeta", "drho"), results["triton"][1:],
                                    results["torch"][1:]):
             assert_close_to_max(got, want, 1e-10, name)
-    assert variants() > cached
+    assert variants() == cached

@@ -14,6 +14,7 @@ This is the single place where ops are registered and backends chosen. ``backend
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -707,9 +708,10 @@ def tdbn_plif(
     tau = 0.0 if learn_tau else float(tau)
     rho = rho if learn_tau else None
     if not torch.compiler.is_compiling():
-        return _EagerTdBNPLIF.apply(x, gamma, beta, rho, residual, skip,
-                                    (running_mean, running_var, training, tau, *options),
-                                    float(momentum) if training else None)
+        with _on_device_of(x):
+            return _EagerTdBNPLIF.apply(x, gamma, beta, rho, residual, skip,
+                                        (running_mean, running_var, training, tau, *options),
+                                        float(momentum) if training else None)
     # a compiled op is functional: it never writes the running statistics, it returns the batch's
     stats = (None, None) if training else (running_mean, running_var)
     spikes, mean, var, _ = _compiled_op(x, sync)(x, gamma, beta, rho, residual, skip, *stats,
@@ -718,6 +720,15 @@ def tdbn_plif(
         n = spikes.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
         _update_running_stats(running_mean, running_var, mean, var, n, momentum)
     return spikes
+
+
+def _on_device_of(x: Tensor):
+    """Triton launches on the current CUDA device: for an eager call on another device, x's
+    becomes current (the autograd engine runs the backward on x's device by itself; compiled
+    graphs carry inductor's device guards)."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,

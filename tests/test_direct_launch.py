@@ -79,3 +79,25 @@ def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
                                    results["torch"][1:]):
             assert_close_to_max(got, want, 1e-10, name)
     assert variants() == cached
+
+
+def test_eager_calls_launch_on_the_device_of_their_input(monkeypatch):
+    """Triton launches on the current CUDA device: an eager call whose x lives on another device
+    makes x's current for the call (checked with a stand-in x on cuda:1; one GPU cannot show it)."""
+    import contextlib
+
+    from mpdagl_triton import ops
+
+    class OnSecondGpu:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda device: entered.append(device) or contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    ops._on_device_of(OnSecondGpu())
+    assert entered == [torch.device("cuda", 1)]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    ops._on_device_of(OnSecondGpu())
+    ops._on_device_of(torch.zeros(1))
+    assert entered == [torch.device("cuda", 1)]  # already current, or not on CUDA: no switch

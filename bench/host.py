@@ -11,10 +11,11 @@ layer fwd+bwd, the host microseconds (eager and ``torch.compile``; a stack, so t
 torch.compile's per-graph cost is shared as in a real network), the eager forward alone (no
 autograd graph), the Triton launches, and the PyTorch ops that launch a device kernel in eager
 mode (views and allocations excluded). On a GPU (``--device cuda``) the small ops launch real
-CUDA kernels; ``python -m bench.tune`` times a real Triton launch there. Stubbed kernels cannot
-be traced, so compiled layers here take the opaque custom ops: on CUDA, compiled graphs
-normally launch the kernels from inductor's code instead (``bench.tune`` times both routes with
-real kernels).
+CUDA kernels; ``python -m bench.tune`` times a real Triton launch there, and ``python -m
+bench.dispatch`` what a launch costs the host in front of the launcher (no GPU needed). Stubbed
+kernels cannot be traced, so compiled layers here take the opaque custom ops: on CUDA, compiled
+graphs normally launch the kernels from inductor's code instead (``bench.tune`` times both
+routes with real kernels).
 """
 
 from __future__ import annotations

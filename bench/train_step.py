@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import (compile_in_parallel, environment, prepare_spikingjelly, print_table, spikingjelly_plif, synchronize, time_ms,
-                          write_json)
+from bench.common import (compile_in_parallel, environment, prepare_spikingjelly, print_table,
+                          spikingjelly_plif, synchronize, time_ms, write_json)
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF

@@ -703,7 +703,8 @@ class _DirectLauncher:
 
     def __init__(self, kernel: triton.runtime.JITFunction):
         self.kernel = kernel
-        self.variants: dict[tuple, object] = {}
+        # key -> (compiled variant, the names of the constexprs after the positional arguments)
+        self.variants: dict[tuple, tuple[object, tuple[str, ...]]] = {}
 
     def __getitem__(self, grid: tuple[int, ...]):
         return functools.partial(self.launch, grid)
@@ -716,15 +717,16 @@ class _DirectLauncher:
                      else (a.dtype, a.data_ptr() % 16 == 0) for a in args])
         except AttributeError:  # something else: Triton knows what to do with it
             key = None
-        compiled = self.variants.get(key)
-        if compiled is None:
+        variant = self.variants.get(key)
+        if variant is None:
             compiled = self.kernel[grid](*args, num_warps=num_warps, **constexprs)
             # every parameter given (none left to its default), a compiled kernel (no future)
             if (key is not None and len(args) + len(constexprs) == len(self.kernel.arg_names)
                     and hasattr(compiled, "packed_metadata")):
-                self.variants[key] = compiled
+                self.variants[key] = (compiled, tuple(self.kernel.arg_names[len(args):]))
             return
-        values = (*args, *[constexprs[name] for name in self.kernel.arg_names[len(args):]])
+        compiled, constexpr_names = variant
+        values = (*args, *[constexprs[name] for name in constexpr_names])
         stream = triton.runtime.driver.active.get_current_stream(device)
         grid_1 = grid[1] if len(grid) > 1 else 1
         grid_2 = grid[2] if len(grid) > 2 else 1

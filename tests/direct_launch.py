@@ -14,6 +14,7 @@ Must run without TRITON_INTERPRET.
 """
 
 import json
+import math
 import os
 
 os.environ.pop("TRITON_INTERPRET", None)
@@ -59,10 +60,7 @@ def layer(shape, dtype=torch.float32, channels_last=False, offset=0, residual=Fa
           learn_tau=True, training=True, timesteps=None, surrogate="rect"):
     """One fused layer forward + backward; ``offset`` elements shift x off 16-byte alignment."""
     torch.manual_seed(0)
-    numel = 1
-    for size in shape:
-        numel *= size
-    x = torch.randn(numel + offset, dtype=dtype)[offset:].view(shape)
+    x = torch.randn(math.prod(shape) + offset, dtype=dtype)[offset:].view(shape)
     if channels_last:
         x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
     x.requires_grad_(True)

@@ -19,6 +19,10 @@ the roofline bounds. The roofline column is 8 passes over the activation (stats 
 read + write, backward two reads, then two reads + one write) at the copy bandwidth measured in
 the same run.
 
+SpikingJelly's rows run in a process of their own, one per shape and dtype: a CUDA graph capture
+that fails (its compiled step did, on an H200 in run 6) leaves the process's RNG and allocator
+in capture mode, and every later allocation there fails.
+
 ``--stem`` measures the layer as a network's first one runs: its input is one timestep
 ``[1, B, C, H, W]``, the same at every step (ours: ``timesteps=T``, read in place, the gradient
 summed over T by the kernel; the others get ``x.expand(T, ...)``). The roofline then counts 3
@@ -29,9 +33,13 @@ input (read by each of the four passes, dx written).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,6 +53,7 @@ DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x12
 COLUMNS = ["impl", "shape", "dtype", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_graph_ms", "peak_mib", "roofline_ms", "note"]
 IMPLEMENTATIONS = ["fused", "fused-compiled", "reference", "reference-compiled", "spikingjelly"]
 COMPILED = ("fused-compiled", "reference-compiled", "spikingjelly")
+ISOLATED = ("spikingjelly",)  # measured in a child process each: see the module docstring
 
 
 class SpikingJellyLayer(nn.Module):
@@ -132,6 +141,21 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
     return row
 
 
+def measure_in_child(impl: str, shape_text: str, dtype_name: str, args: argparse.Namespace) -> dict:
+    """``measure`` in a fresh ``python -m bench.layer`` process: its row, or why it has none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        command = [sys.executable, "-m", "bench.layer", "--in-this-process", "--device", args.device,
+                   "--impls", impl, "--shapes", shape_text, "--dtypes", dtype_name, "--warmup", str(args.warmup),
+                   "--repeats", str(args.repeats), *["--stem"] * args.stem, "--json", out]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode == 0:
+            return json.loads(open(out).read())["rows"][0]
+    last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"impl": impl, "shape": shape_text, "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
+            "note": f"failed: its process exited with status {done.returncode}: {last_line[:120]}"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -144,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=0,
                         help="compile the compiled implementations first, in this many parallel processes")
     parser.add_argument("--warm-only", action="store_true", help="compile and run once, measure nothing")
+    parser.add_argument("--in-this-process", action="store_true",
+                        help="measure SpikingJelly here too, not in processes of its own")
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -178,7 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
                 passes = 3 + 5 / shape[0] if args.stem else 8
                 roofline = passes * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
             for impl in args.impls:
-                row = measure(impl, shape, dtype, device, args.warmup, args.repeats, args.stem)
+                if impl in ISOLATED and not args.in_this_process:
+                    row = measure_in_child(impl, shape_text, dtype_name, args)
+                else:
+                    row = measure(impl, shape, dtype, device, args.warmup, args.repeats, args.stem)
                 row["roofline_ms"] = roofline
                 rows.append(row)
                 print_table([row], COLUMNS)

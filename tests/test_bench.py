@@ -39,6 +39,34 @@ def test_layer_benchmark_compiles_in_parallel_first(tmp_path):
     assert all(r["fwd_bwd_ms"] > 0 for r in payload["rows"])
 
 
+def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypatch):
+    """A failed CUDA graph capture poisons its process (run 6), so each SpikingJelly row comes
+    from a child process: here the parent's `measure` refuses SpikingJelly, and the row still
+    arrives; a child that dies gives a row that says so, and the next row is still measured."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import layer
+
+    measure = layer.measure
+
+    def measure_here(impl, *args, **kwargs):
+        assert impl != "spikingjelly", "measured in the parent process"
+        return measure(impl, *args, **kwargs)
+
+    monkeypatch.setattr(layer, "measure", measure_here)
+    options = ["--device", "cpu", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--warmup", "0", "--repeats", "1"]
+    rows = layer.main([*options, "--impls", "spikingjelly", "reference"])["rows"]
+    assert rows[0]["impl"] == "spikingjelly" and rows[0]["dtype"] == "float32"
+    assert rows[0]["note"] in ("needs CUDA", "spikingjelly not installed")
+    assert rows[1]["impl"] == "reference" and rows[1]["fwd_bwd_ms"] > 0
+
+    died = subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: Offset increment outside graph capture")
+    monkeypatch.setattr(layer.subprocess, "run", lambda *a, **k: died)
+    rows = layer.main([*options, "--impls", "spikingjelly", "reference"])["rows"]
+    assert rows[0]["note"] == ("failed: its process exited with status 1: "
+                               "RuntimeError: Offset increment outside graph capture")
+    assert rows[1]["fwd_bwd_ms"] > 0
+
+
 def test_layer_warm_up_process_fails_when_a_compile_fails(monkeypatch):
     """A --warm-only process exits non-zero on a failed compile, so the parent counts it."""
     monkeypatch.syspath_prepend(str(ROOT))

@@ -31,10 +31,13 @@ def test_direct_launches_equal_tritons_own():
     assert result["launches"] == result["compiled"] + 2 * result["direct"]
 
 
-def test_interpreted_and_stand_in_kernels_launch_as_they_are():
+def test_only_kernels_triton_compiles_launch_directly():
     from mpdagl_triton.kernels import tdbn_plif as K
 
-    assert K._direct(K._forward_kernel) is K._forward_kernel  # the interpreter's kernels here
+    if isinstance(K._forward_kernel, K.triton.runtime.JITFunction):  # compiled by Triton: on a GPU
+        assert isinstance(K._direct(K._forward_kernel), K._DirectLauncher) == K.DIRECT_LAUNCH
+    else:  # Triton's interpreter
+        assert K._direct(K._forward_kernel) is K._forward_kernel
     stand_in = object()
     assert K._direct(stand_in) is stand_in
 

@@ -44,7 +44,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode; reduce-overhead replays the step as CUDA graphs")
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (fp16 needs CUDA)")
-    p.add_argument("--channels-last", action="store_const", const=True, help="channels_last memory format")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels_last memory format (default: on CUDA)")
     p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--out", help="output folder (default runs/<dataset>)")

@@ -62,7 +62,8 @@ def test_load_gives_identical_logits(tmp_path):
     assert torch.equal(model(x), twin(x))
 
 
-@pytest.mark.parametrize("changes", [{}, {"optimizer": "adam", "lr": 1e-3, "loss": "tet", "neuron": "lif"}])
+@pytest.mark.parametrize("changes", [{}, {"optimizer": "adam", "lr": 1e-3, "loss": "tet", "neuron": "lif"},
+                                     {"channels_last": True}])
 def test_resume_is_exact(tmp_path, changes):
     full = short(tmp_path / "full", **changes)
     train(full)
@@ -76,6 +77,14 @@ def test_resume_is_exact(tmp_path, changes):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert metrics(tmp_path / "full" / "run") == metrics(tmp_path / "staged" / "run")
+
+
+def test_channels_last_by_default_on_cuda_only(tmp_path):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert train_module.uses_channels_last(None, cuda) and not train_module.uses_channels_last(None, cpu)
+    assert train_module.uses_channels_last(True, cpu) and not train_module.uses_channels_last(False, cuda)
+    train(short(tmp_path, epochs=1))  # the run records what it used
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["config"]["channels_last"] is False
 
 
 def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):

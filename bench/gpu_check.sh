@@ -46,7 +46,7 @@ for stage in $stages; do
     tests) run tests 160 python3 -m pytest -q --maxfail=5 -p no:cacheprovider -n 8 tests/test_op.py tests/test_direct_launch.py \
              tests/test_compile.py tests/test_layers.py tests/test_models.py tests/test_validation.py ;;
     tune) run tune 180 python3 -m bench.tune --json "$OUT/tune.json" ;;
-    step) run step 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --profile 3 --json "$OUT/train_step.json"
+    step) run step 180 python3 -m bench.train_step --jobs 6 --impls ann mpdagl --profile 3 --json "$OUT/train_step.json"
           # if ours failed (inductor's static launcher with our kernels?), measure it on Triton's launcher
           python3 -c "import json,sys; rows=json.load(open('$OUT/train_step.json'))['rows']; \
             sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||

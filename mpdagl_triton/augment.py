@@ -18,31 +18,32 @@ from torch import Tensor, nn
 class ImageAugment(nn.Module):
     """Random crop with zero padding, horizontal flip, and optionally AutoAugment (CIFAR10 policy).
 
-    Crop and flip draw per image. AutoAugment draws one of its 25 sub-policies for each of
-    ``policy_groups`` consecutive slices of the (already shuffled) batch: every image still gets
-    a uniformly drawn sub-policy, but the images of a slice share it. One draw per image would
-    cost up to 25 kornia calls per batch, each a few dozen small launches: on an H200 host that
-    capped the pipeline at 2,000 images/s, below the training step (bench/RESULTS.md).
+    Everything draws per image: crop, flip, and AutoAugment's sub-policy (each of the 25 is then
+    applied once, to all the images that drew it). The cost is per call, not per image, on a GPU
+    (a kornia call is a few milliseconds of host time and a few dozen small launches): 26 calls
+    however many images, so the loader augments several batches at once (``Loader``).
     """
 
-    def __init__(self, size: int, padding: int, autoaugment: bool, policy_groups: int = 4):
+    def __init__(self, size: int, padding: int, autoaugment: bool):
         super().__init__()
-        if policy_groups < 1:
-            raise ValueError(f"policy_groups must be >= 1, got {policy_groups}")
         self.crop_flip = K.AugmentationSequential(
             K.RandomCrop((size, size), padding=padding), K.RandomHorizontalFlip())
-        self.policy_groups = policy_groups
         self.subpolicies = None
         if autoaugment:
             self.subpolicies = nn.ModuleList(m for _, m in AutoAugment("cifar10").named_children())
 
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
         x = self.crop_flip(images.float() / 255)
-        if self.subpolicies is not None:
-            slices = x.chunk(self.policy_groups)
-            # drawn on the CPU from the epoch's generator: no device sync
-            choice = torch.randint(len(self.subpolicies), (len(slices),), generator=generator).tolist()
-            x = torch.cat([self.subpolicies[c](part).clamp(0, 1) for c, part in zip(choice, slices)])
+        if self.subpolicies is None:
+            return x
+        # drawn on the CPU from the epoch's generator: the images of each sub-policy are known
+        # without a device sync
+        choice = torch.randint(len(self.subpolicies), (len(x),), generator=generator)
+        for index, subpolicy in enumerate(self.subpolicies):
+            picked = (choice == index).nonzero().flatten()
+            if len(picked):
+                picked = picked.to(x.device, non_blocking=True)
+                x.index_copy_(0, picked, subpolicy(x[picked]).clamp_(0, 1))
         return x
 
 

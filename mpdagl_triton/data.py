@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 from importlib import resources
 from typing import Iterator
@@ -328,11 +329,18 @@ class _Gather(torch.utils.data.Dataset):
         return self.split.images[index], self.split.labels[index]
 
 
+#: Elements (one CIFAR-10 image: 3,072) augmented per call: the augmentation's cost is per call
+#: on a GPU (``augment.ImageAugment``), so training batches are augmented several at a time, up
+#: to this many elements (4,096 CIFAR images, 48 MiB as float32).
+AUGMENT_CHUNK_ELEMENTS = 4096 * 3 * 32 * 32
+
+
 class Loader:
     """Batches ``(float images normalized on device, int64 labels)`` of one split.
 
     Training batches get the dataset's augmentation (see :mod:`mpdagl_triton.augment`) on the
-    device; every batch is then normalized by the dataset's mean and std.
+    device, several batches per call (``AUGMENT_CHUNK_ELEMENTS``); every batch is then
+    normalized by the dataset's mean and std.
 
     With several processes (``world`` > 1), ``batch_size`` is the global batch: every process
     walks the same permutation and takes its contiguous share of each training batch, so the
@@ -381,15 +389,25 @@ class Loader:
                 gen = torch.Generator().manual_seed(epoch_seed(seed, epoch) * 1009 + self.rank)
             else:
                 batches = batches[self.rank::self.world]
-        for images, labels in self._gather(batches):
-            yield self._prepare(images, gen), labels
+        per_chunk = self._batches_per_chunk(len(batches[0]) if batches else 1)
+        chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
+        for chunk, (images, labels) in zip(chunks, self._gather([torch.cat(chunk) for chunk in chunks])):
+            sizes = [len(batch) for batch in chunk]
+            yield from zip(self._prepare(images, gen).split(sizes), labels.split(sizes))
 
-    def _gather(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    def _batches_per_chunk(self, batch_size: int) -> int:
+        """Training batches augmented together (one batch without augmentation)."""
+        if self.augment is None:
+            return 1
+        elements = math.prod(self.split.images.shape[1:]) * batch_size
+        return max(1, AUGMENT_CHUNK_ELEMENTS // elements)
+
+    def _gather(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         if self.on_device:
-            for index in batches:
+            for index in chunks:
                 yield self.images[index], self.labels[index]
             return
-        loader = torch.utils.data.DataLoader(_Gather(self.split), batch_sampler=batches,
+        loader = torch.utils.data.DataLoader(_Gather(self.split), batch_sampler=chunks,
                                              num_workers=self.workers)
         for images, labels in loader:
             yield images.to(self.device), labels.to(self.device)

@@ -173,26 +173,24 @@ def test_image_augmentation_per_sample_and_reproducible():
     assert not torch.equal(a, images.float() / 255)
 
 
-def test_autoaugment_draws_one_subpolicy_per_slice_of_the_batch():
-    """Each of the policy_groups slices goes through the sub-policy the generator drew for it."""
-    aug = ImageAugment(8, padding=0, autoaugment=True, policy_groups=3)
+def test_autoaugment_draws_a_subpolicy_per_image():
+    """Each image goes through the sub-policy the generator drew for it, and only that one."""
+    aug = ImageAugment(8, padding=0, autoaugment=True)
 
-    class Mark(torch.nn.Module):  # a stand-in sub-policy that writes its own index
+    class Mark(torch.nn.Module):  # a stand-in sub-policy that adds its own index + 1
         def __init__(self, index):
             super().__init__()
             self.index = index
 
         def forward(self, x):
-            return torch.full_like(x, self.index / 100)
+            return x + (self.index + 1) / 100
 
     aug.subpolicies = torch.nn.ModuleList(Mark(i) for i in range(25))
-    out = aug(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(4))
-    choice = torch.randint(25, (3,), generator=torch.Generator().manual_seed(4)).tolist()
-    for part, c in zip(out.chunk(3), choice):
-        assert torch.equal(part, torch.full_like(part, c / 100))
-    assert [len(p) for p in out.chunk(3)] == [4, 4, 2]
-    with pytest.raises(ValueError, match="policy_groups"):
-        ImageAugment(8, padding=0, autoaugment=True, policy_groups=0)
+    aug.crop_flip = torch.nn.Identity()
+    out = aug(torch.zeros(60, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(4))
+    choice = torch.randint(25, (60,), generator=torch.Generator().manual_seed(4))
+    assert len(choice.unique()) > 12  # per image, not per batch or slice
+    torch.testing.assert_close(out, ((choice + 1) / 100).view(60, 1, 1, 1).expand_as(out))
 
 
 def test_event_augmentation_is_a_flip_and_a_roll():
@@ -214,6 +212,29 @@ def test_cpu_loader_workers_give_the_same_batches():
     for (x1, y1), (x2, y2) in zip(one.epoch(7, 3), two.epoch(7, 3)):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert len(one) == len(ds.train) // 64
+
+
+def test_training_batches_are_augmented_several_at_a_time(monkeypatch):
+    """Augmentation runs on chunks of batches (its cost is per call on a GPU); the batches that
+    come out are still the epoch's shuffled batches, in order, each augmented, every one full."""
+    images = torch.randint(0, 256, (110, 3, 8, 8), dtype=torch.uint8)
+    split = data.Split(images, torch.arange(110))
+    ds = data.Dataset("fake", split, split, [str(i) for i in range(110)], (0.5,) * 3, (1.0,) * 3, "crop-flip")
+    monkeypatch.setattr(data, "AUGMENT_CHUNK_ELEMENTS", 4 * 10 * 3 * 8 * 8)  # 4 batches of 10 a call
+    loader = data.Loader(split, ds, 10, torch.device("cpu"), train=True)
+    calls = []
+    augment = loader.augment.forward
+    loader.augment.forward = lambda x, gen: calls.append(len(x)) or augment(x, gen)
+    torch.manual_seed(0)  # kornia's draws, seeded per epoch by the trainer
+    batches = list(loader.epoch(3, 1))
+    assert calls == [40, 40, 30] and len(batches) == len(loader) == 11
+    order = torch.randperm(110, generator=data.epoch_generator(3, 1))
+    for i, (x, labels) in enumerate(batches):
+        assert x.shape == (10, 3, 8, 8) and x.dtype == torch.float32
+        assert torch.equal(labels, order[10 * i:10 * i + 10])
+    torch.manual_seed(0)
+    assert all(torch.equal(x, again) for (x, _), (again, _) in zip(batches, loader.epoch(3, 1)))
+    assert not torch.equal(batches[0][0], images[order[:10]].float() / 255 - 0.5)  # augmented
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar10-dvs"])

@@ -88,6 +88,7 @@ def _model(impl: str, T: int):
                 return self.conv(self.neuron(x.unsqueeze(0), timesteps=T).flatten(0, 1))
         return StemLayer(), 128
     net = models.create("resnet19", 10, T, backend="triton")
+    net.body.stem.channels_last = True  # what it chooses on CUDA; meta tensors stand in here
     if impl == "ann":
         from bench.train_step import AnnNeuron, swap_neurons
 

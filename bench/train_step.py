@@ -11,7 +11,9 @@ Implementations (all torch.compile'd, same convolutions on T*B images):
   ann           the same network with BatchNorm + ReLU in place of every neuron: the floor
   spikingjelly  cuDNN BatchNorm + SpikingJelly 2.0 multi-step PLIF (Triton), when installed
 
-A step is forward, cross entropy, backward and an SGD update, on random 32x32 images. Reported:
+A step is forward, cross entropy, backward and an SGD update, on random 32x32 images; ``layout``
+is the parameters' and the images' (all three networks run their activations channels-last on
+CUDA from the stem on, ``models.blocks.Stem``, as inductor runs the ANN's convolutions). Reported:
 median ms/step, images/s, the peak memory allocated during a step, the host time to issue one
 step from an idle GPU (``host_ms``: near ``ms`` means host-bound), and for ours whether a step
 syncs with the host (CUDA's sync debug mode set to error). ``--profile N`` adds a profile of N

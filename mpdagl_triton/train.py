@@ -187,10 +187,10 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
 
 
 def uses_channels_last(channels_last: bool | None, device: torch.device) -> bool:
-    """The memory format a run trains in: as asked, else channels-last on CUDA. Inductor runs a
-    compiled NCHW model's convolutions channels-last anyway and then copies every activation to
-    NCHW and back around our kernels (run 6, H200: ResNet-19 T2 B128 NCHW 1.31x the ANN floor,
-    T4 B64 channels-last 1.08x); cuDNN's half-precision convolutions prefer it too."""
+    """Whether a run keeps its parameters channels-last: as asked, else on CUDA. The activations
+    run channels-last there from the stem on anyway (``models.blocks.Stem``), and NCHW weights
+    would be converted for every convolution, forward and backward (33 weight copies per compiled
+    ResNet-19 step, ``python -m bench.launches --nchw``)."""
     return device.type == "cuda" if channels_last is None else channels_last
 
 

@@ -9,6 +9,7 @@
 # the eager launches' host time through Triton's kernel[grid] and the direct launcher); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
 # step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
+# breaks (where dynamo breaks each step network's graph, and why: SpikingJelly's did in run 6),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
 # NCHW with and without inductor's layout optimization: should NCHW models train channels-last?),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
@@ -63,6 +64,7 @@ for stage in $stages; do
                  --compile-mode reduce-overhead --settings t4b64 t2b128cl --json "$OUT/train_step_ro_custom_ops.json" ;;
     step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --jobs 4 --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
+    breaks) run breaks 90 python3 -m bench.graph_breaks --json "$OUT/graph_breaks.json" ;;
     dispatch) run dispatch 60 python3 -m bench.dispatch --device cuda --json "$OUT/dispatch.json" ;;
     layer) run layer 80 python3 -m bench.layer --jobs 3 --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
     step-nchw) run step_nchw 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \

@@ -304,3 +304,27 @@ def test_launches_of_a_compiled_stem_layer(tmp_path):
                                             "extern convolution": 1, "triton_poi_fused_convolution_view": 1}
     assert graphs["backward"]["kernels"] == {"_backward_kernel": 2, "_sum_partials_kernel": 1,
                                              "extern convolution_backward": 1}
+
+
+def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):
+    """`python -m bench.graph_breaks`: our ResNet-19 compiles as one graph (here on the CPU, on the
+    reference backend); a network that breaks is reported with the break and where it happened."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import graph_breaks
+
+    rows = graph_breaks.main(["--device", "cpu", "--impls", "mpdagl", "-T", "2", "-B", "2", "--dtype", "fp32"])["rows"]
+    assert (rows[0]["graphs"], rows[0]["breaks"], rows[0]["reasons"]) == (1, 0, [])
+
+    class Breaking(torch.nn.Module):
+        def forward(self, x):
+            x = x + 1
+            print("a Python side effect")  # dynamo cannot put this in a graph
+            return x * 2
+
+    monkeypatch.setattr(graph_breaks, "build", lambda *args: Breaking())
+    (row,) = graph_breaks.main(["--device", "cpu", "--impls", "ann", "--dtype", "fp32"])["rows"]
+    assert row["graphs"] == 2 and row["breaks"] == 1
+    assert "builtin operator `print`" in row["reasons"][0]["reason"]
+    assert any("test_bench.py" in frame for frame in row["reasons"][0]["where"])

@@ -103,16 +103,26 @@ def test_every_architecture_compiles_fullgraph(arch):
     torch.testing.assert_close(compiled(x), expected)
 
 
-def test_compiled_fused_model_matches_the_reference():
-    """The Triton custom ops inside a compiled channels-last network: same logits and gradients as
-    the reference. (Channels-last puts many channels in one program, which keeps the interpreter fast.)"""
+@pytest.mark.parametrize("parameters", ["channels_last", "nchw"])
+def test_compiled_fused_model_matches_the_reference(parameters):
+    """The Triton custom ops inside a compiled network whose activations are channels-last (its
+    parameters channels-last, or NCHW with the stem turning the input channels-last, as on CUDA):
+    same logits and gradients as the NCHW reference. (Channels-last puts many channels in one
+    program, which keeps the interpreter fast.)"""
+    from mpdagl_triton.models.blocks import Stem
+
     torch._dynamo.reset()
     torch.manual_seed(0)
     fused = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="triton")
-    fused = fused.to(DEVICE, memory_format=torch.channels_last)
+    fused = fused.to(DEVICE, memory_format=torch.channels_last if parameters == "channels_last"
+                     else torch.contiguous_format)
+    for stem in (m for m in fused.modules() if isinstance(m, Stem)):
+        stem.channels_last = True
     plain = models.create("tiny", num_classes=5, T=2, in_channels=1, input_size=8, backend="torch").to(DEVICE)
     plain.load_state_dict(fused.state_dict())
-    x = torch.rand(2, 1, 8, 8, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    for stem in (m for m in plain.modules() if isinstance(m, Stem)):
+        stem.channels_last = False
+    x = torch.rand(2, 1, 8, 8, device=DEVICE)
     logits = torch.compile(fused, fullgraph=True, backend="aot_eager")(x)
     expected = plain(x)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)

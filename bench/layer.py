@@ -150,7 +150,7 @@ def measure_in_child(impl: str, shape_text: str, dtype_name: str, args: argparse
                    "--repeats", str(args.repeats), *["--stem"] * args.stem, "--json", out]
         done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if done.returncode == 0:
-            return json.loads(open(out).read())["rows"][0]
+            return json.loads(Path(out).read_text())["rows"][0]
     last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
     return {"impl": impl, "shape": shape_text, "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
             "note": f"failed: its process exited with status {done.returncode}: {last_line[:120]}"}

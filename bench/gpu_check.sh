@@ -4,14 +4,14 @@
 # Run on the device machine from the repo root (the device tool's README explains .whl):
 #   bash bench/gpu_check.sh                      every stage
 #   bash bench/gpu_check.sh tests tune step      some stages
-# Stages: tests dispatch tune step-ro step step-others data layer probe (the default list, most important
+# Stages: tests dispatch tune step-ro step breaks step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished; dispatch, ~15 s, is
-# the eager launches' host time through Triton's kernel[grid] and the direct launcher); only when named:
+# the eager launches' host time through Triton's kernel[grid] and the direct launcher; breaks, ~30 s,
+# where dynamo breaks each step network's graph and why: SpikingJelly's did in run 6); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
 # step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
-# breaks (where dynamo breaks each step network's graph, and why: SpikingJelly's did in run 6),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
-# NCHW with and without inductor's layout optimization: should NCHW models train channels-last?),
+# NCHW with and without inductor's layout optimization),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs) and suite
 # (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
 # JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
@@ -26,7 +26,7 @@ else
   export PYTHONPATH=$PWD
 fi
 export SJ_PLIF_CUDA_IMPLEMENTATION=triton PYTHONUNBUFFERED=1
-stages=${*:-tests dispatch tune step-ro step step-others data layer probe}
+stages=${*:-tests dispatch tune step-ro step breaks step-others data layer probe}
 LOG=$OUT/all.log
 run() {  # run NAME SECONDS CMD...: append its output to all.log, stop it after SECONDS
   local name=$1 limit=$2; shift 2

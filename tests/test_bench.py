@@ -59,7 +59,8 @@ def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypat
     assert rows[0]["note"] in ("needs CUDA", "spikingjelly not installed")
     assert rows[1]["impl"] == "reference" and rows[1]["fwd_bwd_ms"] > 0
 
-    died = subprocess.CompletedProcess([], 1, "", "Traceback ...\nRuntimeError: Offset increment outside graph capture")
+    died = subprocess.CompletedProcess([], 1, "",
+                                       "Traceback ...\nRuntimeError: Offset increment outside graph capture")
     monkeypatch.setattr(layer.subprocess, "run", lambda *a, **k: died)
     rows = layer.main([*options, "--impls", "spikingjelly", "reference"])["rows"]
     assert rows[0]["note"] == ("failed: its process exited with status 1: "
@@ -314,7 +315,8 @@ def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from bench import graph_breaks
 
-    rows = graph_breaks.main(["--device", "cpu", "--impls", "mpdagl", "-T", "2", "-B", "2", "--dtype", "fp32"])["rows"]
+    options = ["--device", "cpu", "-T", "2", "-B", "2", "--dtype", "fp32"]
+    rows = graph_breaks.main([*options, "--impls", "mpdagl"])["rows"]
     assert (rows[0]["graphs"], rows[0]["breaks"], rows[0]["reasons"]) == (1, 0, [])
 
     class Breaking(torch.nn.Module):

@@ -41,7 +41,7 @@ def test_default_command_reaches_96_percent(tmp_path, capsys):
     assert last["test_acc"] == pytest.approx(final, abs=1e-4)
     for key in ("train_loss", "train_acc", "test_loss", "lr", "seconds", "images_per_s"):
         assert math.isfinite(last[key]), key
-    assert {l["layer"] for l in last["layers"]} == {"body.stem.neuron", "body.features.1.neuron"}
+    assert {row["layer"] for row in last["layers"]} == {"body.stem.neuron", "body.features.1.neuron"}
     for layer in last["layers"]:
         assert 0 < layer["firing_rate"] < 1 and 0 < layer["tau"] < 1
         assert layer["kappa_rest"] > layer["kappa_first"] > 0  # sqrt(1 + tau^2) > 1

@@ -391,7 +391,9 @@ class Loader:
                 batches = batches[self.rank::self.world]
         per_chunk = self._batches_per_chunk(len(batches[0]) if batches else 1)
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
-        for chunk, (images, labels) in zip(chunks, self._gather([torch.cat(chunk) for chunk in chunks])):
+        # one batch's indices as they are: a cat of one would copy them (a device kernel per batch)
+        indices = [chunk[0] if len(chunk) == 1 else torch.cat(chunk) for chunk in chunks]
+        for chunk, (images, labels) in zip(chunks, self._gather(indices)):
             sizes = [len(batch) for batch in chunk]
             yield from zip(self._prepare(images, gen).split(sizes), labels.split(sizes))
 

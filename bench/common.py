@@ -193,7 +193,10 @@ def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch
     Sinks from WARNING up make info/debug calls return before that. Its Triton PLIF also refuses a
     bf16/fp16 state under autocast (falling back to its reference, which
     SJ_PLIF_CUDA_IMPLEMENTATION=triton forbids) unless each node is given a storage precision, as
-    SpikingJelly's precision converter does."""
+    SpikingJelly's precision converter does. That path looks its execution plan up by (device,
+    storage, compute dtypes, spike dtype = the input's dtype, ...) and builds a missing one with
+    device queries and logging, which dynamo cannot trace: the plan for spikes in ``dtype`` (what
+    batch norm hands the node under autocast) is built here, before anything is compiled."""
     import sys
 
     from loguru import logger
@@ -205,7 +208,8 @@ def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch
     from spikingjelly._ops.triton_layout import _prepare_triton_neuron_execution_plan
     from spikingjelly.activation_based.neuron import ParametricLIFNode
 
-    _prepare_triton_neuron_execution_plan(neuron_type="plif", device=device, storage_dtype=dtype)
+    _prepare_triton_neuron_execution_plan(neuron_type="plif", device=device, storage_dtype=dtype,
+                                          spike_dtype=dtype)
     for module in net.modules():
         if isinstance(module, ParametricLIFNode):
             module._neuron_precision = (dtype, "fp32", "fp32")

@@ -184,6 +184,54 @@ def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
         loguru.logger.add(sys.stderr)  # loguru's default sink back for the rest of the session
 
 
+def test_spikingjelly_plan_for_bf16_spikes_is_built_before_compiling(monkeypatch):
+    """Under bf16 autocast SpikingJelly's PLIF looks up an execution plan keyed by the spike dtype
+    (the input's: bf16 out of batch norm); a plan missing there is built with device queries and
+    logging, untraceable for dynamo. `prepare_spikingjelly` must leave nothing to build. The node's
+    own lookup runs on fake CUDA tensors and stops at the plan, as this machine may have no GPU."""
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("loguru")
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.setenv("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+    import torch
+    from spikingjelly._ops import triton_layout
+    from spikingjelly._ops.plif import triton_precision
+    from spikingjelly.activation_based import functional
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from bench.common import prepare_spikingjelly, spikingjelly_plif
+
+    built, plans_used = [], []
+    monkeypatch.setattr(triton_layout, "_TRITON_NEURON_EXECUTION_PLANS", {})
+    monkeypatch.setattr(triton_layout, "_make_triton_neuron_execution_plan",
+                        lambda **key: built.append(key) or f"plan {len(built)}")
+
+    def stop_at_launch(x_seq, v, r_tau, plan, **options):
+        plans_used.append(plan)
+        raise InterruptedError
+
+    monkeypatch.setattr(triton_precision, "_multistep_plif_mp_with_plan", stop_at_launch)
+    node = spikingjelly_plif()
+    device = torch.device("cuda", 0)
+    try:
+        prepare_spikingjelly(node, torch.bfloat16, device)
+        assert len(built) == 1
+        with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(InterruptedError):
+            x = torch.empty(4, 2, 3, device=device, dtype=torch.bfloat16)
+            storage, forward, backward = node._neuron_precision
+            # the call ParametricLIFNode.multi_step_forward makes
+            functional.plif_multi_step(x, torch.empty(2, 3, device=device, dtype=storage), node.w,
+                                       node.decay_input, node.v_threshold, node.v_reset,
+                                       node.surrogate_function, node.detach_reset, False,
+                                       neuron_storage=storage, neuron_fwd=forward, neuron_bwd=backward)
+        assert plans_used == ["plan 1"] and len(built) == 1
+    finally:
+        import loguru
+
+        loguru.logger.remove()
+        loguru.logger.add(sys.stderr)
+
+
 def test_host_profile_families(monkeypatch):
     """Host events of a profiled CUDA step land in the family that explains them."""
     monkeypatch.syspath_prepend(str(ROOT))

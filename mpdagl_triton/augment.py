@@ -1,18 +1,54 @@
 """Training augmentation on the training device, per sample, on whole batches.
 
 Images arrive as uint8 ``[B, C, H, W]`` and leave as float in [0, 1]; event frames arrive as float
-``[B, T, C, H, W]`` counts. Our own random choices are drawn on the CPU from the epoch's generator
-and shipped to the device (no host sync in the step); kornia draws from torch's global generator,
-which the trainer seeds from (seed, epoch) at the start of every epoch. Either way an epoch's
-augmentation does not depend on whether the run was resumed.
+``[B, T, C, H, W]`` counts. Our own random choices (crops, flips, rolls, AutoAugment's sub-policy
+per image) are drawn on the CPU from the epoch's generator and shipped to the device (no host sync
+in the step); kornia's AutoAugment operations draw from torch's global generator, which the
+trainer seeds from (seed, epoch) at the start of every epoch. Either way an epoch's augmentation
+does not depend on whether the run was resumed.
 """
 
 from __future__ import annotations
 
-import kornia.augmentation as K
 import torch
 from kornia.augmentation.auto import AutoAugment
 from torch import Tensor, nn
+
+
+def random_crop_flip(images: Tensor, size: int, padding: int, generator: torch.Generator) -> Tensor:
+    """A ``size`` x ``size`` window of each image zero-padded by ``padding`` on every side, at a
+    uniformly random offset, mirrored left-right with probability 1/2.
+
+    Args:
+        images: ``[N, C, H, W]``, any dtype (uint8 images stay uint8), on any device.
+        size: side of the output; ``H + 2 * padding`` and ``W + 2 * padding`` must reach it.
+        generator: CPU generator of the draws (three per image: row, column, flip).
+
+    Returns:
+        ``[N, C, size, size]``, ``images``' dtype and device.
+
+    Two gathers whatever ``N`` (kornia's crop slices every image in Python and reads its offsets
+    back to the host: on a GPU, ~3 dispatches per image and a sync per call).
+
+    Example:
+        >>> x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4)
+        >>> random_crop_flip(x, 4, 1, torch.Generator().manual_seed(0)).shape
+        torch.Size([1, 1, 4, 4])
+    """
+    N, C, H, W = images.shape
+    if min(H, W) + 2 * padding < size:
+        raise ValueError(f"cannot crop {size}x{size} from {H}x{W} images padded by {padding}")
+    top = torch.randint(H + 2 * padding - size + 1, (N, 1), generator=generator) - padding
+    left = torch.randint(W + 2 * padding - size + 1, (N, 1), generator=generator) - padding
+    flip = torch.rand(N, 1, generator=generator) < 0.5
+    steps = torch.arange(size)
+    rows, cols = top + steps, left + torch.where(flip, size - 1 - steps, steps)
+    rows, cols = torch.stack([rows, cols]).to(images.device, non_blocking=True)  # one copy
+    x = images.gather(2, rows.clamp(0, H - 1).view(N, 1, size, 1).expand(N, C, size, W))
+    x = x.gather(3, cols.clamp(0, W - 1).view(N, 1, 1, size).expand(N, C, size, size))
+    inside = (((rows >= 0) & (rows < H)).view(N, 1, size, 1)
+              & ((cols >= 0) & (cols < W)).view(N, 1, 1, size))
+    return x * inside  # the zero padding
 
 
 class ImageAugment(nn.Module):
@@ -20,25 +56,24 @@ class ImageAugment(nn.Module):
 
     Everything draws per image: crop, flip, and AutoAugment's sub-policy (each of the 25 is then
     applied once, to all the images that drew it). The cost is per call, not per image, on a GPU
-    (a kornia call is a few milliseconds of host time and a few dozen small launches): 26 calls
-    however many images, so the loader augments several batches at once (``Loader``).
+    (a kornia call is a few milliseconds of host time and a few dozen small launches): 25 kornia
+    calls however many images, so the loader augments several batches at once (``Loader``).
     """
 
     def __init__(self, size: int, padding: int, autoaugment: bool):
         super().__init__()
-        self.crop_flip = K.AugmentationSequential(
-            K.RandomCrop((size, size), padding=padding), K.RandomHorizontalFlip())
+        self.size, self.padding = size, padding
         self.subpolicies = None
         if autoaugment:
             self.subpolicies = nn.ModuleList(m for _, m in AutoAugment("cifar10").named_children())
 
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        x = self.crop_flip(images.float() / 255)
-        if self.subpolicies is None:
+        choice = None
+        if self.subpolicies is not None:  # the images of each sub-policy, known without a sync
+            choice = torch.randint(len(self.subpolicies), (len(images),), generator=generator)
+        x = random_crop_flip(images, self.size, self.padding, generator).float() / 255
+        if choice is None:
             return x
-        # drawn on the CPU from the epoch's generator: the images of each sub-policy are known
-        # without a device sync
-        choice = torch.randint(len(self.subpolicies), (len(x),), generator=generator)
         for index, subpolicy in enumerate(self.subpolicies):
             picked = (choice == index).nonzero().flatten()
             if len(picked):

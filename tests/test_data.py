@@ -6,7 +6,7 @@ import torch
 
 from fake_data import fake_cifar, fake_dvs, write_hub_dataset, random_images
 from mpdagl_triton import cli, data, events
-from mpdagl_triton.augment import EventAugment, ImageAugment
+from mpdagl_triton.augment import EventAugment, ImageAugment, random_crop_flip
 
 
 def pixels(image) -> np.ndarray:
@@ -173,6 +173,53 @@ def test_image_augmentation_per_sample_and_reproducible():
     assert not torch.equal(a, images.float() / 255)
 
 
+def test_crop_flip_is_a_padded_window_per_image_at_every_offset():
+    """Each output is one of the (offset, flip) windows of its zero-padded image, and over many
+    images every window occurs: uniform per image, not one per batch."""
+    images = torch.randint(1, 256, (400, 2, 6, 7), dtype=torch.uint8)  # no zeros: padding shows
+    out = random_crop_flip(images, 6, 2, torch.Generator().manual_seed(5))
+    assert out.shape == (400, 2, 6, 6) and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+
+    def window(image, top, left, flip):
+        w = image[:, top:top + 6, left:left + 6]
+        return w.flip(-1) if flip else w
+
+    seen = set()
+    for image, crop in zip(padded, out):
+        windows = [(top, left, flip) for top in range(5) for left in range(6) for flip in (False, True)
+                   if torch.equal(crop, window(image, top, left, flip))]
+        assert len(windows) == 1
+        seen.add(windows[0])
+    assert len(seen) == 5 * 6 * 2
+    with pytest.raises(ValueError, match="cannot crop 12x12 from 6x7 images padded by 2"):
+        random_crop_flip(images, 12, 2, torch.Generator())
+
+
+def test_crop_flip_costs_the_same_dispatches_for_any_batch():
+    """The augmentation's cost on a GPU is per dispatched op: the crop and flip must not loop
+    over images (kornia's crop made ~3 per image) nor read anything back to the host."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for n in (4, 64):
+        with Record() as record:
+            ImageAugment(8, 1, autoaugment=False)(torch.zeros(n, 3, 8, 8, dtype=torch.uint8),
+                                                  torch.Generator().manual_seed(0))
+        counts.append(len(record.ops))
+        assert "_local_scalar_dense.default" not in record.ops and "nonzero.default" not in record.ops
+    assert counts[0] == counts[1] < 40
+
+
 def test_autoaugment_draws_a_subpolicy_per_image():
     """Each image goes through the sub-policy the generator drew for it, and only that one."""
     aug = ImageAugment(8, padding=0, autoaugment=True)
@@ -186,7 +233,6 @@ def test_autoaugment_draws_a_subpolicy_per_image():
             return x + (self.index + 1) / 100
 
     aug.subpolicies = torch.nn.ModuleList(Mark(i) for i in range(25))
-    aug.crop_flip = torch.nn.Identity()
     out = aug(torch.zeros(60, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(4))
     choice = torch.randint(25, (60,), generator=torch.Generator().manual_seed(4))
     assert len(choice.unique()) > 12  # per image, not per batch or slice

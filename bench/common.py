@@ -129,7 +129,6 @@ def copy_bandwidth_gbs(device: torch.device, n_bytes: int = 1 << 30) -> float | 
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), device, warmup=3, repeats=20)
-    del src, dst
     return 2 * n_bytes / (ms * 1e-3) / 1e9
 
 

@@ -194,9 +194,9 @@ def summarize(rows: list[dict], config: dict) -> dict:
         "layers": layers,
         "per_epoch": [{
             "epoch": r["epoch"],
-            "grad_available_first": _mean(l.get("grad_available_first") for l in r.get("layers", [])),
-            "grad_available_rest": _mean(l.get("grad_available_rest") for l in r.get("layers", [])),
-            "firing_rate": _mean(l.get("firing_rate") for l in r.get("layers", [])),
+            "grad_available_first": _mean(layer.get("grad_available_first") for layer in r.get("layers", [])),
+            "grad_available_rest": _mean(layer.get("grad_available_rest") for layer in r.get("layers", [])),
+            "firing_rate": _mean(layer.get("firing_rate") for layer in r.get("layers", [])),
         } for r in rows],
     }
     if last.get("synapses") and config.get("timesteps"):
@@ -233,7 +233,7 @@ def plot_gamma_beta(rows: list[dict], path: Path) -> None:
     """Paper Fig. 2: the channel means of the tdBN scale and shift per layer over epochs."""
     fig, (ax_g, ax_b) = _figure(2)
     epochs = [r["epoch"] for r in rows]
-    names = [_short(l["layer"]) for l in rows[-1]["layers"]]
+    names = [_short(layer["layer"]) for layer in rows[-1]["layers"]]
     cmap = _colors(len(names))
     for i, name in enumerate(names):
         ax_g.plot(epochs, _series(rows, "gamma_bar")[i], color=cmap[i], label=name)
@@ -249,8 +249,9 @@ def plot_firing_rate(rows: list[dict], path: Path) -> None:
     """Paper Fig. 4: firing rate per layer at the last epoch."""
     fig, (ax,) = _figure(1, width=max(6.4, 0.35 * len(rows[-1]["layers"])))
     layers = rows[-1]["layers"]
-    ax.bar(range(len(layers)), [100 * l["firing_rate"] for l in layers], color="tab:blue")
-    ax.set_xticks(range(len(layers)), [_short(l["layer"]) for l in layers], rotation=60, ha="right", fontsize=7)
+    ax.bar(range(len(layers)), [100 * layer["firing_rate"] for layer in layers], color="tab:blue")
+    ax.set_xticks(range(len(layers)), [_short(layer["layer"]) for layer in layers], rotation=60, ha="right",
+                  fontsize=7)
     ax.set(xlabel="spiking layer", ylabel="firing rate (% of neurons per timestep)",
            title=f"Firing rate per layer (epoch {rows[-1]['epoch']})")
     _save(fig, path)
@@ -261,16 +262,17 @@ def plot_grad_available(rows: list[dict], path: Path) -> None:
     fig, (ax_l, ax_e) = _figure(2)
     layers = rows[-1]["layers"]
     idx = torch.arange(len(layers)).tolist()
-    first = [100 * l["grad_available_first"] for l in layers]
-    rest = [100 * l["grad_available_rest"] if l["grad_available_rest"] is not None else 0 for l in layers]
+    first = [100 * layer["grad_available_first"] for layer in layers]
+    rest = [100 * layer["grad_available_rest"] if layer["grad_available_rest"] is not None else 0
+            for layer in layers]
     ax_l.bar([i - 0.2 for i in idx], first, width=0.4, color="tab:orange", label="t = 1")
     ax_l.bar([i + 0.2 for i in idx], rest, width=0.4, color="tab:green", label="t > 1")
-    ax_l.set_xticks(idx, [_short(l["layer"]) for l in layers], rotation=60, ha="right", fontsize=7)
+    ax_l.set_xticks(idx, [_short(layer["layer"]) for layer in layers], rotation=60, ha="right", fontsize=7)
     ax_l.set(xlabel="spiking layer", ylabel=r"neurons with $|V-V_{th}|<\kappa/2$ (%)",
              title=f"Gradient-available proportion (epoch {rows[-1]['epoch']})")
     epochs = [r["epoch"] for r in rows]
-    mean_first = [_mean(l["grad_available_first"] for l in r["layers"]) for r in rows]
-    mean_rest = [_mean(l["grad_available_rest"] for l in r["layers"]) for r in rows]
+    mean_first = [_mean(layer["grad_available_first"] for layer in r["layers"]) for r in rows]
+    mean_rest = [_mean(layer["grad_available_rest"] for layer in r["layers"]) for r in rows]
     ax_e.plot(epochs, [100 * v for v in mean_first], color="tab:orange")
     if any(v is not None for v in mean_rest):
         ax_e.plot(epochs, [100 * v if v is not None else float("nan") for v in mean_rest], color="tab:green")
@@ -285,9 +287,11 @@ def plot_kappa(rows: list[dict], path: Path) -> None:
     fig, (ax,) = _figure(1, width=max(6.4, 0.35 * len(rows[-1]["layers"])))
     layers = rows[-1]["layers"]
     idx = list(range(len(layers)))
-    ax.plot(idx, [l["kappa_first"] for l in layers], "o-", color="tab:orange", label=r"$\kappa$ at t = 1")
-    ax.plot(idx, [l["kappa_rest"] for l in layers], "s-", color="tab:green", label=r"$\kappa$ at t > 1")
-    ax.set_xticks(idx, [_short(l["layer"]) for l in layers], rotation=60, ha="right", fontsize=7)
+    ax.plot(idx, [layer["kappa_first"] for layer in layers], "o-", color="tab:orange",
+            label=r"$\kappa$ at t = 1")
+    ax.plot(idx, [layer["kappa_rest"] for layer in layers], "s-", color="tab:green",
+            label=r"$\kappa$ at t > 1")
+    ax.set_xticks(idx, [_short(layer["layer"]) for layer in layers], rotation=60, ha="right", fontsize=7)
     ax.set(xlabel="spiking layer", ylabel=r"surrogate width $\kappa$ (membrane units)",
            title=f"Surrogate width per layer (epoch {rows[-1]['epoch']})")
     _legend(fig, ax, 2)
@@ -304,7 +308,7 @@ def plot_theorems(rows: list[dict], path: Path) -> None:
         lo, hi = float("inf"), float("-inf")
         for measured, predicted, label, marker in pairs:
             m_key, p_key = measured.replace("mean", kind), predicted.replace("mean", kind)
-            points = [(l[p_key], l[m_key]) for l in layers if l.get(m_key) is not None]
+            points = [(layer[p_key], layer[m_key]) for layer in layers if layer.get(m_key) is not None]
             if not points:
                 continue
             xs, ys = zip(*points)
@@ -326,9 +330,9 @@ def plot_compare(runs: list[tuple[str, list[dict]]], path: Path) -> None:
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=color, label=label)
         ax_acc.plot(epochs, [100 * r["test_acc"] for r in rows], color=color)
-        ax_ga.plot(epochs, [100 * (_mean(l["grad_available_rest"] if l["grad_available_rest"] is not None
-                                         else l["grad_available_first"] for l in r["layers"]) or 0)
-                            for r in rows], color=color)
+        available = [_mean(layer["grad_available_rest"] if layer["grad_available_rest"] is not None
+                           else layer["grad_available_first"] for layer in r["layers"]) or 0 for r in rows]
+        ax_ga.plot(epochs, [100 * share for share in available], color=color)
     ax_loss.set(xlabel="epoch", ylabel="train loss (cross entropy, nats)", title="Training loss")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     ax_ga.set(xlabel="epoch", ylabel="mean over layers, t > 1 (%)", title="Gradient-available proportion")
@@ -349,10 +353,10 @@ def _legend(fig, ax, n: int) -> None:
     handles, labels = ax.get_legend_handles_labels()
     for other in fig.axes:
         if other is not ax:
-            for h, l in zip(*other.get_legend_handles_labels()):
-                if l not in labels:
-                    handles.append(h)
-                    labels.append(l)
+            for handle, text in zip(*other.get_legend_handles_labels()):
+                if text not in labels:
+                    handles.append(handle)
+                    labels.append(text)
     fig.legend(handles, labels, loc="lower center", ncol=min(max(n, 1), 6), fontsize=7, frameon=False)
 
 

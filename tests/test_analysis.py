@@ -112,19 +112,19 @@ def test_analyze_writes_valid_figures_and_a_true_summary(two_runs, capsys):
     for name in summary["files"].values():
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 500 and image.size[1] > 300
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["best_test_acc"] == max(r["test_acc"] for r in rows)
     for got, row in zip(summary["per_epoch"], rows):
         layers = row["layers"]
-        assert got["grad_available_first"] == pytest.approx(sum(l["grad_available_first"] for l in layers) / len(layers))
-        assert got["firing_rate"] == pytest.approx(sum(l["firing_rate"] for l in layers) / len(layers))
+        for key in ("grad_available_first", "firing_rate"):
+            assert got[key] == pytest.approx(sum(layer[key] for layer in layers) / len(layers))
     synapses, T = rows[-1]["synapses"], 2
     adds = sum(s["input_rate"] * T * s["macs"] for s in synapses[1:-1])
     assert summary["energy"]["adds"] == pytest.approx(adds)
     assert summary["compare"]["fixed"]["test_acc"] == json.loads((other / "metrics.jsonl").read_text().splitlines()[-1])["test_acc"]
     # the fixed rule keeps kappa at kappa0 = 1; mpdagl follows gamma and tau
     fixed_layers = json.loads((other / "metrics.jsonl").read_text().splitlines()[-1])["layers"]
-    assert all(l["kappa_first"] == 1.0 and l["kappa_rest"] == 1.0 for l in fixed_layers)
+    assert all(layer["kappa_first"] == 1.0 and layer["kappa_rest"] == 1.0 for layer in fixed_layers)
 
 
 def test_energy_command(two_runs, capsys):

@@ -31,7 +31,7 @@ def kill_run(out: Path, *how: str) -> subprocess.CompletedProcess:
 
 
 def metrics(out: Path) -> list[dict]:
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 

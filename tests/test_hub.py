@@ -82,7 +82,7 @@ def test_push_uploads_exactly_the_model_files_and_a_card(trained, tmp_path, monk
     card = ModelCard((upload["folder"] / "README.md").read_text())
     assert card.data.library_name == "mpdagl-triton" and card.data.license == "mit"
     assert {"spiking-neural-network", "snn", "mpd-agl", "digits"} <= set(card.data.tags)
-    last = [l for l in (trained / "metrics.jsonl").read_text().splitlines()][-1]
+    last = (trained / "metrics.jsonl").read_text().splitlines()[-1]
     accuracy = round(100 * __import__("json").loads(last)["test_acc"], 2)
     assert card.data.eval_results[0].metric_value == accuracy
     assert "| `body.stem.neuron` |" in card.text and 'mpdagl_triton.load("me/digits-snn")' in card.text

@@ -68,7 +68,7 @@ class ImageAugment(nn.Module):
             self.subpolicies = nn.ModuleList(m for _, m in AutoAugment("cifar10").named_children())
 
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        choice = None
+        choice = None  # drawn first: the sub-policy of each image, then the crops and flips
         if self.subpolicies is not None:  # the images of each sub-policy, known without a sync
             choice = torch.randint(len(self.subpolicies), (len(images),), generator=generator)
         x = random_crop_flip(images, self.size, self.padding, generator).float() / 255

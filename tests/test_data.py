@@ -233,6 +233,8 @@ def test_autoaugment_draws_a_subpolicy_per_image():
             return x + (self.index + 1) / 100
 
     aug.subpolicies = torch.nn.ModuleList(Mark(i) for i in range(25))
+    # zero images stay zero through the crop and flip (no padding), and the sub-policies are the
+    # generator's first draws, so replaying them names each image's sub-policy
     out = aug(torch.zeros(60, 3, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(4))
     choice = torch.randint(25, (60,), generator=torch.Generator().manual_seed(4))
     assert len(choice.unique()) > 12  # per image, not per batch or slice

@@ -417,17 +417,22 @@ def autocast(cfg: TrainConfig, device: torch.device):
 
 @torch.no_grad()
 def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = Distributed()) -> dict:
-    """Test loss and accuracy over the whole split (eval mode: running statistics); with several
-    processes each evaluates its share and the sums are combined."""
+    """Test loss and accuracy over the whole split (eval mode: running statistics, so each image's
+    logits depend on it alone); with several processes each evaluates its share and the sums are
+    combined."""
     eval_model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for images, labels in loader.epoch(cfg.seed, 0):
+        if cfg.compile and len(images) < loader.batch_size:
+            # the split's last batch, padded to the others' size: a compiled model would otherwise
+            # compile a second, dynamic-shape graph for it (and record another CUDA graph)
+            images = torch.cat([images, images.new_zeros((loader.batch_size - len(images), *images.shape[1:]))])
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(cfg, device):
-            logits = eval_model(images).float()
+            logits = eval_model(images)[:len(labels)].float()
         total_loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)

@@ -198,6 +198,26 @@ def test_compiled_training_epoch(tmp_path, mode):
     assert result["test_acc"] > 0.5
 
 
+def test_compiled_evaluation_compiles_one_graph_for_a_ragged_split(tmp_path):
+    """The test split's last batch (360 digits = 5 x 64 + 40) is padded to the others' size, so a
+    compiled model evaluates every batch with one graph, and the metrics equal eager ones."""
+    from torch._dynamo.testing import CompileCounter
+
+    from mpdagl_triton import data
+
+    cfg = short(tmp_path, compile=True)
+    dataset = data.load(cfg.dataset, timesteps=cfg.timesteps)
+    assert len(dataset.test) % cfg.batch_size
+    model = train_module.build_model(cfg, dataset)
+    loader = data.Loader(dataset.test, dataset, cfg.batch_size, torch.device("cpu"), train=False)
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    compiled = train_module.evaluate(cfg, torch.compile(model, backend=counter), loader, torch.device("cpu"))
+    assert counter.frame_count == 1
+    eager = train_module.evaluate(dataclasses.replace(cfg, compile=False), model, loader, torch.device("cpu"))
+    assert compiled == pytest.approx(eager, rel=1e-6)
+
+
 def test_lagged_readout_on_the_cpu_is_immediate():
     readout = train_module.LaggedReadout(torch.device("cpu"))
     assert readout.latest is None

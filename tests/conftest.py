@@ -21,6 +21,13 @@ os.environ.pop("HF_TOKEN", None)
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mpdagl-test-inductor-")
 atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
+# under pytest-xdist each worker gets its share of the cores: torch's default (every core per
+# process) oversubscribes them, and OpenMP's spinning threads then slow some tests ten-fold (the
+# README command's test: 5 s alone, 50 s beside another worker)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 import torch
 
 if not torch.cuda.is_available():

@@ -80,7 +80,7 @@ for stage in $stages; do
              --channels 3 --json "$OUT/probe.json" ;;
     train) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=10000, n_test=1000)" &&
            run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 2 \
-             --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
+             --batch-size 128 --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
            cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
     suite) run suite 540 python3 -m bench.all --out "$OUT/suite" ;;
     *) echo "unknown stage $stage" ;;

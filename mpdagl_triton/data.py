@@ -145,6 +145,8 @@ def _fetch(name: str, repo: str, path: str | None):
 
     source = path or repo
     try:
+        if os.path.isdir(source):
+            return datasets.load_dataset(source, data_files=_local_data_files(source))
         return datasets.load_dataset(source)
     except Exception as exc:  # offline, missing, unreadable: one clear message
         if path is not None:
@@ -155,6 +157,19 @@ def _fetch(name: str, repo: str, path: str | None):
             f"have network (`huggingface-cli download {repo} --repo-type dataset --local-dir DIR`) "
             "and pass --data-path DIR (Python: data.load(name, path=DIR))."
         ) from exc
+
+
+def _local_data_files(folder: str) -> dict[str, list[str]] | None:
+    """The folder's data files by split, as ``datasets`` resolves them.
+
+    ``datasets`` names its cache of a local folder whose README lists ``configs:`` after the
+    README alone, so shards replaced in place would load the old copy; files passed by name are
+    keyed on their modification times too. None where it resolves none (its own error then).
+    """
+    import datasets
+
+    resolved = datasets.load_dataset_builder(folder).config.data_files or {}
+    return {split: list(files) for split, files in resolved.items()} or None
 
 
 def _digits_source():

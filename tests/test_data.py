@@ -80,6 +80,16 @@ def test_decoded_once_then_read_from_the_arrow_cache(tmp_path, monkeypatch):
     assert torch.equal(first.train.images, second.train.images)
 
 
+def test_a_local_folder_rewritten_in_place_is_read_again(tmp_path):
+    """datasets keys its cache of a folder with README configs on the README alone; replaced
+    shards must not come back as the old copy (or its decoded arrays)."""
+    root = fake_cifar(tmp_path / "c10", n_train=24, n_test=10)
+    assert len(data.load("cifar10", path=str(root)).test) == 10
+    fake_cifar(root, n_train=16, n_test=6)
+    again = data.load("cifar10", path=str(root))
+    assert len(again.train) == 16 and len(again.test) == 6
+
+
 def test_corrupt_image_names_its_index(tmp_path):
     import datasets
 

@@ -218,6 +218,20 @@ def test_compiled_evaluation_compiles_one_graph_for_a_ragged_split(tmp_path):
     assert compiled == pytest.approx(eager, rel=1e-6)
 
 
+def test_evaluation_under_cuda_graphs_starts_a_step_per_batch(tmp_path, monkeypatch):
+    """reduce-overhead: every eval batch begins a CUDA-graph step, so the outputs of the batch
+    before (consumed by then) may be overwritten instead of a new graph being recorded."""
+    from mpdagl_triton import data
+
+    cfg = short(tmp_path, compile=True, compile_mode="reduce-overhead")
+    dataset = data.load(cfg.dataset, timesteps=cfg.timesteps)
+    loader = data.Loader(dataset.test, dataset, cfg.batch_size, torch.device("cpu"), train=False)
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    train_module.evaluate(cfg, train_module.build_model(cfg, dataset), loader, torch.device("cpu"))
+    assert len(marks) == len(loader) == 6
+
+
 def test_lagged_readout_on_the_cpu_is_immediate():
     readout = train_module.LaggedReadout(torch.device("cpu"))
     assert readout.latest is None

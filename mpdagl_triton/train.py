@@ -432,7 +432,7 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = D
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         if cfg.compile and cfg.compile_mode == "reduce-overhead":
-            # the last batch's logits are consumed; without this, an fp32 `logits` still holding
+            # the previous batch's logits are consumed; without this, an fp32 `logits` still holding
             # the graph's output would make CUDA graph trees record a new graph for every batch
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(cfg, device):

@@ -354,6 +354,15 @@ class LaggedReadout:
         self._event.record()
 
 
+def begin_graph_step(cfg: TrainConfig) -> None:
+    """Under CUDA graphs (reduce-overhead), a new step: the outputs of the last call, training step
+    or eval batch, are consumed and may be overwritten. Without it, an output still referenced at
+    the next call (an fp32 eval `logits` is the graph's own output) makes CUDA graph trees record
+    a new graph for that call."""
+    if cfg.compile and cfg.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch,
                     dist: Distributed = Distributed(), log_every=20):
     """One epoch; host syncs only after the loop (progress and NaN checks read lagged copies)."""
@@ -371,8 +380,7 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
             raise ValueError(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if cfg.compile and cfg.compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are dead
+        begin_graph_step(cfg)
         with autocast(cfg, device):
             per_timestep = step_model(images, return_timesteps=True)
             loss = loss_fn(cfg, per_timestep, labels)
@@ -431,10 +439,7 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = D
             images = torch.cat([images, images.new_zeros((loader.batch_size - len(images), *images.shape[1:]))])
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if cfg.compile and cfg.compile_mode == "reduce-overhead":
-            # the previous batch's logits are consumed; without this, an fp32 `logits` still holding
-            # the graph's output would make CUDA graph trees record a new graph for every batch
-            torch.compiler.cudagraph_mark_step_begin()
+        begin_graph_step(cfg)
         with autocast(cfg, device):
             logits = eval_model(images)[:len(labels)].float()
         total_loss += F.cross_entropy(logits, labels, reduction="sum")

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import os
+import re
 import warnings
 from typing import Optional
 
@@ -66,6 +67,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "triton"
         if device.type == "cpu" and triton_interpreting():
+            if _INTERPRETER_PROBLEM:
+                raise RuntimeError(_INTERPRETER_PROBLEM)
             return "triton"
         raise RuntimeError(
             f"backend='triton' cannot run on a {device.type} tensor: it needs a CUDA device, or "
@@ -73,6 +76,34 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             "Use backend='torch' (or 'auto') for the PyTorch reference."
         )
     return backend
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+
+
+def interpreter_incompatibility(triton_version: str, numpy_version: str) -> str | None:
+    """Why Triton's CPU interpreter cannot run our kernels with these versions, or None.
+
+    Before Triton 3.7 the interpreter turns a loop bound (our ``row_iters``) into a Python int
+    with ``int()`` of a 1-element array, which NumPy 2.4 made a TypeError; every statistics and
+    backward kernel would then fail deep inside the interpreter.
+    """
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (f"Triton {triton_version}'s CPU interpreter (TRITON_INTERPRET=1) cannot run the kernels "
+                f"with NumPy {numpy_version}: before Triton 3.7 it reads loop bounds with int() of a "
+                "1-element array, which NumPy 2.4 refuses. Install triton>=3.7 or numpy<2.4, or use "
+                "backend='torch' (or 'auto') for the PyTorch reference.")
+    return None
+
+
+if _kernels is not None:  # once, here: resolve_backend is traced by dynamo under torch.compile
+    import numpy
+    import triton
+
+    _INTERPRETER_PROBLEM = interpreter_incompatibility(triton.__version__, numpy.__version__)
+else:
+    _INTERPRETER_PROBLEM = None
 
 
 # ----------------------------------------------------------------------------------------------

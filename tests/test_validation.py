@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mpdagl_triton as M
-from mpdagl_triton import TdBNPLIF
+from mpdagl_triton import TdBNPLIF, ops
 
 
 def good():
@@ -89,6 +89,22 @@ def test_backend_resolution(monkeypatch):
     monkeypatch.setenv("MPDAGL_BACKEND", "fast")
     with pytest.raises(ValueError, match="unknown MPDAGL_BACKEND 'fast'"):
         M.resolve_backend("auto", cpu)
+
+
+def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch):
+    """Triton < 3.7's interpreter with NumPy >= 2.4 fails inside every statistics kernel (seen with
+    triton 3.6.0 and numpy 2.4.0 / 2.4.6; 2.3.5 and triton 3.7 work): say so before launching."""
+    problem = ops.interpreter_incompatibility("3.6.0", "2.4.0")
+    assert "Triton 3.6.0's CPU interpreter" in problem and "triton>=3.7 or numpy<2.4" in problem
+    for triton_version, numpy_version in [("3.7.0", "2.4.6"), ("3.6.0", "2.3.5"), ("3.10.1", "2.4.0"),
+                                          ("3.2.0+git1a2b", "1.26.4")]:
+        assert ops.interpreter_incompatibility(triton_version, numpy_version) is None
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ops, "_INTERPRETER_PROBLEM", problem)
+    assert M.resolve_backend("auto", cpu) == "torch"  # the reference needs no interpreter
+    if not torch.cuda.is_available():  # the interpreter is on in tests without CUDA
+        with pytest.raises(RuntimeError, match=r"Triton 3\.6\.0's CPU interpreter"):
+            M.resolve_backend("triton", cpu)
 
 
 def test_env_backend_selects_triton(monkeypatch):

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET: the interpreter's kernels cannot be traced")
+    if torch.version.cuda is not None:  # seen with torch 2.11+cu130: dynamo and fake tensors start CUDA
+        parser.error(f"needs a CPU-only build of torch; this one ({torch.__version__}) is built for "
+                     "CUDA and would start the CUDA runtime that this tool stands in for")
     from bench.common import write_json
 
     codes = generate(args.impl, args.T, args.B, channels_last=not args.nchw)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -343,6 +344,7 @@ def test_tune_calls_the_launchers_as_they_are(monkeypatch):
     assert len(ran) == len(rows) == 10 and all(row["host_us"] == 1.0 for row in rows)
 
 
+@pytest.mark.skipif(torch.version.cuda is not None, reason="bench.launches stands in for CUDA: CPU-only torch")
 def test_launches_of_a_compiled_stem_layer(tmp_path):
     """Inductor's generated CUDA code for a neuron whose input is the same at every step, then a
     conv: our six launches and, around them, only the running-statistics update and the conv's
@@ -353,6 +355,19 @@ def test_launches_of_a_compiled_stem_layer(tmp_path):
                                             "extern convolution": 1, "triton_poi_fused_convolution_view": 1}
     assert graphs["backward"]["kernels"] == {"_backward_kernel": 2, "_sum_partials_kernel": 1,
                                              "extern convolution_backward": 1}
+
+
+def test_launches_refuses_a_cuda_build_of_torch(monkeypatch, capsys):
+    """On a CUDA build with no GPU, dynamo and fake tensors start the CUDA runtime and fail deep
+    inside (seen with torch 2.11+cu130): the tool says what it needs instead."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import launches
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    with pytest.raises(SystemExit):
+        launches.main(["--impl", "layer"])
+    assert "needs a CPU-only build of torch" in capsys.readouterr().err
 
 
 def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):

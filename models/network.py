@@ -157,7 +157,11 @@ class SpikingNetwork(
                                       cache_dir=cache_dir, force_download=force_download, token=token,
                                       local_files_only=local_files_only)
         tensors, _ = load_tensors(weights)
-        load_state_strict(model, tensors, source=str(weights))
+        if strict:
+            load_state_strict(model, tensors, source=str(weights))
+        else:  # torch's rule: names may be missing or extra, shapes must still match
+            with torch.no_grad():
+                model.load_state_dict(tensors, strict=False)
         return model.to(map_location).eval()
 
 

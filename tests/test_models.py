@@ -37,6 +37,27 @@ def test_forward_shapes_and_backward(arch):
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_from_pretrained_honours_strict(tmp_path):
+    """The Hub mixin's ``strict``: by default a weights file must match the config exactly;
+    ``strict=False`` loads what is there and leaves the rest as initialized."""
+    from mpdagl_triton.checkpoint import CheckpointError, load_tensors, save_tensors
+
+    torch.manual_seed(0)
+    net = models.create("tiny", num_classes=7, T=2, in_channels=1, input_size=8)
+    net.save_pretrained(tmp_path)
+    tensors, _ = load_tensors(tmp_path / "model.safetensors")
+    dropped = next(name for name in tensors if name.endswith("weight"))
+    del tensors[dropped]
+    save_tensors(tmp_path / "model.safetensors", tensors, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=f"missing \\['{dropped}'\\]"):
+        models.SpikingNetwork.from_pretrained(str(tmp_path))
+    torch.manual_seed(1)
+    loose = models.SpikingNetwork.from_pretrained(str(tmp_path), strict=False)
+    state = loose.state_dict()
+    assert all(torch.equal(state[name], t) for name, t in tensors.items())
+    assert not torch.equal(state[dropped], net.state_dict()[dropped])  # a fresh initialization
+
+
 def test_event_frames_input():
     net = models.create("vggsnn", num_classes=10, T=3, in_channels=2, input_size=16)
     assert net(torch.rand(2, 3, 2, 16, 16)).shape == (2, 10)

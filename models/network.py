@@ -128,16 +128,21 @@ class SpikingNetwork(
         return None
 
     def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool = False,
-                    token: str | None = None, branch: str | None = None, **_ignored) -> str:
-        """Upload this model (weights, config, a generated model card) to the Hub; returns the commit URL."""
+                    token: str | None = None, branch: str | None = None, create_pr: bool = False,
+                    **unsupported) -> str:
+        """Upload this model (weights, config, a generated model card) to the Hub; returns the
+        commit URL, or the pull request's with ``create_pr``."""
         import tempfile
 
         from mpdagl_triton.hub import push
 
+        if unsupported:  # the mixin's file patterns and card options: the upload's files are fixed
+            raise TypeError(f"push_to_hub does not take {', '.join(sorted(unsupported))}: it uploads "
+                            "model.safetensors, config.json and a generated model card")
         with tempfile.TemporaryDirectory(prefix="mpdagl-model-") as folder:
             self.save_pretrained(folder)
             return push(folder, repo_id, private=private, revision=branch,
-                        commit_message=commit_message, token=token)
+                        commit_message=commit_message, token=token, create_pr=create_pr)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_tensors(Path(save_directory) / WEIGHTS_NAME, self.state_dict(),

@@ -118,14 +118,17 @@ def _push_parser(sub) -> None:
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to push to (created if missing)")
     p.add_argument("--commit-message", help="commit message")
+    p.add_argument("--create-pr", action="store_true",
+                   help="open a pull request with the upload instead of committing to the branch")
 
 
 def _push(args: argparse.Namespace) -> int:
     from mpdagl_triton.hub import push
 
     url = push(args.folder, args.repo_id, private=args.private, revision=args.revision,
-               commit_message=args.commit_message)
-    print(f"pushed {args.folder} to {args.repo_id}: {url}")
+               commit_message=args.commit_message, create_pr=args.create_pr)
+    done = "opened a pull request with" if args.create_pr else "pushed"
+    print(f"{done} {args.folder} to {args.repo_id}: {url}")
     return 0
 
 

@@ -222,11 +222,12 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-         commit_message: str | None = None, token: str | None = None) -> str:
+         commit_message: str | None = None, token: str | None = None, create_pr: bool = False) -> str:
     """Upload a training folder (model, config, metrics, plots, a generated model card).
 
-    Returns the URL of the commit. Authentication: ``token``, else ``HF_TOKEN``, else the stored
-    login (``huggingface-cli login``).
+    Returns the URL of the commit, or with ``create_pr`` of the pull request that holds it (opened
+    against ``revision``, else main). Authentication: ``token``, else ``HF_TOKEN``, else the
+    stored login (``huggingface-cli login``).
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
@@ -256,11 +257,12 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             info = api.upload_folder(folder_path=staging, repo_id=repo_id, revision=revision,
-                                     commit_message=commit_message or f"Upload {folder.name} with mpdagl push")
+                                     commit_message=commit_message or f"Upload {folder.name} with mpdagl push",
+                                     create_pr=create_pr)
         except HfHubHTTPError as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             if status in (401, 403):
                 raise HubError(f"the Hub rejected the token ({status}) for {repo_id}: check HF_TOKEN "
                                "or `huggingface-cli login`, and write access to the repo") from exc
             raise HubError(f"pushing {folder} to {repo_id} failed: {exc}") from exc
-    return str(getattr(info, "commit_url", info))
+    return str(getattr(info, "pr_url" if create_pr else "commit_url", info))

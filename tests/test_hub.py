@@ -38,13 +38,15 @@ class FakeHub:
         def create_branch(api, repo_id, **kwargs):
             self.calls.append(("create_branch", repo_id, kwargs, api.token))
 
-        def upload_folder(api, *, folder_path, repo_id, revision=None, commit_message=None, **kwargs):
+        def upload_folder(api, *, folder_path, repo_id, revision=None, commit_message=None,
+                          create_pr=None, **kwargs):
             copy = self.root / str(len(self.uploads))
             shutil.copytree(folder_path, copy)
             files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
             self.uploads.append({"repo_id": repo_id, "revision": revision, "message": commit_message,
-                                 "files": files, "folder": copy})
-            return MagicMock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc")
+                                 "files": files, "folder": copy, "create_pr": create_pr})
+            return MagicMock(commit_url=f"https://huggingface.co/{repo_id}/commit/abc",
+                             pr_url=f"https://huggingface.co/{repo_id}/discussions/1" if create_pr else None)
 
         monkeypatch.setattr(HfApi, "create_repo", create_repo)
         monkeypatch.setattr(HfApi, "create_branch", create_branch)
@@ -75,7 +77,7 @@ def test_push_uploads_exactly_the_model_files_and_a_card(trained, tmp_path, monk
                              {"private": True, "exist_ok": True, "repo_type": "model"}, "hf_test_token")
     assert fake.calls[1][:3] == ("create_branch", "me/digits-snn", {"branch": "exp1", "exist_ok": True})
     (upload,) = fake.uploads
-    assert upload["revision"] == "exp1" and upload["message"] == "first model"
+    assert upload["revision"] == "exp1" and upload["message"] == "first model" and not upload["create_pr"]
     assert upload["files"] == ["README.md", "analysis/firing_rate.png", "config.json", "metrics.jsonl",
                                "model.safetensors"]
     assert (upload["folder"] / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
@@ -110,6 +112,21 @@ def test_push_to_hub_from_python(tmp_path, monkeypatch):
     (upload,) = fake.uploads
     assert upload["files"] == ["README.md", "config.json", "model.safetensors"]
     assert upload["revision"] == "dev" and upload["message"] == "hello"
+
+
+def test_push_as_a_pull_request(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fake = FakeHub(monkeypatch, tmp_path)
+    assert cli.main(["push", str(trained), "--repo-id", "me/digits-snn", "--create-pr"]) == 0
+    assert "opened a pull request with" in capsys.readouterr().out
+    model = M.models.create("tiny", 10, 2, in_channels=1, input_size=8, dataset="digits")
+    url = model.push_to_hub("me/fresh", create_pr=True)
+    assert url == "https://huggingface.co/me/fresh/discussions/1"
+    assert [(u["repo_id"], u["revision"], u["create_pr"]) for u in fake.uploads] == [
+        ("me/digits-snn", None, True), ("me/fresh", None, True)]
+    with pytest.raises(TypeError, match="push_to_hub does not take allow_patterns, config"):
+        model.push_to_hub("me/fresh", config={}, allow_patterns=["*.safetensors"])
+    assert len(fake.uploads) == 2  # nothing was uploaded
 
 
 def test_missing_token(trained, monkeypatch, capsys):

@@ -103,7 +103,7 @@ def validate(cfg: TrainConfig) -> None:
     if not data.is_known(cfg.dataset):
         raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}, "
                          "or a Hub id (user/name) or a local folder")
-    for name in ("timesteps", "epochs", "batch_size"):
+    for name in ("timesteps", "epochs", "batch_size", "probe_size"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

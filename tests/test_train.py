@@ -105,6 +105,7 @@ def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
         (["--arch", "alexnet"], "unknown architecture 'alexnet'; available: resnet18, resnet19, tiny"),
         (["-T", "0"], "timesteps must be an integer >= 1, got 0"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--probe-size", "0"], "probe_size must be an integer >= 1, got 0"),
         (["--epochs", "-1"], "epochs must be an integer >= 1"),
         (["--lr", "0"], "lr must be a positive number"),
         (["--resume"], "no checkpoint in"),

@@ -149,8 +149,8 @@ def _fetch(name: str, repo: str, path: str | None):
             return datasets.load_dataset(source, data_files=_local_data_files(source))
         return datasets.load_dataset(source)
     except Exception as exc:  # offline, missing, unreadable: one clear message
-        if path is not None:
-            raise DataUnavailableError(f"could not read dataset {name!r} from {path}: {exc}") from exc
+        if path is not None or os.path.isdir(source):  # a local folder: no Hub advice
+            raise DataUnavailableError(f"could not read dataset {name!r} from {source}: {exc}") from exc
         raise DataUnavailableError(
             f"could not fetch dataset {repo!r} ({name}) from the Hugging Face Hub, and there is no "
             f"cached copy: {type(exc).__name__}: {exc}. To use a local copy, download it where you "

@@ -109,6 +109,15 @@ def test_offline_without_a_cached_copy():
         data.load("cifar10")
 
 
+def test_an_unreadable_local_folder_is_named_without_hub_advice(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name, path in ((str(empty), None), ("cifar10", str(empty))):  # --dataset DIR, --data-path DIR
+        with pytest.raises(data.DataUnavailableError, match=f"could not read dataset .* from {empty}: ") as err:
+            data.load(name, path=path)
+        assert "Hugging Face Hub" not in str(err.value)
+
+
 def test_unknown_dataset_lists_the_names(capsys, tmp_path):
     assert cli.main(["train", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
     assert "unknown dataset 'mnist'; available: digits, cifar10, cifar100, tiny-imagenet, cifar10-dvs" in \

@@ -89,6 +89,12 @@ class SpikingNetwork(
             raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got {list(x.shape)}")
         if x.shape[-3] != self.in_channels:
             raise ValueError(f"input has {x.shape[-3]} channels, the model expects {self.in_channels}")
+        if self.body.fixed_input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"input is {x.shape[-2]}x{x.shape[-1]}; {self.arch} takes {self.input_size}x"
+                             f"{self.input_size} only (its classifier flattens the last feature map)")
+        if not x.is_floating_point():
+            raise TypeError(f"input must be floating point (pixels in [0, 1], normalized as config.json's "
+                            f"normalization says), got {x.dtype}")
         out = self.body(x)
         return out if return_timesteps else out.mean(0)
 

@@ -30,6 +30,8 @@ class BasicBlock(nn.Module):
 class SpikingResNet(nn.Module):
     """Stem -> stages of BasicBlocks -> global average pool -> head; ``[T, B, classes]`` out."""
 
+    fixed_input_size = False  # the global pool takes any image size
+
     def __init__(self, widths: list[int], blocks: list[int], strides: list[int], stem_width: int,
                  hidden: int | None, num_classes: int, timesteps: int, in_channels: int,
                  **neuron_options):

@@ -10,6 +10,8 @@ from .blocks import ConvSpike, Pool, Stem
 class TinyCNN(nn.Module):
     """32 -> P -> 64 -> P -> linear; ``[T, B, classes]`` out."""
 
+    fixed_input_size = True  # the classifier flattens the last feature map
+
     def __init__(self, num_classes: int, timesteps: int, in_channels: int = 1, input_size: int = 8,
                  **neuron_options):
         super().__init__()

@@ -17,6 +17,8 @@ VGG13_LAYOUT = [64, 64, "P", 128, 128, "P", 256, 256, "P", 512, 512, "P", 512, 5
 
 
 class SpikingVGG(nn.Module):
+    fixed_input_size = True  # the classifier flattens the last feature map
+
     def __init__(self, layout: list, num_classes: int, timesteps: int, in_channels: int,
                  input_size: int, **neuron_options):
         super().__init__()

@@ -94,6 +94,15 @@ def test_bad_inputs_and_options():
         net(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"expected \[B, C, H, W\]"):
         net(torch.rand(8, 8))
+    with pytest.raises(ValueError, match="input is 16x16; tiny takes 8x8 only"):
+        net(torch.rand(2, 1, 16, 16))
+    with pytest.raises(TypeError, match="input must be floating point .* got torch.uint8"):
+        net(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    vgg = models.create("vggsnn", num_classes=10, T=2, in_channels=2, input_size=16)
+    with pytest.raises(ValueError, match="input is 32x32; vggsnn takes 16x16 only"):
+        vgg(torch.rand(1, 2, 2, 32, 32))
+    resnet = models.create("resnet19", num_classes=10, T=1, in_channels=3, input_size=8).eval()
+    assert resnet(torch.rand(1, 3, 16, 16)).shape == (1, 10)  # global pooling: any size
     with pytest.raises(ValueError, match="unknown architecture 'resnet50'; available: resnet19"):
         models.create("resnet50", 10, 2)
     with pytest.raises(ValueError, match="unknown neuron options"):

@@ -13,6 +13,7 @@ crash between two writes can never pair weights with another epoch's optimizer s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,6 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,7 @@ from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
 STATE_NAME = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".mpdagl-run.lock"  # held by a training run (hold_output_dir)
 
 
 @dataclasses.dataclass
@@ -130,17 +133,44 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_output_dir(out: Path, needed_bytes: int = 0) -> None:
-    """Fail before training when the folder cannot take a checkpoint (unwritable, or too full)."""
+@contextlib.contextmanager
+def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
+    """This run's exclusive hold on its output folder, for as long as it trains.
+
+    A second run, or a resume, into a folder that a run is still writing would interleave
+    metrics.jsonl and overwrite its checkpoints: it fails here instead, naming the holder's pid.
+    The hold is an ``flock`` on ``out/.mpdagl-run.lock``, which the OS drops when the process
+    ends however it ends (no stale lock after a crash). Taken by the process that writes
+    (torchrun's rank 0); none for a folder that does not exist unless ``create``.
+    """
+    if int(os.environ.get("RANK", "0")) != 0 or not (create or out.is_dir()):
+        yield
+        return
+    import fcntl
+
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-        for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
-            stale.unlink()
+        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise ValueError(f"output folder {out} is not writable: {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
+                             "wait for it to end, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
+            stale.unlink()
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_free_space(out: Path, needed_bytes: int) -> None:
+    """Fail before training when the folder cannot take a checkpoint."""
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
         raise ValueError(f"output folder {out} has {free / 2**20:.1f} MiB free; a checkpoint needs about "
@@ -463,11 +493,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
     ``stop_after_epoch``: end after that epoch as if interrupted (tests and staged runs).
     """
     out = Path(cfg.out)
+    if not resume:
+        validate(cfg)  # before the folder is made
+    with hold_output_dir(out, create=not resume):
+        return _train(cfg, out, resume, explicit or set(), stop_after_epoch, log)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_after_epoch: int | None,
+           log) -> dict:
     saved = None
     if resume:
         tensors, saved = load_checkpoint(out)
-        cfg = merge_resumed_config(saved["config"], cfg, explicit or set())
-    validate(cfg)
+        cfg = merge_resumed_config(saved["config"], cfg, explicit)
+        validate(cfg)
     dist, device = init_distributed(cfg.device)
     cfg = dataclasses.replace(cfg, channels_last=uses_channels_last(cfg.channels_last, device))
     if cfg.amp == "fp16" and device.type != "cuda":
@@ -482,7 +520,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None =
     model = build_model(cfg, dataset).to(device)
     model.set_runtime_options(sync_stats=cfg.sync_bn, check_finite=cfg.check_finite)
     if dist.is_main:  # model + trainer state (weights, two optimizer slots) + a temporary copy
-        prepare_output_dir(out, needed_bytes=6 * sum(p.numel() * p.element_size() for p in model.parameters()))
+        check_free_space(out, needed_bytes=6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     dist.barrier()
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -182,6 +183,23 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
         atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # no temporary left behind
+
+
+def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, capsys):
+    """Seen: a resume started while the first run still trained interleaved metrics.jsonl
+    (epochs 12, 16, 13, 17, ...). The running process holds the folder; others fail untouched."""
+    cfg = short(tmp_path, epochs=1)
+    train(cfg)
+    out = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with train_module.hold_output_dir(out, create=True):  # a run that is still training
+        for extra in ([], ["--resume", "--epochs", "2"]):
+            assert cli.main(["train", "--out", str(out), *extra]) == 2
+            assert f"output folder {out} is in use by another training run (pid {os.getpid()})" in \
+                capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    train(dataclasses.replace(cfg, epochs=2), resume=True, explicit={"epochs"})  # released with its holder
+    assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

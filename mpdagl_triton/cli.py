@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +66,7 @@ def _train_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mpdagl_triton.train import RECIPES, TrainConfig, train
+    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, train
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "recipe", "resume", "func")}
@@ -73,9 +75,20 @@ def _train(args: argparse.Namespace) -> int:
     fields = {**recipe, **given}
     fields.setdefault("out", f"runs/{Path(fields['dataset']).name}")
     cfg = TrainConfig(**fields)
-    result = train(cfg, resume=args.resume, explicit=set(given))
-    if int(__import__("os").environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun only rank 0 reports
+    reports = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    try:
+        result = train(cfg, resume=args.resume, explicit=set(given))
+    except KeyboardInterrupt:  # Ctrl-C: where things stand, not a traceback
+        state = Path(cfg.out) / STATE_JSON
+        if reports and state.is_file():
+            epoch = json.loads(state.read_text())["epoch"]
+            print(f"mpdagl train: interrupted; {cfg.out} holds epoch {epoch}: continue with "
+                  f"`mpdagl train --out {cfg.out} --resume`", file=sys.stderr)
+        elif reports:
+            print(f"mpdagl train: interrupted before an epoch ended; no checkpoint in {cfg.out}", file=sys.stderr)
+        return 130
+    if not reports:
+        return 0
     print(f"final test accuracy {result['test_acc']:.4f} (best {result['best_acc']:.4f}); "
           f"checkpoint in {result['out']}")
     return 0

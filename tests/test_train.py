@@ -202,6 +202,29 @@ def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, ca
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
+def test_ctrl_c_says_where_the_run_stands(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `mpdagl train`: exit 130 with the saved epoch and the resume command (or
+    that nothing was saved yet), not a traceback."""
+    real_train = train_module.train
+
+    def interrupted_after(epochs):
+        def run(cfg, **kwargs):
+            if epochs:
+                real_train(dataclasses.replace(cfg, epochs=3), stop_after_epoch=epochs)
+            raise KeyboardInterrupt
+        return run
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "train", interrupted_after(0))
+    assert cli.main(["train", "--out", str(out)]) == 130
+    assert f"interrupted before an epoch ended; no checkpoint in {out}" in capsys.readouterr().err
+    monkeypatch.setattr(train_module, "train", interrupted_after(1))
+    assert cli.main(["train", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; {out} holds epoch 1: continue with `mpdagl train --out {out} --resume`" in err
+    assert "Traceback" not in err
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

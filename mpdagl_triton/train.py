@@ -534,6 +534,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
         if dist.is_main:
             atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
             log(f"resuming {out} after epoch {start_epoch}")
+            if saved.get("world_size", 1) != dist.world:  # each process's share of the data changes
+                log(f"note: {out} was trained by {saved['world_size']} process(es), this run has "
+                    f"{dist.world}: it continues, but not bit-identically to an uninterrupted run")
     elif dist.is_main and (out / METRICS_NAME).exists():
         (out / METRICS_NAME).unlink()  # a fresh run owns the folder
 

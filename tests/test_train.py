@@ -202,6 +202,22 @@ def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, ca
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
+def test_resuming_with_another_process_count_says_so(tmp_path):
+    from mpdagl_triton.checkpoint import load_tensors, save_tensors
+
+    cfg = short(tmp_path, epochs=1)
+    train(cfg)
+    path = tmp_path / "run" / train_module.STATE_NAME
+    tensors, metadata = load_tensors(path)
+    state = json.loads(metadata["state"])
+    assert state["world_size"] == 1
+    save_tensors(path, tensors, metadata={**metadata, "state": json.dumps({**state, "world_size": 2})})
+    logged = []
+    train(dataclasses.replace(cfg, epochs=2), resume=True, explicit={"epochs"}, log=logged.append)
+    assert any("was trained by 2 process(es), this run has 1: it continues, but not bit-identically" in line
+               for line in logged)
+
+
 def test_ctrl_c_says_where_the_run_stands(tmp_path, capsys, monkeypatch):
     """Ctrl-C during `mpdagl train`: exit 130 with the saved epoch and the resume command (or
     that nothing was saved yet), not a traceback."""

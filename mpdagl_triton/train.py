@@ -160,10 +160,13 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
                              "wait for it to end, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
-            stale.unlink()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
+                stale.unlink()
+        except OSError as exc:
+            raise ValueError(f"output folder {out} is not writable: {exc}") from exc
         yield
     finally:
         os.close(fd)

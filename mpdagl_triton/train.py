@@ -140,29 +140,33 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
     A second run, or a resume, into a folder that a run is still writing would interleave
     metrics.jsonl and overwrite its checkpoints: it fails here instead, naming the holder's pid.
     The hold is an ``flock`` on ``out/.mpdagl-run.lock``, which the OS drops when the process
-    ends however it ends (no stale lock after a crash). Taken by the process that writes
-    (torchrun's rank 0); none for a folder that does not exist unless ``create``.
+    ends however it ends (no stale lock after a crash); Windows has no flock and gets no hold.
+    Taken by the process that writes (torchrun's rank 0); none for a folder that does not exist
+    unless ``create``. Also fails early, before any training, on a folder that is not writable.
     """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
     if int(os.environ.get("RANK", "0")) != 0 or not (create or out.is_dir()):
         yield
         return
-    import fcntl
-
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise ValueError(f"output folder {out} is not writable: {exc}") from exc
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
-                             "wait for it to end, or choose another --out") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
+                                 "wait for it to end, or choose another --out") from None
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            os.write(fd, str(os.getpid()).encode())
             for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
                 stale.unlink()
         except OSError as exc:

@@ -18,6 +18,12 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def _check_channels(x: Tensor, channels: int) -> None:
+    if x.dim() >= 3 and x.shape[2] != channels:  # fewer dims: the op's validation names the shape
+        raise ValueError(f"x has {x.shape[2]} channels (dim 2 of [T, B, C, *S]); this layer was built "
+                         f"for {channels}")
+
+
 class _NeuronOptions(nn.Module):
     """Decay (learnable via rho, or fixed) and the surrogate settings shared by PLIF and TdBNPLIF."""
 
@@ -94,6 +100,7 @@ class TdBNPLIF(_NeuronOptions):
                 timesteps: int | None = None) -> Tensor:
         """Spikes ``[T, B, C, *S]`` of ``x [T, B, C, *S]``; with ``timesteps``, x is one timestep
         ``[1, B, C, *S]`` that is the input at every step (``ops.tdbn_plif``)."""
+        _check_channels(x, self.channels)
         return tdbn_plif(
             x, self.gamma, self.beta, self.rho, residual=residual, skip=skip,
             running_mean=self.running_mean, running_var=self.running_var, training=self.training,
@@ -125,6 +132,7 @@ class TdBN(nn.Module):
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        _check_channels(x, self.channels)
         validate(x, self.gamma, self.beta, None, residual=residual, running_mean=self.running_mean,
                  running_var=self.running_var, training=self.training, momentum=self.momentum,
                  eps=self.eps, vth=self.vth, alpha=self.alpha, learn_tau=False, tau=0.0,

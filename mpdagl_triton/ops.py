@@ -576,7 +576,7 @@ def _check_tensor(name: str, t: object, device: torch.device) -> Tensor:
 def _check_per_channel(name: str, t: object, channels: int, device: torch.device) -> None:
     t = _check_tensor(name, t, device)
     if t.shape != (channels,):
-        raise ValueError(f"{name} must have shape [C] = [{channels}], got {list(t.shape)}")
+        raise ValueError(f"{name} must have shape [C] = [{channels}] (C: dim 2 of x), got {list(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
 

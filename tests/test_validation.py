@@ -74,6 +74,14 @@ def test_layer_constructor_errors():
         TdBNPLIF(0)
 
 
+def test_layers_name_a_channel_count_that_is_not_theirs():
+    for layer in (TdBNPLIF(4), M.TdBN(4)):
+        with pytest.raises(ValueError, match=r"x has 5 channels \(dim 2 of \[T, B, C, \*S\]\); this layer was built for 4"):
+            layer(torch.rand(2, 3, 5, 6, 6))
+    with pytest.raises(ValueError, match=r"gamma must have shape \[C\] = \[5\] \(C: dim 2 of x\)"):
+        M.tdbn_plif(torch.rand(2, 3, 5, 6, 6), torch.ones(4), torch.zeros(4), torch.tensor(-1.0))
+
+
 def test_backend_resolution(monkeypatch):
     cpu = torch.device("cpu")
     assert M.resolve_backend("auto", cpu) == "torch"  # auto = reference on CPU

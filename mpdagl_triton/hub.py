@@ -61,14 +61,20 @@ def load(source: str | Path, *, revision: str | None = None,
     Reads ``config.json`` (architecture, classes, T, neuron options, ...) and ``model.safetensors``
     only: never pickle, never remote code. Hub downloads honour ``HF_HUB_OFFLINE`` and the local
     cache. Raises CheckpointError for missing or foreign files and weights that do not match the
-    config, HubError for a repo or revision the Hub does not have.
+    config, HubError for a repo or revision the Hub does not have, ValueError for a ``revision``
+    of a local folder or a ``device`` this machine lacks (``"auto"``: CUDA when available).
 
     Example:
         >>> model = load("runs/digits")            # or load("user/mpdagl-resnet19-cifar10")
         >>> logits = model(images)                 # [B, classes]
     """
+    from mpdagl_triton.train import resolve_device
+
+    device = resolve_device(str(device))
     folder = Path(source)
     if folder.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to Hub repos; {folder} is a local folder")
         _check_config(read_json(folder / CONFIG_NAME), folder / CONFIG_NAME)
         if not (folder / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}")

@@ -103,6 +103,15 @@ def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch):
     assert not from_hub.training
 
 
+def test_load_refuses_what_it_cannot_honour(trained, monkeypatch):
+    with pytest.raises(ValueError, match=f"revision='v1' applies to Hub repos; {trained} is a local folder"):
+        M.load(trained, revision="v1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+        M.load(trained, device="cuda")
+    assert next(M.load(trained, device="auto").parameters()).device.type == "cpu"
+
+
 def test_push_to_hub_from_python(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     fake = FakeHub(monkeypatch, tmp_path)

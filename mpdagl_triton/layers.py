@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mpdagl_triton import reference
-from mpdagl_triton.ops import tdbn_plif, validate
+from mpdagl_triton.ops import BACKENDS, tdbn_plif, validate
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
 
 
@@ -82,6 +82,7 @@ class TdBNPLIF(_NeuronOptions):
         super().__init__(vth, tau, learn_tau, surrogate, width_rule, kappa0)
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        check_choice("backend", backend, BACKENDS)
         self.channels, self.alpha, self.eps, self.momentum = channels, float(alpha), eps, momentum
         self.backend = backend
         # runtime switches, not part of the saved config: see SpikingNetwork.set_runtime_options

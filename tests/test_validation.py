@@ -72,6 +72,8 @@ def test_layer_constructor_errors():
         TdBNPLIF(4, tau=1.0)
     with pytest.raises(ValueError, match="channels must be >= 1"):
         TdBNPLIF(0)
+    with pytest.raises(ValueError, match="unknown backend 'gpu'; expected one of auto, triton, torch"):
+        TdBNPLIF(4, backend="gpu")
 
 
 def test_layers_name_a_channel_count_that_is_not_theirs():

@@ -115,6 +115,10 @@ def _eval(args: argparse.Namespace) -> int:
     if name is None:
         raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
     dataset = data.load(name, path=args.data_path, timesteps=model.timesteps)
+    if (dataset.num_classes, dataset.in_channels) != (model.num_classes, model.in_channels):
+        raise ValueError(f"{name} has {dataset.num_classes} classes of {dataset.in_channels}-channel images; "
+                         f"{args.checkpoint} classifies {model.num_classes} classes of "
+                         f"{model.in_channels}-channel images")
     loader = data.Loader(dataset.test, dataset, args.batch_size, device, train=False)
     result = evaluate(TrainConfig(), model, loader, device)
     print(f"{args.checkpoint}: {name} test accuracy {result['test_acc']:.4f}, loss {result['test_loss']:.4f}")

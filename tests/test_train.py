@@ -51,6 +51,16 @@ def test_default_command_reaches_96_percent(tmp_path, capsys):
     assert f"test accuracy {final:.4f}" in capsys.readouterr().out
 
 
+def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):
+    from fake_data import fake_cifar
+
+    train(short(tmp_path, epochs=1))
+    cifar = fake_cifar(tmp_path / "cifar", n_train=4, n_test=4, classes=5)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--dataset", str(cifar)]) == 2
+    assert (f"{cifar} has 5 classes of 3-channel images; {tmp_path / 'run'} classifies 10 classes of "
+            "1-channel images") in capsys.readouterr().err
+
+
 def test_load_gives_identical_logits(tmp_path):
     train(short(tmp_path, epochs=1))
     model = M.load(tmp_path / "run")

@@ -144,12 +144,13 @@ def _fetch(name: str, repo: str, path: str | None):
     import datasets
 
     source = path or repo
+    local = os.path.isdir(source)
     try:
-        if os.path.isdir(source):
+        if local:
             return datasets.load_dataset(source, data_files=_local_data_files(source))
         return datasets.load_dataset(source)
     except Exception as exc:  # offline, missing, unreadable: one clear message
-        if path is not None or os.path.isdir(source):  # a local folder: no Hub advice
+        if path is not None or local:  # a local folder: no Hub advice
             raise DataUnavailableError(f"could not read dataset {name!r} from {source}: {exc}") from exc
         raise DataUnavailableError(
             f"could not fetch dataset {repo!r} ({name}) from the Hugging Face Hub, and there is no "

@@ -152,20 +152,18 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
     if int(os.environ.get("RANK", "0")) != 0 or not (create or out.is_dir()):
         yield
         return
+    fd = None
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise ValueError(f"output folder {out} is not writable: {exc}") from exc
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
-                                 "wait for it to end, or choose another --out") from None
         try:
+            out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                    raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
+                                     "wait for it to end, or choose another --out") from None
             os.ftruncate(fd, 0)
             os.write(fd, str(os.getpid()).encode())
             for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
@@ -174,7 +172,8 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
             raise ValueError(f"output folder {out} is not writable: {exc}") from exc
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def check_free_space(out: Path, needed_bytes: int) -> None:

@@ -18,6 +18,18 @@ def unfold(x: Tensor, timesteps: int) -> Tensor:
     return x.unflatten(0, (timesteps, -1))
 
 
+def pooled_size(arch: str, input_size: int, pools: int) -> int:
+    """Side of the feature map after ``pools`` 2x2 poolings of an ``input_size`` image: what a
+    flattening classifier is built for. Too small an image is refused here, where the network is
+    built, rather than by a pooling layer at the first forward."""
+    size = input_size // 2 ** pools
+    if size < 1:
+        raise ValueError(f"{arch} halves its input {pools} times before its classifier, so "
+                         f"{input_size}x{input_size} images leave no feature map; it needs at least "
+                         f"{2 ** pools}x{2 ** pools}")
+    return size
+
+
 class ConvSpike(nn.Module):
     """conv (no bias) -> tdBN -> PLIF on ``[T, B, C, H, W]``; an optional residual enters before
     firing, an optional skip is added to the spikes."""

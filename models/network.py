@@ -63,8 +63,10 @@ class SpikingNetwork(
             raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
         if not isinstance(timesteps, int) or timesteps < 1:
             raise ValueError(f"timesteps (T) must be an integer >= 1, got {timesteps!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
+                            ("input_size", input_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         neuron = dict(neuron or {})
         unknown = set(neuron) - set(NEURON_OPTIONS)
         if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import ConvSpike, Pool, Stem
+from .blocks import ConvSpike, Pool, Stem, pooled_size
 
 
 class TinyCNN(nn.Module):
@@ -15,9 +15,10 @@ class TinyCNN(nn.Module):
     def __init__(self, num_classes: int, timesteps: int, in_channels: int = 1, input_size: int = 8,
                  **neuron_options):
         super().__init__()
+        size = pooled_size("tiny", input_size, 2)
         self.stem = Stem(in_channels, 32, timesteps, **neuron_options)
         self.features = nn.Sequential(Pool(2), ConvSpike(32, 64, **neuron_options), Pool(2))
-        self.classifier = nn.Linear(64 * (input_size // 4) ** 2, num_classes)
+        self.classifier = nn.Linear(64 * size * size, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(self.stem(x)).flatten(2))

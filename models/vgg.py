@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import ConvSpike, Pool, Stem
+from .blocks import ConvSpike, Pool, Stem, pooled_size
 
 VGGSNN_LAYOUT = [64, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
 VGG13_LAYOUT = [64, 64, "P", 128, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
@@ -19,16 +19,16 @@ VGG13_LAYOUT = [64, 64, "P", 128, 128, "P", 256, 256, "P", 512, 512, "P", 512, 5
 class SpikingVGG(nn.Module):
     fixed_input_size = True  # the classifier flattens the last feature map
 
-    def __init__(self, layout: list, num_classes: int, timesteps: int, in_channels: int,
+    def __init__(self, arch: str, layout: list, num_classes: int, timesteps: int, in_channels: int,
                  input_size: int, **neuron_options):
         super().__init__()
+        size = pooled_size(arch, input_size, layout.count("P"))
         first, *rest = layout
         self.stem = Stem(in_channels, first, timesteps, **neuron_options)
-        layers, channels, size = [], first, input_size
+        layers, channels = [], first
         for item in rest:
             if item == "P":
                 layers.append(Pool(2))
-                size //= 2
             else:
                 layers.append(ConvSpike(channels, item, **neuron_options))
                 channels = item
@@ -42,9 +42,11 @@ class SpikingVGG(nn.Module):
 
 def vggsnn(num_classes: int, timesteps: int, in_channels: int = 2, input_size: int = 48,
            **neuron_options) -> SpikingVGG:
-    return SpikingVGG(VGGSNN_LAYOUT, num_classes, timesteps, in_channels, input_size, **neuron_options)
+    return SpikingVGG("vggsnn", VGGSNN_LAYOUT, num_classes, timesteps, in_channels, input_size,
+                      **neuron_options)
 
 
 def vgg13(num_classes: int, timesteps: int, in_channels: int = 3, input_size: int = 64,
           **neuron_options) -> SpikingVGG:
-    return SpikingVGG(VGG13_LAYOUT, num_classes, timesteps, in_channels, input_size, **neuron_options)
+    return SpikingVGG("vgg13", VGG13_LAYOUT, num_classes, timesteps, in_channels, input_size,
+                      **neuron_options)

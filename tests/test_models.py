@@ -109,6 +109,22 @@ def test_bad_inputs_and_options():
         models.create("tiny", 10, 2, decay=0.5)
     with pytest.raises(ValueError, match="timesteps"):
         models.create("tiny", 10, 0)
+    for option, value in (("in_channels", 0), ("input_size", 0), ("input_size", 8.0)):
+        with pytest.raises(ValueError, match=f"{option} must be an integer >= 1, got {value!r}"):
+            models.create("tiny", 10, 2, **{option: value})
+
+
+@pytest.mark.parametrize("arch,pools", [("tiny", 2), ("vggsnn", 4), ("vgg13", 5)])
+def test_too_small_images_refused_when_built(arch, pools):
+    """A flattening classifier needs a feature map left after the poolings: one size too small is
+    refused by name when the network is built; the smallest size it names builds and runs."""
+    smallest = 2 ** pools
+    with pytest.raises(ValueError, match=f"{arch} halves its input {pools} times .* {smallest - 1}x"
+                                         f"{smallest - 1} images leave no feature map; it needs at least "
+                                         f"{smallest}x{smallest}"):
+        models.create(arch, 10, 1, in_channels=1, input_size=smallest - 1)
+    net = models.create(arch, 10, 1, in_channels=1, input_size=smallest)
+    assert net(torch.rand(1, 1, smallest, smallest)).shape == (1, 10)
 
 
 def test_neuron_options_reach_every_layer():

@@ -120,6 +120,7 @@ def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
         (["--epochs", "-1"], "epochs must be an integer >= 1"),
         (["--lr", "0"], "lr must be a positive number"),
         (["--resume"], "no checkpoint in"),
+        (["--arch", "vgg13"], "8x8 images leave no feature map; it needs at least 32x32"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, argv, message):

@@ -52,6 +52,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
     p.add_argument("--out", help="output folder (default runs/<dataset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that already holds a run (otherwise refused)")
     p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
     p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
                                        "cifar10-dvs the folder of per-class .aedat folders)")
@@ -69,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, train
 
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "recipe", "resume", "func")}
+             if v is not None and k not in ("command", "recipe", "resume", "overwrite", "func")}
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}
@@ -77,7 +79,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**fields)
     reports = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     try:
-        result = train(cfg, resume=args.resume, explicit=set(given))
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite, explicit=set(given))
     except KeyboardInterrupt:  # Ctrl-C: where things stand, not a traceback
         state = Path(cfg.out) / STATE_JSON
         if reports and state.is_file():

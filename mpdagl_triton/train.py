@@ -176,6 +176,28 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
             os.close(fd)
 
 
+def claim_output_dir(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready for a fresh run: a folder that holds another run's checkpoint is refused
+    (hours of training are one forgotten ``--resume`` away), unless ``overwrite``, which removes
+    what a run writes there (other files stay). Called under :func:`hold_output_dir`, by the
+    process that writes."""
+    from mpdagl_triton.models.network import CONFIG_NAME, WEIGHTS_NAME
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    run_files = [out / name for name in (STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME, METRICS_NAME)]
+    if not overwrite and any(f.name != METRICS_NAME and f.exists() for f in run_files):
+        held = "a model"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            state = json.loads((out / STATE_JSON).read_text())
+            held = f"a run trained to epoch {state['epoch']} of {state['config']['epochs']}"
+        raise ValueError(f"{out} already holds {held}: continue it with --resume, start over with "
+                         "--overwrite (replaces it), or choose another --out")
+    for f in run_files:
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+
+
 def check_free_space(out: Path, needed_bytes: int) -> None:
     """Fail before training when the folder cannot take a checkpoint."""
     free = shutil.disk_usage(out).free
@@ -492,17 +514,22 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = D
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, explicit: set[str] | None = None,
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, explicit: set[str] | None = None,
           stop_after_epoch: int | None = None, log=print) -> dict:
     """Train (or resume) and return the last epoch's metrics.
 
+    ``overwrite``: a fresh run may replace a run already in ``cfg.out`` (otherwise refused).
     ``explicit``: the config fields the user set (a resume may only change some of them).
     ``stop_after_epoch``: end after that epoch as if interrupted (tests and staged runs).
     """
     out = Path(cfg.out)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the output folder and --overwrite replaces it: pick one")
     if not resume:
         validate(cfg)  # before the folder is made
     with hold_output_dir(out, create=not resume):
+        if not resume:
+            claim_output_dir(out, overwrite)
         return _train(cfg, out, resume, explicit or set(), stop_after_epoch, log)
 
 
@@ -544,8 +571,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
             if saved.get("world_size", 1) != dist.world:  # each process's share of the data changes
                 log(f"note: {out} was trained by {saved['world_size']} process(es), this run has "
                     f"{dist.world}: it continues, but not bit-identically to an uninterrupted run")
-    elif dist.is_main and (out / METRICS_NAME).exists():
-        (out / METRICS_NAME).unlink()  # a fresh run owns the folder
 
     wrapped = model
     if dist.world > 1:

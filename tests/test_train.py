@@ -213,6 +213,38 @@ def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, ca
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    """`mpdagl train` twice into one folder replaced the first run at the second's first epoch:
+    a forgotten --resume cost the whole run. Now refused untouched; --overwrite starts over."""
+    cfg = short(tmp_path, epochs=1)
+    train(cfg)
+    out = tmp_path / "run"
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli.main(["train", "--out", str(out), "--epochs", "2"]) == 2
+    assert (f"{out} already holds a run trained to epoch 1 of 1: continue it with --resume, start over "
+            "with --overwrite") in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert cli.main(["train", "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "pick one" in capsys.readouterr().err
+
+    train(dataclasses.replace(cfg, epochs=2), overwrite=True, stop_after_epoch=1)
+    assert [r["epoch"] for r in metrics(out)] == [1]  # the first run's line is gone, not kept before it
+    state = json.loads((out / train_module.STATE_JSON).read_text())
+    assert state["config"]["epochs"] == 2
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_metrics_without_a_checkpoint_do_not_block_a_fresh_run(tmp_path):
+    """Metrics whose checkpoint never landed (killed during the first epoch's write) hold no
+    run: a fresh run starts without --overwrite and drops them."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    train(short(tmp_path, epochs=1))
+    assert [r["epoch"] for r in metrics(out)] == [1] and metrics(out)[0]["test_acc"] != 0.5
+
+
 def test_resuming_with_another_process_count_says_so(tmp_path):
     from mpdagl_triton.checkpoint import load_tensors, save_tensors
 

@@ -567,7 +567,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
         history = read_metrics(out, start_epoch)
         if dist.is_main:
             atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
-            log(f"resuming {out} after epoch {start_epoch}")
+            log(f"resuming {out} after epoch {start_epoch}" if start_epoch < cfg.epochs else
+                f"{out} has trained {start_epoch} of {cfg.epochs} epochs: nothing to train (raise --epochs)")
             if saved.get("world_size", 1) != dist.world:  # each process's share of the data changes
                 log(f"note: {out} was trained by {saved['world_size']} process(es), this run has "
                     f"{dist.world}: it continues, but not bit-identically to an uninterrupted run")

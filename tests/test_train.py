@@ -129,6 +129,16 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
+def test_resume_of_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    cfg = short(tmp_path, epochs=1)
+    train(cfg)
+    before = (tmp_path / "run" / "trainer_state.safetensors").read_bytes()
+    logged = []
+    result = train(cfg, resume=True, explicit=set(), log=logged.append)
+    assert logged == [f"{tmp_path / 'run'} has trained 1 of 1 epochs: nothing to train (raise --epochs)"]
+    assert result["epoch"] == 1 and (tmp_path / "run" / "trainer_state.safetensors").read_bytes() == before
+
+
 def test_resume_with_another_architecture(tmp_path, capsys):
     train(short(tmp_path, epochs=1))
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--arch", "resnet19"]) == 2

@@ -11,14 +11,18 @@ Each recording is cut into T slices with equal event counts; each slice becomes 
 count frame (channel 0 = ON events), rotated upright (row = 127 - x, col = 127 - y, the
 orientation common tools use), and area-resized to 48 x 48. Classes are the sorted folder names
 (alphabetical order is CIFAR-10's label order); within a class files are sorted by their numeric
-suffix and the first 90% train, the rest test.
+suffix and the first 90% train, the rest test. The converted frames are stored next to the
+recordings and reused while the recordings are unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 
 SENSOR = 128
 FRAME_SIZE = 48
+FINGERPRINT_NAME = "recordings.sha256"  # in the converted dataset's folder: what it was made from
 
 
 class EventFileError(ValueError):
@@ -107,16 +112,54 @@ def list_recordings(root: str | Path) -> tuple[list[str], list[tuple[Path, int, 
     return classes, items
 
 
+def recordings_fingerprint(root: Path, items: list[tuple[Path, int, bool]]) -> str:
+    """A digest of what the conversion reads: each recording's path under ``root``, size,
+    modification time, label and split. Moving the whole folder keeps it; adding, removing,
+    replacing or renaming a recording changes it."""
+    digest = hashlib.sha256()
+    for path, label, is_train in items:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                      f"{label}\0{is_train}\n".encode())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Wait for, then hold, ``lock_path``: torchrun's processes all load the dataset, and one of
+    them converts while the others wait and then read its result. No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
 def build_frames_dataset(root: str | Path, timesteps: int, size: int = FRAME_SIZE):
     """The converted dataset (``frames`` float16 ``[T, 2, size, size]``, ``label``, ``train``),
-    saved under ``<root>/.mpdagl-frames-T{T}-{size}`` and loaded from there on later calls."""
+    saved under ``<root>/.mpdagl-frames-T{T}-{size}`` and loaded from there while the recordings
+    are unchanged (:func:`recordings_fingerprint`); converted again when they change."""
     import datasets
 
     root = Path(root)
     target = root / f".mpdagl-frames-T{timesteps}-{size}"
-    if target.is_dir():
-        return datasets.load_from_disk(str(target))
     classes, items = list_recordings(root)
+    fingerprint = recordings_fingerprint(root, items)
+    with _exclusive(root / ".mpdagl-frames.lock"):
+        stored = target / FINGERPRINT_NAME
+        if stored.is_file() and stored.read_text().strip() == fingerprint:
+            return datasets.load_from_disk(str(target))
+        return _convert(classes, items, timesteps, size, target, fingerprint)
+
+
+def _convert(classes: list[str], items: list[tuple[Path, int, bool]], timesteps: int, size: int,
+             target: Path, fingerprint: str):
+    import datasets
+
+    root = target.parent
 
     def generate():
         for path, label, is_train in items:
@@ -132,10 +175,13 @@ def build_frames_dataset(root: str | Path, timesteps: int, size: int = FRAME_SIZ
         "train": datasets.Value("bool"),
     })
     scratch = root / ".mpdagl-cache"
+    shutil.rmtree(scratch, ignore_errors=True)  # a crashed conversion's cache knows no file times
     ds = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(scratch))
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))
+    (tmp / FINGERPRINT_NAME).write_text(fingerprint + "\n")
+    shutil.rmtree(target, ignore_errors=True)  # frames of other recordings, or of an older version
     tmp.rename(target)  # a crash mid-conversion never leaves a partial dataset behind
     del ds
     shutil.rmtree(scratch, ignore_errors=True)

@@ -170,11 +170,71 @@ def test_cifar10_dvs_split_and_cache(tmp_path):
     expected = events.to_frames(events.read_aedat(root / "automobile" / "cifar10_automobile_9.aedat"), 3)
     torch.testing.assert_close(ds.test.images[1].float(), expected, atol=1e-2, rtol=1e-2)
     assert (root / ".mpdagl-frames-T3-48").is_dir()
-    (root / "airplane" / "cifar10_airplane_0.aedat").unlink()  # the stored frames are reused
-    again = data.load("cifar10-dvs", path=str(root), timesteps=3)
-    assert torch.equal(again.train.images, ds.train.images)
     with pytest.raises(data.DataUnavailableError, match="no Hub copy"):
         data.load("cifar10-dvs", timesteps=3)
+
+
+def test_cifar10_dvs_frames_are_reused_until_the_recordings_change(tmp_path, monkeypatch):
+    """The converted frames are read back while the recordings are unchanged, and converted
+    again (not silently reused) when a recording is replaced, removed or added."""
+    root = fake_dvs(tmp_path / "dvs")
+    first = data.load("cifar10-dvs", path=str(root), timesteps=3)
+    real_to_frames, converted = events.to_frames, []
+    monkeypatch.setattr(events, "to_frames", lambda *a, **k: converted.append(1) or real_to_frames(*a, **k))
+    moved = root.rename(tmp_path / "moved")  # a moved folder keeps its frames
+    again = data.load("cifar10-dvs", path=str(moved), timesteps=3)
+    assert converted == [] and torch.equal(again.train.images, first.train.images)
+
+    replaced = moved / "automobile" / "cifar10_automobile_9.aedat"  # a test recording
+    t = np.arange(400) * 10
+    events.write_aedat(replaced, t, np.full(400, 5), np.full(400, 7), np.ones(400, dtype=int))
+    changed = data.load("cifar10-dvs", path=str(moved), timesteps=3)
+    assert len(converted) == 20
+    torch.testing.assert_close(changed.test.images[1].float(), events.to_frames(events.read_aedat(replaced), 3),
+                               atol=1e-2, rtol=1e-2)
+    assert torch.equal(changed.train.images, first.train.images)
+
+    (moved / "airplane" / "cifar10_airplane_0.aedat").unlink()
+    fewer = data.load("cifar10-dvs", path=str(moved), timesteps=3)
+    assert len(fewer.train) + len(fewer.test) == 19
+    assert sorted(p.name for p in moved.iterdir()) == [".mpdagl-frames-T3-48", ".mpdagl-frames.lock",
+                                                       "airplane", "automobile"]  # one copy, no scratch
+
+
+CONVERT_COUNTING = """
+import pathlib, sys, time
+from mpdagl_triton import events
+root, counts, ready, go = sys.argv[1:]
+real = events.to_frames
+def counted(*args, **kwargs):
+    with open(counts, "a") as f:
+        f.write("x")
+    return real(*args, **kwargs)
+events.to_frames = counted
+pathlib.Path(ready).touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+events.build_frames_dataset(root, 3)
+"""
+
+
+def test_cifar10_dvs_processes_loading_at_once_convert_once(tmp_path):
+    """torchrun's processes all load the dataset: one converts, the others wait and read it."""
+    import subprocess
+    import sys
+    import time
+
+    root = fake_dvs(tmp_path / "dvs")
+    counts, go = tmp_path / "conversions", tmp_path / "go"
+    ready = [tmp_path / f"ready{i}" for i in range(3)]
+    workers = [subprocess.Popen([sys.executable, "-c", CONVERT_COUNTING, str(root), str(counts), str(r), str(go)])
+               for r in ready]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # all three start converting at once
+    assert [w.wait(120) for w in workers] == [0, 0, 0]
+    assert counts.read_text() == "x" * 20  # 20 recordings, converted by one process
 
 
 # -- augmentation and loading --------------------------------------------------------------------

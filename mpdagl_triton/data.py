@@ -369,6 +369,9 @@ class Loader:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if train and batch_size % world:
             raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
+        if train and world > 1 and len(split) < batch_size:  # one short batch: uneven or empty shares
+            raise ValueError(f"the training split has {len(split)} images, fewer than the global batch "
+                             f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
         self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None

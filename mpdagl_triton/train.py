@@ -221,6 +221,13 @@ class Distributed:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (tdBN running statistics) to every process (a no-op alone). Each
+        process updates its own in its last training step."""
+        if self.world > 1:
+            for buffer in module.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
     def sum(self, *values: torch.Tensor) -> list[torch.Tensor]:
         """Sums over every process (a no-op alone)."""
         if self.world == 1:
@@ -577,9 +584,13 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = wrapped
+    # evaluation bypasses DDP: its forward is a collective (buffer broadcast), and the processes'
+    # shares of the test batches differ by one when they do not divide evenly
+    step_model, eval_model = wrapped, model
     if cfg.compile:
-        step_model = torch.compile(wrapped, options=compile_options(cfg.compile_mode))
+        options = compile_options(cfg.compile_mode)
+        step_model = torch.compile(wrapped, options=options)
+        eval_model = step_model if wrapped is model else torch.compile(model, options=options)
     train_loader = data.Loader(dataset.train, dataset, cfg.batch_size, device, train=True,
                                workers=cfg.workers, rank=dist.rank, world=dist.world)
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,
@@ -593,7 +604,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
         row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
                                    epoch, dist))
         scheduler.step()
-        row.update(evaluate(cfg, step_model, test_loader, device, dist))
+        dist.broadcast_buffers(model)  # every process evaluates the running statistics rank 0 saves
+        row.update(evaluate(cfg, eval_model, test_loader, device, dist))
         best_acc = max(best_acc, row["test_acc"])
         if dist.is_main:  # metrics and checkpoints come from one process
             row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"

@@ -341,6 +341,27 @@ def test_cpu_loader_workers_give_the_same_batches():
     assert len(one) == len(ds.train) // 64
 
 
+def test_processes_share_training_batches_and_deal_test_batches():
+    """Under torchrun each process takes its slice of every global training batch (the same
+    batches as one process) and whole test batches round robin, each image once, even when the
+    batches do not divide evenly over the processes."""
+    split = data.Split(torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8), torch.arange(50))
+    ds = data.Dataset("fake", split, split, [str(i) for i in range(50)], (0.5,), (1.0,))
+    alone = [labels for _, labels in data.Loader(split, ds, 8, torch.device("cpu"), train=True).epoch(1, 2)]
+    shares = [[labels for _, labels in data.Loader(split, ds, 8, torch.device("cpu"), train=True, rank=r,
+                                                   world=2).epoch(1, 2)] for r in range(2)]
+    assert [torch.cat(pair).tolist() for pair in zip(*shares)] == [b.tolist() for b in alone]
+    assert len(alone) == 6
+    dealt = [data.Loader(split, ds, 8, torch.device("cpu"), train=False, rank=r, world=3) for r in range(3)]
+    batches = [[labels for _, labels in loader.epoch(1, 0)] for loader in dealt]
+    assert [len(b) for b in batches] == [len(loader) for loader in dealt] == [3, 2, 2]  # 7 batches
+    assert sorted(torch.cat([torch.cat(b) for b in batches]).tolist()) == list(range(50))
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        data.Loader(split, ds, 8, torch.device("cpu"), train=True, rank=0, world=3)
+    with pytest.raises(ValueError, match="the training split has 50 images, fewer than the global batch size 64"):
+        data.Loader(split, ds, 64, torch.device("cpu"), train=True, rank=0, world=2)
+
+
 def test_training_batches_are_augmented_several_at_a_time(monkeypatch):
     """Augmentation runs on chunks of batches (its cost is per call on a GPU); the batches that
     come out are still the epoch's shuffled batches, in order, each augmented, every one full."""

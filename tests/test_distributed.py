@@ -1,6 +1,8 @@
 """Several processes (gloo on the CPU): synchronized tdBN statistics and DistributedDataParallel."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import mpdagl_triton as M
-from mpdagl_triton import models
+from mpdagl_triton import cli, models
 
 WORLD = 2
 
@@ -116,15 +118,28 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     torch.testing.assert_close(ranks[0], single, rtol=1e-5, atol=1e-6)
 
 
-def test_torchrun_train_command(tmp_path):
+def test_torchrun_train_command(tmp_path, capsys):
+    """Batch 400: the 360 test images make one batch, so process 1 evaluates none (evaluating
+    through DDP, whose first forward in eval mode broadcasts buffers, hung there). The combined
+    test accuracy is that of the model rank 0 saved, evaluated alone."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-           "-m", "mpdagl_triton.cli", "train", "--epochs", "1", "--sync-bn", "--out", str(out)]
+           "-m", "mpdagl_triton.cli", "train", "--epochs", "1", "--batch-size", "400", "--sync-bn",
+           "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("final test accuracy") == 1  # only rank 0 reports
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    state = __import__("json").loads((out / "trainer_state.json").read_text())
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)
+    try:
+        stdout, stderr = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # torchrun's workers too: a hang leaves nothing behind
+        raise
+    assert run.returncode == 0, stderr[-3000:]
+    assert stdout.count("final test accuracy") == 1  # only rank 0 reports
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    state = json.loads((out / "trainer_state.json").read_text())
     assert state["world_size"] == WORLD and state["config"]["sync_bn"] is True
     assert M.load(out).num_classes == 10
+    assert cli.main(["eval", "--checkpoint", str(out), "--batch-size", "400", "--device", "cpu"]) == 0
+    assert f"test accuracy {rows[0]['test_acc']:.4f}, loss {rows[0]['test_loss']:.4f}" in capsys.readouterr().out

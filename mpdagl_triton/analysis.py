@@ -210,7 +210,8 @@ def _figure(ncols: int = 1, width: float = 6.4):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.2), squeeze=False)
+    # constrained layout makes room for a legend of any length below the axes
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, 4.2), squeeze=False, layout="constrained")
     return fig, axes[0]
 
 
@@ -218,11 +219,10 @@ def _epoch_axis(*axes) -> None:
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout(rect=(0, 0.08, 1, 1))  # room for the one legend, below the axes
     fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
@@ -236,8 +236,8 @@ def plot_gamma_beta(rows: list[dict], path: Path) -> None:
     names = [_short(layer["layer"]) for layer in rows[-1]["layers"]]
     cmap = _colors(len(names))
     for i, name in enumerate(names):
-        ax_g.plot(epochs, _series(rows, "gamma_bar")[i], color=cmap[i], label=name)
-        ax_b.plot(epochs, _series(rows, "beta_bar")[i], color=cmap[i])
+        _over_epochs(ax_g, epochs, _series(rows, "gamma_bar")[i], color=cmap[i], label=name)
+        _over_epochs(ax_b, epochs, _series(rows, "beta_bar")[i], color=cmap[i])
     ax_g.set(xlabel="epoch", ylabel=r"$\bar\gamma$ (mean tdBN scale, unitless)", title="tdBN scale per layer")
     ax_b.set(xlabel="epoch", ylabel=r"$\bar\beta$ (mean tdBN shift, membrane units)", title="tdBN shift per layer")
     _epoch_axis(ax_g, ax_b)
@@ -273,9 +273,10 @@ def plot_grad_available(rows: list[dict], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     mean_first = [_mean(layer["grad_available_first"] for layer in r["layers"]) for r in rows]
     mean_rest = [_mean(layer["grad_available_rest"] for layer in r["layers"]) for r in rows]
-    ax_e.plot(epochs, [100 * v for v in mean_first], color="tab:orange")
+    _over_epochs(ax_e, epochs, [100 * v for v in mean_first], color="tab:orange")
     if any(v is not None for v in mean_rest):
-        ax_e.plot(epochs, [100 * v if v is not None else float("nan") for v in mean_rest], color="tab:green")
+        _over_epochs(ax_e, epochs, [100 * v if v is not None else float("nan") for v in mean_rest],
+                     color="tab:green")
     ax_e.set(xlabel="epoch", ylabel="mean over layers (%)", title="Gradient-available proportion over training")
     _epoch_axis(ax_e)
     _legend(fig, ax_l, 2)
@@ -328,17 +329,23 @@ def plot_compare(runs: list[tuple[str, list[dict]]], path: Path) -> None:
     colors = _colors(len(runs))
     for (label, rows), color in zip(runs, colors):
         epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], color=color, label=label)
-        ax_acc.plot(epochs, [100 * r["test_acc"] for r in rows], color=color)
+        _over_epochs(ax_loss, epochs, [r["train_loss"] for r in rows], color=color, label=label)
+        _over_epochs(ax_acc, epochs, [100 * r["test_acc"] for r in rows], color=color)
         available = [_mean(layer["grad_available_rest"] if layer["grad_available_rest"] is not None
                            else layer["grad_available_first"] for layer in r["layers"]) or 0 for r in rows]
-        ax_ga.plot(epochs, [100 * share for share in available], color=color)
+        _over_epochs(ax_ga, epochs, [100 * share for share in available], color=color)
     ax_loss.set(xlabel="epoch", ylabel="train loss (cross entropy, nats)", title="Training loss")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     ax_ga.set(xlabel="epoch", ylabel="mean over layers, t > 1 (%)", title="Gradient-available proportion")
     _epoch_axis(ax_loss, ax_acc, ax_ga)
     _legend(fig, ax_loss, len(runs))
     _save(fig, path)
+
+
+def _over_epochs(ax, epochs: list[int], values: list[float], **style) -> None:
+    """A quantity over epochs: a line, with a marker on each point of a short run (a line
+    through one epoch draws nothing)."""
+    ax.plot(epochs, values, marker="o" if len(epochs) <= 3 else None, markersize=4, **style)
 
 
 def _colors(n: int) -> list:
@@ -357,7 +364,7 @@ def _legend(fig, ax, n: int) -> None:
                 if text not in labels:
                     handles.append(handle)
                     labels.append(text)
-    fig.legend(handles, labels, loc="lower center", ncol=min(max(n, 1), 6), fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(max(n, 1), 6), fontsize=7, frameon=False)
 
 
 def analyze(folder: str | Path, compare: list[str | Path] = (), out: str | Path | None = None) -> dict:

@@ -127,6 +127,25 @@ def test_analyze_writes_valid_figures_and_a_true_summary(two_runs, capsys):
     assert all(layer["kappa_first"] == 1.0 and layer["kappa_rest"] == 1.0 for layer in fixed_layers)
 
 
+def test_a_one_epoch_run_is_drawn(two_runs, tmp_path):
+    """A line through a single epoch draws nothing: such a run's curves get markers. Counted in
+    the axes (the legend, below them, shows the colour anyway)."""
+    import numpy as np
+
+    from mpdagl_triton.analysis import plot_compare, plot_gamma_beta
+
+    run, _ = two_runs
+    first = [json.loads((run / "metrics.jsonl").read_text().splitlines()[0])]
+    plot_compare([("one epoch", first)], tmp_path / "compare.png")
+    plot_gamma_beta(first, tmp_path / "gamma_beta.png")
+    for name in ("compare.png", "gamma_beta.png"):
+        with Image.open(tmp_path / name) as image:
+            pixels = np.asarray(image.convert("RGB")).astype(int)
+        axes = pixels[: int(0.85 * len(pixels))]
+        blue = (np.abs(axes - np.array([31, 119, 180])).sum(-1) < 60).sum()  # tab10's first colour
+        assert blue > 40, (name, blue)
+
+
 def test_energy_command(two_runs, capsys):
     run, _ = two_runs
     assert cli.main(["energy", str(run)]) == 0

@@ -141,6 +141,17 @@ def _parameter_count(folder: Path) -> int:
                    for k in f.keys() if not k.endswith(("running_mean", "running_var")))
 
 
+def _dataset_identity(dataset: str) -> tuple[str | None, str]:
+    """(Hub dataset id or None, name for people) of the ``dataset`` a model was trained on: a
+    named dataset, a Hub id, or a local folder (as given to ``mpdagl train``), whose path means
+    nothing on the Hub and is shown by its last component."""
+    if dataset in DATASET_NAMES:
+        return HUB_DATASET_IDS.get(dataset), DATASET_NAMES[dataset]
+    if REPO_ID.match(dataset) and not Path(dataset).is_dir():
+        return dataset, dataset
+    return None, f"a local dataset ({Path(dataset).name})"
+
+
 def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
     """The README.md of a training folder: YAML front matter (library, tags, datasets,
     model-index with the measured test accuracy) and a body with the settings, recipe, final
@@ -154,20 +165,20 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
     rows = read_jsonl(folder / "metrics.jsonl")
     last = rows[-1] if rows else {}
     dataset = config.get("dataset") or "unknown"
-    dataset_id = HUB_DATASET_IDS.get(dataset, dataset if REPO_ID.match(dataset) else None)
-    dataset_name = DATASET_NAMES.get(dataset, dataset)
+    dataset_id, dataset_name = _dataset_identity(dataset)
     arch, T = config["arch"], config["timesteps"]
     neuron = {"vth": 0.5, "tau": 0.2, "learn_tau": True, "surrogate": "rect", "width_rule": "mpdagl",
               **config.get("neuron", {})}
     eval_results = None
     if "test_acc" in last:
         eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
-                                   dataset_type=dataset_id or dataset, dataset_name=dataset_name,
+                                   dataset_type=dataset_id or Path(dataset).name, dataset_name=dataset_name,
                                    dataset_split="test", metric_type="accuracy", metric_name="Top-1 accuracy",
                                    metric_value=round(100 * last["test_acc"], 2))]
     data = ModelCardData(
         library_name=LIBRARY, license=license, model_name=repo_id.split("/")[-1],
-        tags=sorted({"spiking-neural-network", "snn", "mpd-agl", "image-classification", dataset}),
+        tags=sorted({"spiking-neural-network", "snn", "mpd-agl", "image-classification"}
+                    | ({dataset} if dataset in DATASET_NAMES else set())),
         datasets=[dataset_id] if dataset_id else None, eval_results=eval_results,
         pipeline_tag="image-classification",
     )
@@ -197,7 +208,8 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
         for key in ("dataset", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "loss",
                     "amp", "seed"):
             if key in train_cfg:
-                lines.append(f"| {key.replace('_', ' ')} | {train_cfg[key]} |")
+                value = dataset_name if key == "dataset" else train_cfg[key]  # not a local path
+                lines.append(f"| {key.replace('_', ' ')} | {value} |")
         lines += ["| schedule | cosine to 0, per epoch |", ""]
     if last:
         lines += ["## Results", "", "| metric | value |", "|---|---|",
@@ -216,7 +228,9 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
     lines += [
         "## Use", "", "```python", "import mpdagl_triton", "",
         f'model = mpdagl_triton.load("{repo_id}")   # safetensors only, no remote code',
-        "logits = model(images)   # images [B, C, H, W] normalized as above -> [B, classes]",
+        (f"logits = model(frames)   # event frames [B, {T}, 2, H, W] (see the library's README) -> [B, classes]"
+         if dataset == "cifar10-dvs" else
+         "logits = model(images)   # images [B, C, H, W] normalized as above -> [B, classes]"),
         "```", "", "## Citation", "", "```bibtex", CITATION, "```", "",
     ]
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content

@@ -91,6 +91,39 @@ def test_push_uploads_exactly_the_model_files_and_a_card(trained, tmp_path, monk
     assert "@inproceedings{jiang2025mpdagl" in card.text
 
 
+def test_model_card_names_a_local_dataset_without_its_path(trained, tmp_path, monkeypatch):
+    """A run on a local folder: its path (meaningless on the Hub, possibly private) appears
+    nowhere in the card; a Hub id is linked as the dataset, not made a tag."""
+    import json
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "flowers").mkdir(parents=True)  # "data/flowers" also reads as a Hub id
+    for dataset, linked, shown in (("data/flowers", None, "a local dataset (flowers)"),
+                                   ("./data/flowers", None, "a local dataset (flowers)"),
+                                   ("someone/flowers", ["someone/flowers"], "someone/flowers")):
+        folder = tmp_path / "run"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(trained, folder)
+        for name in ("config.json", "trainer_state.json"):
+            state = json.loads((folder / name).read_text())
+            (state["config"] if name == "trainer_state.json" else state)["dataset"] = dataset
+            (folder / name).write_text(json.dumps(state))
+        card = ModelCard(hub.model_card(folder, "me/flowers-snn"))
+        assert card.data.datasets == linked
+        assert card.data.eval_results[0].dataset_name == shown
+        assert card.data.eval_results[0].dataset_type == (linked[0] if linked else "flowers")
+        assert f"trained on {shown} with MPD-AGL" in card.text and f"| dataset | {shown} |" in card.text
+        assert "data/flowers" not in str(card) or linked
+        assert not {dataset, "flowers"} & set(card.data.tags)
+        assert "logits = model(images)   # images [B, C, H, W]" in card.text
+    state = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**state, "dataset": "cifar10-dvs", "timesteps": 10}))
+    card = ModelCard(hub.model_card(folder, "me/dvs-snn"))
+    assert "logits = model(frames)   # event frames [B, 10, 2, H, W]" in card.text
+    assert "cifar10-dvs" in card.data.tags and card.data.datasets is None
+
+
 def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     fake = FakeHub(monkeypatch, tmp_path)

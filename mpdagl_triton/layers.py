@@ -145,6 +145,9 @@ class TdBN(nn.Module):
         )
         return y.to(x.dtype)
 
+    def extra_repr(self) -> str:
+        return f"{self.channels}, vth={self.vth}, alpha={self.alpha}"
+
 
 class PLIF(_NeuronOptions):
     """PLIF neuron alone: ``forward(y [T, B, ...], gamma=None) -> spikes``.

@@ -101,6 +101,7 @@ def test_plif_gradient_by_hand():
 def test_module_repr_and_tau():
     layer = TdBNPLIF(3, tau=0.25, learn_tau=False, width_rule="fixed", kappa0=0.5)
     assert "fixed" in repr(layer) and "kappa0=0.5" in repr(layer)
+    assert repr(TdBN(4, vth=0.7)) == "TdBN(4, vth=0.7, alpha=1.0)"
     assert float(layer.tau) == pytest.approx(0.25)
     assert layer.rho is None
     assert float(TdBNPLIF(3).tau.detach()) == pytest.approx(0.2)

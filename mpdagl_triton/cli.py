@@ -101,7 +101,9 @@ def _eval_parser(sub) -> None:
                        description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
     p.add_argument("--checkpoint", required=True, help="a training output folder")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
-    p.add_argument("--data-path", help="local copy of the dataset (see mpdagl train --help)")
+    p.add_argument("--data-path", help="local copy of the dataset (default: the training run's --data-path)")
+    p.add_argument("--image-column", help="image column (default: the training run's, or guessed)")
+    p.add_argument("--label-column", help="label column (default: the training run's, or guessed)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
 
@@ -109,14 +111,20 @@ def _eval_parser(sub) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from mpdagl_triton import data
     from mpdagl_triton.hub import load
-    from mpdagl_triton.train import TrainConfig, evaluate, resolve_device
+    from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate, resolve_device
 
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     name = args.dataset or model.dataset
     if name is None:
         raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
-    dataset = data.load(name, path=args.data_path, timesteps=model.timesteps)
+    source = {"data_path": args.data_path, "image_column": args.image_column, "label_column": args.label_column}
+    state = Path(args.checkpoint) / STATE_JSON
+    if name == model.dataset and state.is_file():  # the run's own dataset: read it where the run did
+        trained = json.loads(state.read_text())["config"]
+        source = {key: value if value is not None else trained.get(key) for key, value in source.items()}
+    dataset = data.load(name, path=source["data_path"], timesteps=model.timesteps,
+                        image_column=source["image_column"], label_column=source["label_column"])
     if (dataset.num_classes, dataset.in_channels) != (model.num_classes, model.in_channels):
         raise ValueError(f"{name} has {dataset.num_classes} classes of {dataset.in_channels}-channel images; "
                          f"{args.checkpoint} classifies {model.num_classes} classes of "

@@ -61,6 +61,21 @@ def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):
             "1-channel images") in capsys.readouterr().err
 
 
+def test_eval_reads_the_dataset_where_the_run_did(tmp_path, capsys):
+    """A run trained from a local copy (--data-path) is re-evaluated from it without repeating
+    the option (before: eval went to the Hub for uoft-cs/cifar10)."""
+    from fake_data import fake_cifar
+
+    cifar = fake_cifar(tmp_path / "cifar", n_train=16, n_test=8)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "cifar10", "--data-path", str(cifar), "--arch", "tiny", "--epochs", "1",
+                     "--batch-size", "8", "--device", "cpu", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run)]) == 0, capsys.readouterr().err
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"cifar10 test accuracy {last['test_acc']:.4f}" in capsys.readouterr().out
+
+
 def test_load_gives_identical_logits(tmp_path):
     train(short(tmp_path, epochs=1))
     model = M.load(tmp_path / "run")

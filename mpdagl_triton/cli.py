@@ -68,16 +68,21 @@ def _train_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, train
+    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, free_output_dir, train
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "recipe", "resume", "overwrite", "func")}
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}
-    fields.setdefault("out", f"runs/{Path(fields['dataset']).name}")
-    cfg = TrainConfig(**fields)
     reports = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    if "out" not in fields:
+        default = Path("runs") / Path(fields["dataset"]).name
+        fields["out"] = str(default if args.resume or args.overwrite else free_output_dir(default))
+        if reports and fields["out"] != str(default):
+            print(f"{default} holds an earlier run; this one trains into {fields['out']} "
+                  f"(--out DIR to choose, --overwrite to replace {default})")
+    cfg = TrainConfig(**fields)
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, explicit=set(given))
     except KeyboardInterrupt:  # Ctrl-C: where things stand, not a traceback

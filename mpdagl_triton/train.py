@@ -176,24 +176,45 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
             os.close(fd)
 
 
+def _run_files(out: Path) -> list[Path]:
+    from mpdagl_triton.models.network import CONFIG_NAME, WEIGHTS_NAME
+
+    return [out / name for name in (STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME, METRICS_NAME)]
+
+
+def held_run(out: Path) -> str | None:
+    """What ``out`` holds that a fresh run would replace ("a run trained to epoch 3 of 12", "a
+    model"), or None. Metrics without a checkpoint hold nothing: their epoch never landed."""
+    if not any(f.name != METRICS_NAME and f.exists() for f in _run_files(out)):
+        return None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        state = json.loads((out / STATE_JSON).read_text())
+        return f"a run trained to epoch {state['epoch']} of {state['config']['epochs']}"
+    return "a model"
+
+
+def free_output_dir(default: Path) -> Path:
+    """``default``, or where it holds a run, the first of ``default-2``, ``default-3``, ... that
+    holds none: a run with no ``--out`` never replaces an earlier one."""
+    out, n = default, 1
+    while held_run(out) is not None:
+        n += 1
+        out = default.with_name(f"{default.name}-{n}")
+    return out
+
+
 def claim_output_dir(out: Path, overwrite: bool) -> None:
     """Make ``out`` ready for a fresh run: a folder that holds another run's checkpoint is refused
     (hours of training are one forgotten ``--resume`` away), unless ``overwrite``, which removes
     what a run writes there (other files stay). Called under :func:`hold_output_dir`, by the
     process that writes."""
-    from mpdagl_triton.models.network import CONFIG_NAME, WEIGHTS_NAME
-
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    run_files = [out / name for name in (STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME, METRICS_NAME)]
-    if not overwrite and any(f.name != METRICS_NAME and f.exists() for f in run_files):
-        held = "a model"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            state = json.loads((out / STATE_JSON).read_text())
-            held = f"a run trained to epoch {state['epoch']} of {state['config']['epochs']}"
+    held = held_run(out)
+    if held is not None and not overwrite:
         raise ValueError(f"{out} already holds {held}: continue it with --resume, start over with "
                          "--overwrite (replaces it), or choose another --out")
-    for f in run_files:
+    for f in _run_files(out):
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
 

@@ -260,6 +260,25 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_without_out_a_second_run_gets_a_folder_of_its_own(tmp_path, monkeypatch, capsys):
+    """`mpdagl train` twice: the second trains into runs/digits-2 and says so; --resume and
+    --overwrite (no --out) mean runs/digits itself."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--epochs", "1", "--device", "cpu"]) == 0
+    first = (tmp_path / "runs" / "digits" / "trainer_state.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["train", "--epochs", "1", "--device", "cpu", "--seed", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert ("runs/digits holds an earlier run; this one trains into runs/digits-2 (--out DIR to choose, "
+            "--overwrite to replace runs/digits)") in printed and "checkpoint in runs/digits-2" in printed
+    assert (tmp_path / "runs" / "digits" / "trainer_state.safetensors").read_bytes() == first
+    assert cli.main(["train", "--epochs", "2", "--device", "cpu", "--resume"]) == 0
+    assert "resuming runs/digits after epoch 1" in capsys.readouterr().out
+    assert cli.main(["train", "--epochs", "1", "--device", "cpu", "--overwrite"]) == 0
+    assert "checkpoint in runs/digits\n" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["digits", "digits-2"]
+
+
 def test_metrics_without_a_checkpoint_do_not_block_a_fresh_run(tmp_path):
     """Metrics whose checkpoint never landed (killed during the first epoch's write) hold no
     run: a fresh run starts without --overwrite and drops them."""

@@ -6,7 +6,7 @@ Public API:
     kappas(gamma, rho_or_tau, ...)       the surrogate widths of a layer
     TdBNPLIF, TdBN, PLIF                 modules
     reference                            the readable PyTorch reference (test oracle, CPU path)
-    load(dir)                            a trained model from a training output folder
+    load(dir_or_repo)                    a trained model from a training output folder or a Hub repo
     models                               the model zoo (models.create, models.available)
 """
 

@@ -50,10 +50,11 @@ def _train_parser(sub) -> None:
                    help="channels_last memory format (default: on CUDA)")
     p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
     p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--out", help="output folder (default runs/<dataset>)")
+    p.add_argument("--out", help="output folder (default runs/<dataset>, or runs/<dataset>-N when that holds a run)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in an --out that already holds a run (otherwise refused)")
+                   help="replace the run in --out (default runs/<dataset>); without it a fresh run "
+                        "never replaces one")
     p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
     p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
                                        "cifar10-dvs the folder of per-class .aedat folders)")

@@ -127,13 +127,16 @@ def recordings_fingerprint(root: Path, items: list[tuple[Path, int, bool]]) -> s
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     """Wait for, then hold, ``lock_path``: torchrun's processes all load the dataset, and one of
-    them converts while the others wait and then read its result. No-op without ``fcntl``."""
+    them converts while the others wait and then read its result. No-op without ``fcntl``, or
+    in a read-only folder (frames converted beforehand are read; nobody can convert there)."""
     try:
         import fcntl
-    except ImportError:
+
+        handle = open(lock_path, "a")
+    except (ImportError, OSError):
         yield
         return
-    with open(lock_path, "a") as handle:
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
 

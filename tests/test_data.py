@@ -185,6 +185,14 @@ def test_cifar10_dvs_frames_are_reused_until_the_recordings_change(tmp_path, mon
     again = data.load("cifar10-dvs", path=str(moved), timesteps=3)
     assert converted == [] and torch.equal(again.train.images, first.train.images)
 
+    def read_only(path, *args, **kwargs):  # root ignores chmod, so the refusal is simulated
+        raise PermissionError(13, "Read-only file system", str(path))
+
+    with monkeypatch.context() as patch:  # frames converted beforehand, on a read-only mount
+        patch.setattr(events, "open", read_only, raising=False)
+        assert torch.equal(data.load("cifar10-dvs", path=str(moved), timesteps=3).train.images,
+                           first.train.images)
+
     replaced = moved / "automobile" / "cifar10_automobile_9.aedat"  # a test recording
     t = np.arange(400) * 10
     events.write_aedat(replaced, t, np.full(400, 5), np.full(400, 7), np.ones(400, dtype=int))

@@ -105,13 +105,13 @@ def _train(args: argparse.Namespace) -> int:
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="re-evaluate a saved model on its test split",
                        description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
-    p.add_argument("--checkpoint", required=True, help="a training output folder")
+    p.add_argument("--checkpoint", required=True, help="a training output folder, or a Hub model repo (user/name)")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
     p.add_argument("--data-path", help="local copy of the dataset (default: the training run's --data-path)")
     p.add_argument("--image-column", help="image column (default: the training run's, or guessed)")
     p.add_argument("--label-column", help="label column (default: the training run's, or guessed)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256, help="test images per batch (default 256)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -124,7 +124,7 @@ def test_model_card_names_a_local_dataset_without_its_path(trained, tmp_path, mo
     assert "cifar10-dvs" in card.data.tags and card.data.datasets is None
 
 
-def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch):
+def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     fake = FakeHub(monkeypatch, tmp_path)
     hub.push(trained, "me/roundtrip")
@@ -134,6 +134,10 @@ def test_round_trip_through_the_hub_cache(trained, tmp_path, monkeypatch):
     x = torch.rand(6, 1, 8, 8)
     assert torch.equal(from_hub(x), local(x))
     assert not from_hub.training
+    for checkpoint in ("me/roundtrip", str(trained)):  # eval takes a Hub repo like a folder
+        assert cli.main(["eval", "--checkpoint", checkpoint, "--device", "cpu"]) == 0
+    from_repo, from_folder = capsys.readouterr().out.splitlines()[-2:]
+    assert from_repo.split(":", 1)[1] == from_folder.split(":", 1)[1]
 
 
 def test_load_refuses_what_it_cannot_honour(trained, monkeypatch):

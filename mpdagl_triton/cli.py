@@ -44,7 +44,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--surrogate", choices=list(SURROGATES), help="surrogate shape (default rect)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
     p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
-                   help="torch.compile mode; reduce-overhead replays the step as CUDA graphs")
+                   help="torch.compile mode (implies --compile); reduce-overhead replays the step as CUDA graphs")
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (fp16 needs CUDA)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels_last memory format (default: on CUDA)")
@@ -73,6 +73,8 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "recipe", "resume", "overwrite", "func")}
+    if "compile_mode" in given:  # a compile mode asks for compiling
+        given.setdefault("compile", True)
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}

@@ -125,6 +125,9 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
         image_column, label_column: override the columns (required when they can't be guessed).
     """
     if name == "digits":
+        if path is not None:  # likely meant: train on that folder
+            raise ValueError(f"digits ships with the package and reads no --data-path ({path}); to train on "
+                             f"a local folder pass it as the dataset: --dataset {path}")
         return _from_hub_layout("digits", _digits_source(), "image", "label", "test", "none", None, None)
     if name == "cifar10-dvs":
         return _cifar10_dvs(path, timesteps)

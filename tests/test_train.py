@@ -136,6 +136,9 @@ def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
         (["--lr", "0"], "lr must be a positive number"),
         (["--resume"], "no checkpoint in"),
         (["--arch", "vgg13"], "8x8 images leave no feature map; it needs at least 32x32"),
+        (["--data-path", "some/folder"], "digits ships with the package and reads no --data-path (some/folder); "
+                                         "to train on a local folder pass it as the dataset: --dataset some/folder"),
+        (["--device", "tpu"], "device 'tpu': not a device name; use cpu, cuda, cuda:N or auto"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, argv, message):
@@ -152,6 +155,23 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     result = train(cfg, resume=True, explicit=set(), log=logged.append)
     assert logged == [f"{tmp_path / 'run'} has trained 1 of 1 epochs: nothing to train (raise --epochs)"]
     assert result["epoch"] == 1 and (tmp_path / "run" / "trainer_state.safetensors").read_bytes() == before
+
+
+def test_a_compile_mode_asks_for_compiling(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, **kwargs: seen.append(cfg) or {})
+    monkeypatch.setenv("RANK", "1")  # nothing to report
+    for argv, compiled in ((["--compile-mode", "reduce-overhead"], True), ([], False), (["--compile"], True)):
+        assert cli.main(["train", "--out", str(tmp_path / "x"), *argv]) == 0
+        assert seen.pop().compile is compiled, argv
+
+
+def test_a_cuda_device_this_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert train_module.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"device 'cuda:3': this machine has 2 CUDA device\(s\), cuda:0 .. cuda:1"):
+        train_module.resolve_device("cuda:3")
 
 
 def test_resume_with_another_architecture(tmp_path, capsys):

@@ -43,6 +43,9 @@ LOCK_NAME = ".mpdagl-run.lock"  # held by a training run (hold_output_dir)
 
 @dataclasses.dataclass
 class TrainConfig:
+    """One training run: the options of ``mpdagl train`` with underscores (defaults: the digits
+    recipe; :data:`RECIPES` holds SPEC.md's others). ``train(cfg)`` runs it."""
+
     dataset: str = "digits"
     arch: str = "tiny"
     timesteps: int = 2

@@ -612,6 +612,9 @@ def validate(
     _check_per_channel("gamma", gamma, C, device)
     _check_per_channel("beta", beta, C, device)
     if learn_tau:
+        if rho is None:
+            raise TypeError("rho is None: a learnable decay needs rho (tau = sigmoid(rho)), a 0-d tensor; "
+                            "for a fixed decay pass learn_tau=False, tau=...")
         rho = _check_tensor("rho", rho, device)
         if rho.dim() != 0:
             raise ValueError(f"rho must be a 0-d tensor (tau = sigmoid(rho)), got shape {list(rho.shape)}")

@@ -34,6 +34,7 @@ def call(backend="torch", **changes):
         (dict(beta=torch.zeros(5)), ValueError, "beta must have shape"),
         (dict(rho=torch.tensor([-1.0])), ValueError, "rho must be a 0-d tensor"),
         (dict(rho=-1.0), TypeError, "rho must be a torch.Tensor"),
+        (dict(rho=None), TypeError, "rho is None: a learnable decay needs rho .* pass learn_tau=False, tau="),
         (dict(residual=torch.randn(2, 3, 4, 6)), ValueError, "residual must have x's shape"),
         (dict(skip=torch.randn(2, 3, 4, 6)), ValueError, "skip must have x's shape"),
         (dict(skip=torch.ones(2, 3, 4, 5, dtype=torch.int64)), TypeError, "skip must be a floating"),

@@ -56,7 +56,8 @@ class HubError(RuntimeError):
 
 def load(source: str | Path, *, revision: str | None = None,
          device: str | torch.device = "cpu") -> SpikingNetwork:
-    """A ready-to-evaluate model from a training folder or a Hub repo id.
+    """A ready-to-evaluate model from a training folder (or its config.json / model.safetensors)
+    or a Hub repo id.
 
     Reads ``config.json`` (architecture, classes, T, neuron options, ...) and ``model.safetensors``
     only: never pickle, never remote code. Hub downloads honour ``HF_HUB_OFFLINE`` and the local
@@ -72,6 +73,10 @@ def load(source: str | Path, *, revision: str | None = None,
 
     device = resolve_device(str(device))
     folder = Path(source)
+    if folder.is_file():  # a file of the folder (or something else): never a Hub repo id
+        if folder.name not in (CONFIG_NAME, WEIGHTS_NAME):
+            raise CheckpointError(f"{folder} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        folder = folder.parent
     if folder.is_dir():
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos; {folder} is a local folder")

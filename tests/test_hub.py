@@ -149,6 +149,18 @@ def test_load_refuses_what_it_cannot_honour(trained, monkeypatch):
     assert next(M.load(trained, device="auto").parameters()).device.type == "cpu"
 
 
+def test_load_takes_a_file_of_the_folder_never_the_hub(trained, monkeypatch):
+    """'runs/x/config.json' also reads as a Hub repo id: it was sent to the Hub (five retries
+    offline). A file of a training folder loads the folder; another file is refused."""
+    monkeypatch.setattr(hub, "_download", lambda *a: pytest.fail("went to the Hub"))
+    x = torch.rand(3, 1, 8, 8)
+    expected = M.load(trained)(x)
+    for name in ("config.json", "model.safetensors"):
+        assert torch.equal(M.load(trained / name)(x), expected)
+    with pytest.raises(CheckpointError, match="metrics.jsonl is a file; pass the folder that holds config.json"):
+        M.load(trained / "metrics.jsonl")
+
+
 def test_push_to_hub_from_python(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     fake = FakeHub(monkeypatch, tmp_path)

@@ -229,11 +229,18 @@ def _from_hub_layout(name, source, image_column, label_column, test_split, augme
         raise ValueError(f"column {image_column!r} of {name!r} holds {train_raw.features[image_column]}, "
                          f"not images; available columns: {', '.join(train_raw.features)}")
     shape = _image_shape(name, train_raw, image_column)
-    train = _decode(name, "train", train_raw, image_column, label_column, shape)
-    test = _decode(name, test_split, source[test_split], image_column, label_column, shape)
     label_feature = train_raw.features[label_column]
+    label_index = None
+    if isinstance(label_feature, datasets.Value) and label_feature.dtype in ("string", "large_string"):
+        # class names as text: classes in sorted order, as ClassLabel and folder layouts have them
+        names = sorted(set(train_raw.unique(label_column)) | set(source[test_split].unique(label_column)))
+        label_index = {label: i for i, label in enumerate(names)}
+    train = _decode(name, "train", train_raw, image_column, label_column, shape, label_index)
+    test = _decode(name, test_split, source[test_split], image_column, label_column, shape, label_index)
     if isinstance(label_feature, datasets.ClassLabel):
         label_names = list(label_feature.names)
+    elif label_index is not None:
+        label_names = list(label_index)
     else:
         label_names = [str(i) for i in range(int(max(train.labels.max(), test.labels.max())) + 1)]
     for split_name, split in (("train", train), (test_split, test)):
@@ -276,8 +283,9 @@ def _open(item: dict, name: str, split: str, index: int, image_module):
 
 
 def _decode(name: str, split_name: str, split, image_column: str, label_column: str,
-            shape: tuple[int, int, int]) -> Split:
-    """uint8 ``[N, C, H, W]`` + int64 labels, decoded once and cached as Arrow by ``datasets``."""
+            shape: tuple[int, int, int], label_index: dict[str, int] | None = None) -> Split:
+    """uint8 ``[N, C, H, W]`` + int64 labels (text labels mapped by ``label_index``), decoded once
+    and cached as Arrow by ``datasets``."""
     import datasets
     from PIL import Image
 
@@ -293,7 +301,8 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
                                         f"the others {width}x{height}")
             array = np.asarray(image, dtype=np.uint8)
             pixels.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-        return {"pixels": pixels, "label": batch[label_column]}
+        labels = batch[label_column]
+        return {"pixels": pixels, "label": [label_index[v] for v in labels] if label_index else labels}
 
     features = datasets.Features({"pixels": datasets.Array3D((channels, height, width), "uint8"),
                                   "label": datasets.Value("int64")})

@@ -66,6 +66,21 @@ def test_any_local_folder_with_named_columns(tmp_path):
         data.load(str(root), label_column="y")
 
 
+def test_class_names_as_text_labels(tmp_path):
+    """Labels stored as text (no ClassLabel): classes are the sorted names over both splits, a
+    class seen only in the test split included."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    (tmp_path / "text" / "data").mkdir(parents=True)
+    for split, labels in (("train", ["dog", "cat", "dog", "cat"]), ("test", ["owl", "cat"])):
+        datasets.Dataset.from_dict({"image": random_images(len(labels), 8, 3), "label": labels}, features=features) \
+            .to_parquet(str(tmp_path / "text" / "data" / f"{split}-00000-of-00001.parquet"))
+    ds = data.load(str(tmp_path / "text"))
+    assert ds.label_names == ["cat", "dog", "owl"]
+    assert ds.train.labels.tolist() == [1, 0, 1, 0] and ds.test.labels.tolist() == [2, 0]
+
+
 def test_decoded_once_then_read_from_the_arrow_cache(tmp_path, monkeypatch):
     from PIL import Image
 

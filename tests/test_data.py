@@ -81,6 +81,18 @@ def test_class_names_as_text_labels(tmp_path):
     assert ds.train.labels.tolist() == [1, 0, 1, 0] and ds.test.labels.tolist() == [2, 0]
 
 
+def test_an_image_folder_per_class(tmp_path):
+    """The Hub's image-folder layout, split/class/*.png: classes from the folder names."""
+    for split, per_class in (("train", 3), ("test", 2)):
+        for label, name in enumerate(("cat", "dog")):
+            (tmp_path / "pets" / split / name).mkdir(parents=True)
+            for i, image in enumerate(random_images(per_class, 8, 10 * label + len(split))):
+                image.save(tmp_path / "pets" / split / name / f"{i}.png")
+    ds = data.load(str(tmp_path / "pets"))
+    assert ds.label_names == ["cat", "dog"] and ds.train.images.shape == (6, 3, 8, 8)
+    assert sorted(ds.train.labels.tolist()) == [0, 0, 0, 1, 1, 1] and sorted(ds.test.labels.tolist()) == [0, 0, 1, 1]
+
+
 def test_decoded_once_then_read_from_the_arrow_cache(tmp_path, monkeypatch):
     from PIL import Image
 

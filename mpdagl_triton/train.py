@@ -614,8 +614,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     if dist.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    # evaluation bypasses DDP: its forward is a collective (buffer broadcast), and the processes'
-    # shares of the test batches differ by one when they do not divide evenly
+    # evaluation bypasses DDP: its forward is a collective (buffer broadcast), and a process may
+    # have one test batch fewer than another, or none
     step_model, eval_model = wrapped, model
     if cfg.compile:
         options = compile_options(cfg.compile_mode)

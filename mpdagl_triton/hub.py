@@ -203,7 +203,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
         f"{config['num_classes']} classes, input {config['in_channels']}x{config['input_size']}x{config['input_size']} |",
         f"| timesteps T | {T} |",
         f"| neuron | {'PLIF (learnable decay)' if neuron['learn_tau'] else 'LIF (fixed decay)'}, "
-        f"tau init {neuron['tau']}, threshold {neuron['vth']}, hard reset |",
+        f"tau {'init ' if neuron['learn_tau'] else ''}{neuron['tau']}, threshold {neuron['vth']}, hard reset |",
         f"| surrogate | `{neuron['surrogate']}`, width rule `{neuron['width_rule']}` |",
         f"| input normalization | {_normalization(config.get('normalization'))} |",
         "",

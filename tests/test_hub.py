@@ -121,6 +121,9 @@ def test_model_card_names_a_local_dataset_without_its_path(trained, tmp_path, mo
     (folder / "config.json").write_text(json.dumps({**state, "dataset": "cifar10-dvs", "timesteps": 10}))
     card = ModelCard(hub.model_card(folder, "me/dvs-snn"))
     assert "logits = model(frames)   # event frames [B, 10, 2, H, W]" in card.text
+    assert "| neuron | PLIF (learnable decay), tau init 0.2, threshold 0.5" in card.text
+    (folder / "config.json").write_text(json.dumps({**state, "neuron": {"learn_tau": False, "tau": 0.3}}))
+    assert "| neuron | LIF (fixed decay), tau 0.3, threshold 0.5" in hub.model_card(folder, "me/lif")
     assert "cifar10-dvs" in card.data.tags and card.data.datasets is None
 
 

@@ -127,7 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
     if name is None:
         raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
     source = {"data_path": args.data_path, "image_column": args.image_column, "label_column": args.label_column}
-    state = Path(args.checkpoint) / STATE_JSON
+    folder = Path(args.checkpoint)
+    state = (folder.parent if folder.is_file() else folder) / STATE_JSON  # load takes a file of the folder
     if name == model.dataset and state.is_file():  # the run's own dataset: read it where the run did
         trained = json.loads(state.read_text())["config"]
         source = {key: value if value is not None else trained.get(key) for key, value in source.items()}

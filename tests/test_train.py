@@ -71,9 +71,10 @@ def test_eval_reads_the_dataset_where_the_run_did(tmp_path, capsys):
     assert cli.main(["train", "--dataset", "cifar10", "--data-path", str(cifar), "--arch", "tiny", "--epochs", "1",
                      "--batch-size", "8", "--device", "cpu", "--out", str(run)]) == 0
     capsys.readouterr()
-    assert cli.main(["eval", "--checkpoint", str(run)]) == 0, capsys.readouterr().err
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert f"cifar10 test accuracy {last['test_acc']:.4f}" in capsys.readouterr().out
+    for checkpoint in (run, run / "model.safetensors"):
+        assert cli.main(["eval", "--checkpoint", str(checkpoint)]) == 0, capsys.readouterr().err
+        assert f"cifar10 test accuracy {last['test_acc']:.4f}" in capsys.readouterr().out
 
 
 def test_load_gives_identical_logits(tmp_path):

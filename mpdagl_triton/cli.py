@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def _train_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, free_output_dir, train
+    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, free_output_dir, train, writes_outputs
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("command", "recipe", "resume", "overwrite", "func")}
@@ -78,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}
-    reports = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    reports = writes_outputs()  # under torchrun only rank 0 reports
     if "out" not in fields:
         default = Path("runs") / Path(fields["dataset"]).name
         fields["out"] = str(default if args.resume or args.overwrite else free_output_dir(default))
@@ -118,7 +117,7 @@ def _eval_parser(sub) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from mpdagl_triton import data
-    from mpdagl_triton.hub import load
+    from mpdagl_triton.hub import load, local_folder
     from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate, resolve_device
 
     device = resolve_device(args.device)
@@ -127,10 +126,10 @@ def _eval(args: argparse.Namespace) -> int:
     if name is None:
         raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
     source = {"data_path": args.data_path, "image_column": args.image_column, "label_column": args.label_column}
-    folder = Path(args.checkpoint)
-    state = (folder.parent if folder.is_file() else folder) / STATE_JSON  # load takes a file of the folder
-    if name == model.dataset and state.is_file():  # the run's own dataset: read it where the run did
-        trained = json.loads(state.read_text())["config"]
+    folder = local_folder(args.checkpoint)
+    if name == model.dataset and folder is not None and (folder / STATE_JSON).is_file():
+        # the run's own dataset: read it where the run did
+        trained = json.loads((folder / STATE_JSON).read_text())["config"]
         source = {key: value if value is not None else trained.get(key) for key, value in source.items()}
     dataset = data.load(name, path=source["data_path"], timesteps=model.timesteps,
                         image_column=source["image_column"], label_column=source["label_column"])

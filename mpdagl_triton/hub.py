@@ -72,12 +72,8 @@ def load(source: str | Path, *, revision: str | None = None,
     from mpdagl_triton.train import resolve_device
 
     device = resolve_device(str(device))
-    folder = Path(source)
-    if folder.is_file():  # a file of the folder (or something else): never a Hub repo id
-        if folder.name not in (CONFIG_NAME, WEIGHTS_NAME):
-            raise CheckpointError(f"{folder} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-        folder = folder.parent
-    if folder.is_dir():
+    folder = local_folder(source)
+    if folder is not None:
         if revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos; {folder} is a local folder")
         _check_config(read_json(folder / CONFIG_NAME), folder / CONFIG_NAME)
@@ -91,6 +87,18 @@ def load(source: str | Path, *, revision: str | None = None,
     _check_config(read_json(config_path), f"{repo_id}/{CONFIG_NAME}")
     _download(repo_id, WEIGHTS_NAME, revision)
     return _build(repo_id, revision=revision, device=device)
+
+
+def local_folder(source: str | Path) -> Path | None:
+    """The training folder that ``source`` names on this machine (the folder, or its config.json
+    or model.safetensors), or None for anything else (a Hub repo id). Another existing file is
+    refused: it is never a repo id."""
+    path = Path(source)
+    if path.is_file():
+        if path.name not in (CONFIG_NAME, WEIGHTS_NAME):
+            raise CheckpointError(f"{path} is a file; pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+        return path.parent
+    return path if path.is_dir() else None
 
 
 def _check_config(config: dict, where) -> None:

@@ -143,6 +143,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def writes_outputs() -> bool:
+    """Whether this process writes the run's files: alone, or torchrun's rank 0. Read from the
+    environment, so it holds before the process group starts."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextlib.contextmanager
 def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
     """This run's exclusive hold on its output folder, for as long as it trains.
@@ -158,7 +164,7 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
         import fcntl
     except ImportError:
         fcntl = None
-    if int(os.environ.get("RANK", "0")) != 0 or not (create or out.is_dir()):
+    if not writes_outputs() or not (create or out.is_dir()):
         yield
         return
     fd = None
@@ -217,7 +223,7 @@ def claim_output_dir(out: Path, overwrite: bool) -> None:
     (hours of training are one forgotten ``--resume`` away), unless ``overwrite``, which removes
     what a run writes there (other files stay). Called under :func:`hold_output_dir`, by the
     process that writes."""
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not writes_outputs():
         return
     held = held_run(out)
     if held is not None and not overwrite:

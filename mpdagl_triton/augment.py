@@ -2,10 +2,11 @@
 
 Images arrive as uint8 ``[B, C, H, W]`` and leave as float in [0, 1]; event frames arrive as float
 ``[B, T, C, H, W]`` counts. Our own random choices (crops, flips, rolls, AutoAugment's sub-policy
-per image) are drawn on the CPU from the epoch's generator and shipped to the device (no host sync
-in the step); kornia's AutoAugment operations draw from torch's global generator, which the
-trainer seeds from (seed, epoch) at the start of every epoch. Either way an epoch's augmentation
-does not depend on whether the run was resumed.
+per image) are drawn on the CPU from the epoch's generator and shipped to the device; kornia's
+AutoAugment operations draw on the CPU too (keep these modules there), from torch's global
+generator, which the trainer seeds from (seed, epoch) at the start of every epoch. Nothing here
+reads a device value back, so on a GPU the host prepares the next batches while queued steps
+run. Either way an epoch's augmentation does not depend on whether the run was resumed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every dataset goes through one path: a Hugging Face ``datasets`` split is decoded once into uint8
 arrays (``[N, C, H, W]``) cached as Arrow next to the dataset, so later epochs and later runs never
 touch PIL; event data (CIFAR10-DVS) becomes float16 frames ``[N, T, 2, 48, 48]`` stored with
-``save_to_disk``. :class:`Loader` batches a split: on CUDA the whole split lives on the GPU and is
+``save_to_disk``. :class:`Loader` batches a split: on a GPU the whole split lives there and is
 shuffled and augmented there; on the CPU a ``DataLoader`` gathers batches (``workers`` processes).
 Shuffling draws from a generator seeded by (seed, epoch), so an epoch's batches are the same
 whether or not the run was interrupted before it.
@@ -386,13 +386,14 @@ class Loader:
                              f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
+        # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
+        # drawn there and shipped without a sync (on the GPU, its `any()` on them would wait for
+        # every queued step), and the host augments the next chunk while the GPU trains
         self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None
-        if self.augment is not None:
-            self.augment.to(device)
         shape = (1, 1, -1, 1, 1) if dataset.is_events else (1, -1, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).reshape(shape)
         self.std = torch.tensor(dataset.std, device=device).reshape(shape)
-        self.on_device = device.type == "cuda"
+        self.on_device = device.type != "cpu"
         if self.on_device:  # the whole uint8 split stays on the GPU: no host work per batch
             self.images = split.images.to(device)
             self.labels = split.labels.to(device)

@@ -509,10 +509,11 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.update(1)
     bar.close()
-    seconds = time.perf_counter() - start
-    # the epoch's one read-back of its totals (after the loop, never inside a step)
+    # the epoch's one read-back of its totals (after the loop, never inside a step); timed after
+    # it, so that images/s counts the steps the GPU has finished, not those the host queued
     loss_sum, right, count = torch.stack(
         dist.sum(total_loss.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device))).tolist()
+    seconds = time.perf_counter() - start
     count = max(count, 1)
     if not math.isfinite(loss_sum):
         raise TrainingDiverged(f"loss became {loss_sum} during epoch {epoch}")

@@ -419,6 +419,48 @@ def test_training_batches_are_augmented_several_at_a_time(monkeypatch):
     assert not torch.equal(batches[0][0], images[order[:10]].float() / 255 - 0.5)  # augmented
 
 
+def test_training_batches_never_wait_for_the_device():
+    """On a GPU a value read back from the device (`item`, `nonzero`, `bool`) or a blocking copy
+    to it waits for every queued training step, so the host could not augment the next chunk
+    while the GPU trains. Batches are prepared here on the meta device, which holds no values:
+    any read-back raises. Every host-to-device copy must be non-blocking, ours asked as such and
+    kornia's through its helper that is non-blocking on CUDA (blocking only off CUDA)."""
+    import sys
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.blocking, self.non_blocking = [], 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+                source, target = (args[0], kwargs.get("device")) if func is torch.ops.aten._to_copy.default \
+                    else (args[1], args[0].device)
+                if source.device.type == "cpu" and target is not None and torch.device(target).type == "meta":
+                    frame, callers = sys._getframe(), []
+                    while frame is not None:
+                        callers.append(frame.f_code.co_name)
+                        frame = frame.f_back
+                    asked = kwargs.get("non_blocking", False) or (len(args) > 2 and args[2])
+                    if asked or "_to_device_nonblocking" in callers:
+                        self.non_blocking += 1
+                    else:
+                        self.blocking.append(callers[2:6])
+            return func(*args, **kwargs)
+
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    split = data.Split(images, torch.arange(300) % 10)
+    ds = data.Dataset("fake", split, split, [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3, "cifar")
+    loader = data.Loader(split, ds, 100, torch.device("meta"), train=True)
+    with Copies() as copies:
+        batches = list(loader.epoch(0, 1))
+    assert [(x.shape, x.device.type, y.device.type) for x, y in batches] == [((100, 3, 32, 32), "meta", "meta")] * 3
+    assert copies.blocking == [] and copies.non_blocking > 25  # AutoAugment's parameters among them
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar10-dvs"])
 def test_train_command_on_fake_data(tmp_path, capsys, dataset):
     root = fake_cifar(tmp_path / "src") if dataset == "cifar10" else fake_dvs(tmp_path / "src")

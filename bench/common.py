@@ -182,6 +182,16 @@ def spikingjelly_plif(tau: float = 0.2, vth: float = 0.5) -> torch.nn.Module:
                                     step_mode="m")
 
 
+def reset_spikingjelly(net: torch.nn.Module) -> None:
+    """Every SpikingJelly neuron's state back to its initial value, as its users do before each
+    batch (``functional.reset_net``), outside the compiled model: its reset deep-copies the initial
+    value, which dynamo could not trace on torch 2.11 (run 7: a graph break per neuron, then each
+    block's frame recompiled up to dynamo's limit and run eagerly, 69 ms per ResNet-19 step)."""
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+
+
 def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
     """Give SpikingJelly its best run under torch.compile (import it first).
 

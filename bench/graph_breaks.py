@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from bench.common import DTYPES, environment, print_table, write_json
+from bench.common import DTYPES, environment, print_table, reset_spikingjelly, write_json
 from bench.train_step import IMPLEMENTATIONS, build
 
 
@@ -32,6 +32,8 @@ def explain(impl: str, T: int, B: int, dtype: torch.dtype, device: torch.device)
         return row
     net = net.to(device)
     images = torch.randn(B, 3, 32, 32, device=device)
+    if impl == "spikingjelly":  # as train_step's step does: outside what it compiles
+        reset_spikingjelly(net)
     torch._dynamo.reset()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         result = torch._dynamo.explain(net)(images)

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from bench.common import (DTYPES, compile_in_parallel, copy_bandwidth_gbs, cuda_graph_ms, environment,
-                          peak_memory_bytes, prepare_spikingjelly, print_table, spikingjelly_plif, time_ms,
-                          write_json)
+                          peak_memory_bytes, prepare_spikingjelly, print_table, reset_spikingjelly,
+                          spikingjelly_plif, time_ms, write_json)
 from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
@@ -65,10 +65,7 @@ class SpikingJellyLayer(nn.Module):
         self.neuron = spikingjelly_plif(tau, vth)
         self.surrogate_name = type(self.neuron.surrogate_function).__name__
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(self)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # reset before, outside: reset_spikingjelly
         T, B = x.shape[:2]
         return self.neuron(self.bn(x.flatten(0, 1)).unflatten(0, (T, B)))
 
@@ -106,6 +103,8 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
     grad = torch.randn(shape, device=device, dtype=dtype)
 
     def run():
+        if impl == "spikingjelly":
+            reset_spikingjelly(module)
         if not stem:
             return module(x)
         if impl == "spikingjelly":

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.common import (compile_in_parallel, environment, prepare_spikingjelly, print_table,
-                          spikingjelly_plif, synchronize, time_ms, write_json)
+                          reset_spikingjelly, spikingjelly_plif, synchronize, time_ms, write_json)
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
@@ -76,7 +76,8 @@ class AnnNeuron(nn.Module):
 
 
 class SpikingJellyNeuron(nn.Module):
-    """cuDNN BatchNorm + SpikingJelly's multi-step PLIF with our dynamics (hard reset, tau = 0.2)."""
+    """cuDNN BatchNorm + SpikingJelly's multi-step PLIF with our dynamics (hard reset, tau = 0.2).
+    Its state is reset before each step, outside the compiled model (``reset_spikingjelly``)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -86,7 +87,6 @@ class SpikingJellyNeuron(nn.Module):
     def forward(self, x, residual=None, skip=None, timesteps=None):
         if timesteps is not None:
             x = x.expand(timesteps, *x.shape[1:])
-        self.node.reset()
         folded = x.flatten(0, 1)
         y = (self.bn2d if folded.dim() == 4 else self.bn1d)(folded)
         out = self.node(y.unflatten(0, x.shape[:2]))
@@ -267,6 +267,8 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     labels = torch.randint(0, 10, (B,), device=device)
 
     def step():
+        if impl == "spikingjelly":
+            reset_spikingjelly(net)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = F.cross_entropy(step_model(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)

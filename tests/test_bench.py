@@ -185,6 +185,54 @@ def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
         loguru.logger.add(sys.stderr)  # loguru's default sink back for the rest of the session
 
 
+def test_spikingjelly_state_is_reset_outside_the_compiled_step(monkeypatch):
+    """SpikingJelly's reset deep-copies each neuron's initial state, and torch 2.11's dynamo (the
+    GPU image's) cannot trace copy.deepcopy: a reset inside the compiled network broke its graph
+    at every neuron (run 7; this torch traces it). The stand-in here is a deepcopy dynamo must not
+    trace. The benchmark's network has no reset inside; its step resets before calling it."""
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("loguru")
+    monkeypatch.syspath_prepend(str(ROOT))
+    import copy
+    import types
+
+    from spikingjelly.activation_based import base
+
+    from bench.common import reset_spikingjelly, spikingjelly_plif
+    from bench.train_step import build
+
+    monkeypatch.setattr(base, "copy", types.SimpleNamespace(deepcopy=torch._dynamo.disable(copy.deepcopy)))
+
+    def graph_breaks(module, x, reset_outside):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compiled = torch.compile(module, backend="eager")
+        for _ in range(2):  # the second call resets a state the first left as a tensor
+            if reset_outside:
+                reset_spikingjelly(module)
+            compiled(x)
+        return sum(torch._dynamo.utils.counters["graph_break"].values())
+
+    class ResetInside(torch.nn.Module):  # the benchmark's neuron before run 7
+        def __init__(self):
+            super().__init__()
+            self.node = spikingjelly_plif()
+
+        def forward(self, x):
+            self.node.reset()
+            return self.node(x)
+
+    try:
+        assert graph_breaks(ResetInside(), torch.randn(2, 3, 4), reset_outside=False) > 0  # the stand-in bites
+        net = build("spikingjelly", 2, torch.device("cpu"))
+        assert graph_breaks(net, torch.randn(1, 3, 32, 32), reset_outside=True) == 0
+    finally:
+        import loguru
+
+        loguru.logger.remove()
+        loguru.logger.add(sys.stderr)
+
+
 def test_spikingjelly_plan_for_bf16_spikes_is_built_before_compiling(monkeypatch):
     """Under bf16 autocast SpikingJelly's PLIF looks up an execution plan keyed by the spike dtype
     (the input's: bf16 out of batch norm); a plan missing there is built with device queries and

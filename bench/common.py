@@ -83,6 +83,33 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return statistics.median(samples)
 
 
+def back_to_back_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+                    windows: int = 3) -> float:
+    """Milliseconds per call of ``fn`` called ``repeats`` times in a row, nothing waiting between
+    calls, as a training loop calls its step: the host issues one call while the GPU still runs
+    the previous one (``time_ms`` instead waits for each call to finish). The median over
+    ``windows`` such runs; CUDA events on a GPU."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(windows):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / repeats)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / repeats)
+    return statistics.median(samples)
+
+
 def cuda_graph_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float | str | None:
     """Median time of ``fn`` captured once as a CUDA graph and replayed ten times in a row: its GPU
     work without the host's launch costs (what ``torch.compile(mode="reduce-overhead")`` gets).

@@ -103,10 +103,27 @@ def test_train_step_benchmark(tmp_path):
                  json_out=tmp_path / "t.json")["rows"]
     assert [r["impl"] for r in rows] == ["ann", "mpdagl"]  # the floor first: each ratio known when printed
     assert rows[1]["ms"] > 0 and rows[0]["vs_ann"] == 1.0 and rows[1]["vs_ann"] == rows[1]["ms"] / rows[0]["ms"]
-    assert all(r["compile_s"] > 0 for r in rows)
+    assert all(r["compile_s"] > 0 and r["latency_ms"] > 0 for r in rows)
     host = rows[1]["profile"]["host"]  # --profile on the CPU: the host side only
     assert host["families"]["aten"]["ms"] > 0 and host["families"]["optimizer"]["events"] == 2  # zero_grad, step
     assert host["launch_calls"] == 0 and "gpu_ms" not in rows[1]
+
+
+def test_back_to_back_timing_is_per_call(monkeypatch):
+    """Steps timed as a training loop runs them: ``repeats`` calls in a row per window, divided
+    by ``repeats``, the median window (a clock that advances one second per call)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import common
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+
+    def step():
+        calls.append(1)
+        clock[0] += 1.0 if len(calls) != 9 else 30.0  # one slow call, in the second window
+
+    assert common.back_to_back_ms(step, torch.device("cpu"), warmup=2, repeats=4, windows=3) == 1000.0
+    assert len(calls) == 2 + 4 * 3
 
 
 def test_train_step_warm_only_times_nothing(tmp_path):

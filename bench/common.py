@@ -62,25 +62,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def elapsed_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``fn`` until its work is done, in milliseconds (CUDA events on a GPU)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA events on a GPU)."""
+    """Median wall time of ``fn`` in milliseconds, each call waited for (CUDA events on a GPU)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(elapsed_ms(fn, device) for _ in range(repeats))
 
 
 def back_to_back_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
@@ -89,25 +90,14 @@ def back_to_back_ms(fn: Callable[[], object], device: torch.device, warmup: int,
     calls, as a training loop calls its step: the host issues one call while the GPU still runs
     the previous one (``time_ms`` instead waits for each call to finish). The median over
     ``windows`` such runs; CUDA events on a GPU."""
+    def in_a_row():
+        for _ in range(repeats):
+            fn()
+
     for _ in range(warmup):
         fn()
     synchronize(device)
-    samples = []
-    for _ in range(windows):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(repeats):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / repeats)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e3 / repeats)
-    return statistics.median(samples)
+    return statistics.median(elapsed_ms(in_a_row, device) / repeats for _ in range(windows))
 
 
 def cuda_graph_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float | str | None:

@@ -12,7 +12,8 @@
 # step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
 # NCHW with and without inductor's layout optimization),
-# train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs, bf16 then fp32) and suite
+# train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs, bf16; train-fp32 the same
+# in fp32, one epoch) and suite
 # (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
 # JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
 # at most 8 files. The stage limits add up to more than one device call's 600 s: name stages.
@@ -79,12 +80,13 @@ for stage in $stages; do
     probe) run probe 60 python3 -m bench.probe --arch resnet19 --images 50000 --batch-size 128 -T 2 --size 32 \
              --channels 3 --json "$OUT/probe.json" ;;
     train) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=10000, n_test=1000)" &&
-           run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 2 \
+           run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 3 \
              --batch-size 128 --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
-           cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl"
-           # fp32 (the CLI's default): eval logits are the CUDA graph's own outputs
-           run train_fp32 150 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar \
-             --epochs 1 --batch-size 128 --compile --compile-mode reduce-overhead --amp off --out /tmp/fake-run-fp32 ;;
+           cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
+    # fp32 (the CLI's default): eval logits are the CUDA graph's own outputs (ran in run 7)
+    train-fp32) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=10000, n_test=1000)" &&
+                run train_fp32 150 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar \
+                  --epochs 1 --batch-size 128 --compile --compile-mode reduce-overhead --amp off --out /tmp/fake-run-fp32 ;;
     suite) run suite 540 python3 -m bench.all --out "$OUT/suite" ;;
     *) echo "unknown stage $stage" ;;
   esac

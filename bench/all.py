@@ -32,7 +32,8 @@ def parts(out: Path, full: bool, jobs: int) -> dict[str, list[str]]:
     return {
         "layer": ["bench.layer", "--jobs", str(jobs), "--shapes", *shapes, "--json", str(out / "layer.json")],
         "train_step": ["bench.train_step", "--jobs", str(jobs), "--json", str(out / "train_step.json")],
-        "data": ["bench.data", "--synthetic", "50000", "--batch-size", "128", "--json", str(out / "data.json")],
+        "data": ["bench.data", "--synthetic", "50000", "--batch-size", "128",
+                 *(["--step-ms", "10"] if torch.cuda.is_available() else []), "--json", str(out / "data.json")],
         "probe": ["bench.probe", "--arch", "resnet19", "--images", "50000", "--batch-size", "128", "-T", "2",
                   "--size", "32", "--channels", "3", "--json", str(out / "probe.json")],
     }

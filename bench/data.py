@@ -3,8 +3,14 @@
     python -m bench.data                                  # digits (embedded)
     python -m bench.data --dataset cifar10 --data-path DIR --batch-size 100 --json out.json
     python -m bench.data --synthetic 50000          # CIFAR-10-shaped random images, full augmentation
+    python -m bench.data --synthetic 50000 --step-ms 10   # next to a 10 ms stand-in step (CUDA)
 
-On CUDA the split lives on the GPU; on the CPU batches come through a DataLoader.
+On CUDA the split lives on the GPU; on the CPU batches come through a DataLoader. ``--step-ms``
+adds a row with a stand-in training step after every training batch: one GPU kernel that spins
+for that long while the host goes on, as a CUDA-graph step does. If preparing batches never waits
+for the GPU, the host augments the next batches while it spins: ``overlap`` is the share of the
+shorter of the two (augmentation alone, the steps alone) that was hidden under the other, 1 when
+fully hidden, 0 when they ran one after the other.
 """
 
 from __future__ import annotations
@@ -18,6 +24,28 @@ from bench.common import environment, print_table, synchronize, write_json
 from mpdagl_triton import data
 
 
+def overlap(alone_s: float, steps_s: float, together_s: float) -> float:
+    """Share of the shorter of two pieces of work hidden under the longer: 1 when together they
+    took as long as the longer alone, 0 when as long as both one after the other."""
+    return (alone_s + steps_s - together_s) / min(alone_s, steps_s)
+
+
+def stand_in_step(ms: float, device: torch.device):
+    """A function that keeps the GPU busy for ``ms`` milliseconds in one kernel and returns at
+    once on the host (``torch.cuda._sleep``, calibrated here in clock cycles per millisecond)."""
+    if device.type != "cuda":
+        raise SystemExit("--step-ms needs a CUDA device: the stand-in step is a GPU kernel")
+    cycles = 10_000_000
+    torch.cuda._sleep(cycles)  # first launch outside the timing
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    per_ms = cycles / start.elapsed_time(end)
+    return lambda: torch.cuda._sleep(int(ms * per_ms))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits")
@@ -29,9 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=2, help="the first is warm-up")
     parser.add_argument("--synthetic", type=int, metavar="N",
                         help="N random 3x32x32 uint8 images with the CIFAR augmentation (no download)")
+    parser.add_argument("--step-ms", type=float,
+                        help="also time training batches with a stand-in GPU step of this many ms after each (CUDA)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    step = stand_in_step(args.step_ms, device) if args.step_ms else None
 
     t0 = time.perf_counter()
     if args.synthetic:
@@ -44,22 +75,34 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         dataset = data.load(args.dataset, path=args.data_path, timesteps=args.timesteps)
     load_s = time.perf_counter() - t0
+    def epoch_seconds(loader: data.Loader, epoch: int, after_batch=None) -> tuple[float, int, int]:
+        """Seconds, images and batches of one epoch, the device's work included."""
+        synchronize(device)
+        start, seen, batches = time.perf_counter(), 0, 0
+        for images, _ in loader.epoch(0, epoch):
+            seen, batches = seen + len(images), batches + 1
+            if after_batch is not None:
+                after_batch()
+        synchronize(device)
+        return time.perf_counter() - start, seen, batches
+
     rows = []
     for train in (True, False):
         split = dataset.train if train else dataset.test
         loader = data.Loader(split, dataset, args.batch_size, device, train=train, workers=args.workers)
         for epoch in range(args.epochs):
-            synchronize(device)
-            start, seen = time.perf_counter(), 0
-            for images, _ in loader.epoch(0, epoch):
-                seen += len(images)
-            synchronize(device)
-            seconds = time.perf_counter() - start
+            seconds, seen, batches = epoch_seconds(loader, epoch)
         rows.append({"split": "train (augmented)" if train else "test", "augmentation":
                      dataset.augmentation if train else "none", "images": seen,
                      "images_per_s": seen / seconds, "device": device.type})
+        if train and step is not None:  # the last epoch again, a stand-in step after each batch
+            together, seen, batches = epoch_seconds(loader, args.epochs - 1, step)
+            steps_alone = batches * args.step_ms / 1e3
+            rows.append({"split": f"train + {args.step_ms:g} ms step", "augmentation": dataset.augmentation,
+                         "images": seen, "images_per_s": seen / together, "device": device.type,
+                         "overlap": overlap(seconds, steps_alone, together)})
     print(f"{args.dataset}: loaded in {load_s:.1f} s")
-    print_table(rows, ["split", "augmentation", "images", "images_per_s", "device"])
+    print_table(rows, ["split", "augmentation", "images", "images_per_s", "device", "overlap"])
     payload = {"benchmark": "data", "dataset": args.dataset, "load_seconds": load_s,
                "environment": environment(device), "rows": rows}
     write_json(args.json, payload)

@@ -320,7 +320,21 @@ def test_host_profile_families(monkeypatch):
 def test_data_and_probe_benchmarks(tmp_path):
     rows = bench("data", "--synthetic", "256", "--batch-size", "64", "--epochs", "1", json_out=tmp_path / "d.json")["rows"]
     assert rows[0]["images"] == 256 and rows[0]["augmentation"] == "cifar"
+    if not torch.cuda.is_available():  # the stand-in step is a GPU kernel
+        done = subprocess.run([sys.executable, "-m", "bench.data", "--synthetic", "64", "--step-ms", "5"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "--step-ms needs a CUDA device" in done.stderr
     assert 0 < bench("probe", "--images", "256", "--probe-size", "16", json_out=tmp_path / "p.json")["overhead"]
+
+
+def test_data_overlap_share(monkeypatch):
+    """bench.data's overlap: 1 when augmentation and steps took as long together as the longer
+    alone, 0 when as long as both in series, whichever is shorter."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.data import overlap
+
+    assert overlap(2.0, 5.0, 5.0) == 1.0 and overlap(2.0, 5.0, 7.0) == 0.0
+    assert overlap(5.0, 2.0, 6.0) == 0.5 and overlap(4.0, 4.0, 6.0) == 0.5
 
 
 def test_register_report(tmp_path):

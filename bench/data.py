@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         dataset = data.load(args.dataset, path=args.data_path, timesteps=args.timesteps)
     load_s = time.perf_counter() - t0
+
     def epoch_seconds(loader: data.Loader, epoch: int, after_batch=None) -> tuple[float, int, int]:
         """Seconds, images and batches of one epoch, the device's work included."""
         synchronize(device)

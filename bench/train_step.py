@@ -19,8 +19,8 @@ and ``vs_ann`` from it), one step from an idle GPU to its end (``latency_ms``: t
 plus the GPU work left after it; before 2026-11-27's run 7 this was ``ms``), the peak memory
 allocated during a step, the host time to issue one step from an idle GPU (``host_ms``: near
 ``ms`` means host-bound), and for ours whether a step syncs with the host (CUDA's sync debug mode
-set to error). ``--profile N`` adds a profile of N
-steps (``profile``): the GPU time by kernel family and the kernels launched per step (CUDA), and
+set to error). ``--profile N`` adds a profile of N steps (``profile``): the GPU time by kernel
+family and the kernels launched per step (CUDA), and
 on any device the host's time by family (our launches, inductor's, the CUDA API, the Python of the
 compiled graphs, autograd, the optimizer) with the calls that launch work: where a step's time
 goes next to the floor's, on the GPU and on the host. ``compile_s`` is each first step's wall

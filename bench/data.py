@@ -4,6 +4,7 @@
     python -m bench.data --dataset cifar10 --data-path DIR --batch-size 100 --json out.json
     python -m bench.data --synthetic 50000          # CIFAR-10-shaped random images, full augmentation
     python -m bench.data --synthetic 50000 --step-ms 10   # next to a 10 ms stand-in step (CUDA)
+    python -m bench.data --synthetic 50000 --augment-chunks 4096 16384   # images per augmentation call
 
 On CUDA the split lives on the GPU; on the CPU batches come through a DataLoader. ``--step-ms``
 adds a row with a stand-in training step after every training batch: one GPU kernel that spins
@@ -16,6 +17,7 @@ fully hidden, 0 when they ran one after the other.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=2, help="the first is warm-up")
     parser.add_argument("--synthetic", type=int, metavar="N",
                         help="N random 3x32x32 uint8 images with the CIFAR augmentation (no download)")
+    parser.add_argument("--augment-chunks", type=int, nargs="+", metavar="N",
+                        help="images augmented per call, one training row each (default: the loader's)")
     parser.add_argument("--step-ms", type=float,
                         help="also time training batches with a stand-in GPU step of this many ms after each (CUDA)")
     parser.add_argument("--json")
@@ -87,23 +91,28 @@ def main(argv: list[str] | None = None) -> dict:
         synchronize(device)
         return time.perf_counter() - start, seen, batches
 
+    sample_elements = math.prod(dataset.train.images.shape[1:])
     rows = []
-    for train in (True, False):
-        split = dataset.train if train else dataset.test
-        loader = data.Loader(split, dataset, args.batch_size, device, train=train, workers=args.workers)
+    for chunk in args.augment_chunks or [data.AUGMENT_CHUNK_ELEMENTS // sample_elements]:
+        data.AUGMENT_CHUNK_ELEMENTS = chunk * sample_elements  # what the loader reads at each epoch
+        loader = data.Loader(dataset.train, dataset, args.batch_size, device, train=True, workers=args.workers)
         for epoch in range(args.epochs):
             seconds, seen, batches = epoch_seconds(loader, epoch)
-        rows.append({"split": "train (augmented)" if train else "test", "augmentation":
-                     dataset.augmentation if train else "none", "images": seen,
-                     "images_per_s": seen / seconds, "device": device.type})
-        if train and step is not None:  # the last epoch again, a stand-in step after each batch
+        train = {"split": "train (augmented)", "augmentation": dataset.augmentation, "chunk": chunk}
+        rows.append({**train, "images": seen, "images_per_s": seen / seconds, "device": device.type})
+        if step is not None:  # the last epoch again, a stand-in step after each batch
             together, seen, batches = epoch_seconds(loader, args.epochs - 1, step)
             steps_alone = batches * args.step_ms / 1e3
-            rows.append({"split": f"train + {args.step_ms:g} ms step", "augmentation": dataset.augmentation,
-                         "images": seen, "images_per_s": seen / together, "device": device.type,
+            rows.append({**train, "split": f"train + {args.step_ms:g} ms step", "images": seen,
+                         "images_per_s": seen / together, "device": device.type,
                          "overlap": overlap(seconds, steps_alone, together)})
+    loader = data.Loader(dataset.test, dataset, args.batch_size, device, train=False, workers=args.workers)
+    for epoch in range(args.epochs):
+        seconds, seen, _ = epoch_seconds(loader, epoch)
+    rows.append({"split": "test", "augmentation": "none", "images": seen, "images_per_s": seen / seconds,
+                 "device": device.type})
     print(f"{args.dataset}: loaded in {load_s:.1f} s")
-    print_table(rows, ["split", "augmentation", "images", "images_per_s", "device", "overlap"])
+    print_table(rows, ["split", "augmentation", "chunk", "images", "images_per_s", "device", "overlap"])
     payload = {"benchmark": "data", "dataset": args.dataset, "load_seconds": load_s,
                "environment": environment(device), "rows": rows}
     write_json(args.json, payload)

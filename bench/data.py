@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     sample_elements = math.prod(dataset.train.images.shape[1:])
     rows = []
     for chunk in args.augment_chunks or [data.AUGMENT_CHUNK_ELEMENTS // sample_elements]:
-        data.AUGMENT_CHUNK_ELEMENTS = chunk * sample_elements  # what the loader reads at each epoch
-        loader = data.Loader(dataset.train, dataset, args.batch_size, device, train=True, workers=args.workers)
+        loader = data.Loader(dataset.train, dataset, args.batch_size, device, train=True, workers=args.workers,
+                             augment_chunk_elements=chunk * sample_elements)
         for epoch in range(args.epochs):
             seconds, seen, batches = epoch_seconds(loader, epoch)
         train = {"split": "train (augmented)", "augmentation": dataset.augmentation, "chunk": chunk}

@@ -367,7 +367,7 @@ class Loader:
     """Batches ``(float images normalized on device, int64 labels)`` of one split.
 
     Training batches get the dataset's augmentation (see :mod:`mpdagl_triton.augment`) on the
-    device, several batches per call (``AUGMENT_CHUNK_ELEMENTS``); every batch is then
+    device, several batches per call (up to ``augment_chunk_elements``); every batch is then
     normalized by the dataset's mean and std.
 
     With several processes (``world`` > 1), ``batch_size`` is the global batch: every process
@@ -376,7 +376,8 @@ class Loader:
     """
 
     def __init__(self, split: Split, dataset: Dataset, batch_size: int, device: torch.device,
-                 train: bool, workers: int = 0, rank: int = 0, world: int = 1):
+                 train: bool, workers: int = 0, rank: int = 0, world: int = 1,
+                 augment_chunk_elements: int = AUGMENT_CHUNK_ELEMENTS):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if train and batch_size % world:
@@ -386,6 +387,7 @@ class Loader:
                              f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
+        self.augment_chunk_elements = augment_chunk_elements
         # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
         # drawn there and shipped without a sync (on the GPU, its `any()` on them would wait for
         # every queued step), and the host augments the next chunk while the GPU trains
@@ -434,7 +436,7 @@ class Loader:
         if self.augment is None:
             return 1
         elements = math.prod(self.split.images.shape[1:]) * batch_size
-        return max(1, AUGMENT_CHUNK_ELEMENTS // elements)
+        return max(1, self.augment_chunk_elements // elements)
 
     def _gather(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         if self.on_device:

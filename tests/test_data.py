@@ -397,14 +397,14 @@ def test_processes_share_training_batches_and_deal_test_batches():
         data.Loader(split, ds, 64, torch.device("cpu"), train=True, rank=0, world=2)
 
 
-def test_training_batches_are_augmented_several_at_a_time(monkeypatch):
+def test_training_batches_are_augmented_several_at_a_time():
     """Augmentation runs on chunks of batches (its cost is per call on a GPU); the batches that
     come out are still the epoch's shuffled batches, in order, each augmented, every one full."""
     images = torch.randint(0, 256, (110, 3, 8, 8), dtype=torch.uint8)
     split = data.Split(images, torch.arange(110))
     ds = data.Dataset("fake", split, split, [str(i) for i in range(110)], (0.5,) * 3, (1.0,) * 3, "crop-flip")
-    monkeypatch.setattr(data, "AUGMENT_CHUNK_ELEMENTS", 4 * 10 * 3 * 8 * 8)  # 4 batches of 10 a call
-    loader = data.Loader(split, ds, 10, torch.device("cpu"), train=True)
+    loader = data.Loader(split, ds, 10, torch.device("cpu"), train=True,
+                         augment_chunk_elements=4 * 10 * 3 * 8 * 8)  # 4 batches of 10 a call
     calls = []
     augment = loader.augment.forward
     loader.augment.forward = lambda x, gen: calls.append(len(x)) or augment(x, gen)

@@ -306,9 +306,10 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
 
     features = datasets.Features({"pixels": datasets.Array3D((channels, height, width), "uint8"),
                                   "label": datasets.Value("int64")})
+    once = " (once)" if split.cache_files else ""  # an in-memory split (digits) has no cache to keep
     decoded = split.cast_column(image_column, _undecoded()).map(
         decode, batched=True, with_indices=True, remove_columns=split.column_names,
-        features=features, desc=f"decoding {name} {split_name} (once)",
+        features=features, desc=f"decoding {name} {split_name}{once}",
     )
     if len(decoded) != len(split):  # never train on a silently shortened split
         raise DataUnavailableError(f"{name} {split_name}: decoded {len(decoded)} of {len(split)} images")

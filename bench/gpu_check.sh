@@ -6,8 +6,8 @@
 #   bash bench/gpu_check.sh tests tune step      some stages
 # Stages: tests dispatch tune step-ro step breaks step-others data layer probe (the default list, most important
 # first: a call cut off by the device limit still brings back what finished; dispatch, ~15 s, is
-# the eager launches' host time through Triton's kernel[grid] and the direct launcher; breaks, ~30 s,
-# where dynamo breaks each step network's graph and why: SpikingJelly's did in run 6); only when named:
+# the eager launches' host time through Triton's kernel[grid] and the direct launcher; breaks, ~50 s,
+# where dynamo breaks each step network's graph and why: SpikingJelly's did in runs 6-7); only when named:
 # step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
 # step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128

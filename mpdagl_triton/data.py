@@ -390,8 +390,8 @@ class Loader:
         self.workers, self.rank, self.world = workers, rank, world
         self.augment_chunk_elements = augment_chunk_elements
         # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
-        # drawn there and shipped without a sync (on the GPU, its `any()` on them would wait for
-        # every queued step), and the host augments the next chunk while the GPU trains
+        # drawn there and shipped without a sync, and nothing is read back from the device
+        # (tests/test_data.py checks it): the host augments the next chunk while the GPU trains
         self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None
         shape = (1, 1, -1, 1, 1) if dataset.is_events else (1, -1, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).reshape(shape)

@@ -40,6 +40,10 @@ run() {  # run NAME SECONDS CMD...: append its output to all.log, stop it after 
   rm -f "$OUT/stage.log"
   echo "=== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$LOG"
 }
+fake_cifar() {  # CIFAR-shaped training data for the train stages, in the Hub's layout
+  python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; \
+fake_cifar(Path('/tmp/fake-cifar'), n_train=25000, n_test=1000)"
+}
 # no install needed: a checkout maps kernels/ and models/ into mpdagl_triton by itself
 python3 -c "import mpdagl_triton.kernels.tdbn_plif, mpdagl_triton.models" || exit 1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
@@ -80,12 +84,12 @@ for stage in $stages; do
             --json "$OUT/data.json" ;;
     probe) run probe 60 python3 -m bench.probe --arch resnet19 --images 50000 --batch-size 128 -T 2 --size 32 \
              --channels 3 --json "$OUT/probe.json" ;;
-    train) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=25000, n_test=1000)" &&
+    train) fake_cifar &&
            run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 3 \
              --batch-size 128 --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
            cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
     # fp32 (the CLI's default): eval logits are the CUDA graph's own outputs (ran in run 7)
-    train-fp32) python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; fake_cifar(Path('/tmp/fake-cifar'), n_train=25000, n_test=1000)" &&
+    train-fp32) fake_cifar &&
                 run train_fp32 150 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar \
                   --epochs 1 --batch-size 128 --compile --compile-mode reduce-overhead --amp off --out /tmp/fake-run-fp32 ;;
     suite) run suite 540 python3 -m bench.all --out "$OUT/suite" ;;

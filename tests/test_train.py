@@ -1,9 +1,12 @@
 """`mpdagl train` / `mpdagl eval`: the default run, checkpoints, exact resume, bad input."""
 
+import argparse
 import dataclasses
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +52,27 @@ def test_default_command_reaches_96_percent(tmp_path, capsys):
     # eval re-evaluates the saved model to the same number
     assert cli.main(["eval", "--checkpoint", str(out)]) == 0
     assert f"test accuracy {final:.4f}" in capsys.readouterr().out
+
+
+def test_readme_documents_every_train_option():
+    """The README's option table of ``mpdagl train`` names every option the command takes and no
+    other, and its resume sentence names exactly the fields a resume may change."""
+    commands = argparse.ArgumentParser().add_subparsers()
+    cli._train_parser(commands)
+    taken = {option for action in commands.choices["train"]._actions for option in action.option_strings
+             if option.startswith("--") and option != "--help"}
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Training: `mpdagl train`")[1].split("\n### ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `-")]
+    documented = set()
+    for row in rows:  # the first column only (meanings mention options too); "\|" is no border
+        for option in re.findall(r"--(?:\[no-\])?[a-z][a-z-]*", re.split(r"(?<!\\)\|", row)[1]):
+            documented |= ({option.replace("[no-]", ""), option.replace("[no-]", "no-")}
+                           if "[no-]" in option else {option})
+    assert documented == taken
+    resumable = re.search(r"\(only (.*?) may change\)", section).group(1)
+    named = {option[2:].replace("-", "_") for option in re.findall(r"--[a-z-]+", resumable)}
+    assert named == set(train_module.RESUMABLE_OVERRIDES) - {"out"}  # --out names the run itself
 
 
 def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):

@@ -65,9 +65,10 @@ def load(source: str | Path, *, revision: str | None = None,
     config, HubError for a repo or revision the Hub does not have, ValueError for a ``revision``
     of a local folder or a ``device`` this machine lacks (``"auto"``: CUDA when available).
 
-    Example:
-        >>> model = load("runs/digits")            # or load("user/mpdagl-resnet19-cifar10")
-        >>> logits = model(images)                 # [B, classes]
+    Example (after ``mpdagl train``; tested in tests/test_train.py and tests/test_hub.py):
+        >>> model = load("runs/digits")            # doctest: +SKIP
+        >>> model = load("user/mpdagl-resnet19-cifar10")   # doctest: +SKIP
+        >>> logits = model(images)                 # [B, classes]  # doctest: +SKIP
     """
     from mpdagl_triton.train import resolve_device
 

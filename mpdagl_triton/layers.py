@@ -121,6 +121,11 @@ class TdBN(nn.Module):
 
     ``y`` comes back in x's dtype (the fused op keeps it in float32; compare the two in float32
     or float64).
+
+    Example:
+        >>> y = TdBN(8)(torch.randn(4, 2, 8, 5, 5))   # [T, B, C, H, W]; training: batch statistics
+        >>> y.shape, round(y.std().item(), 1)          # each channel to std alpha * vth = 0.5
+        (torch.Size([4, 2, 8, 5, 5]), 0.5)
     """
 
     def __init__(self, channels: int, vth: float = 0.5, alpha: float = 1.0, eps: float = 1e-5,
@@ -156,6 +161,13 @@ class PLIF(_NeuronOptions):
 
     ``gamma`` is the ``[C]`` scale of the tdBN feeding this neuron; the ``mpdagl`` width rule needs
     it (the other rules ignore it).
+
+    Example:
+        >>> spikes = PLIF(width_rule="fixed")(torch.full((3, 1, 2), 0.3))   # [T, B, ...]
+        >>> spikes[:, 0, 0].tolist()   # V = 0.3, then 0.2 * 0.3 + 0.3 = 0.36, then 0.372: below 0.5
+        [0.0, 0.0, 0.0]
+        >>> PLIF(width_rule="fixed")(torch.full((2, 1, 1), 0.6)).flatten().tolist()  # fires, resets
+        [1.0, 1.0]
     """
 
     def forward(self, y: Tensor, gamma: Tensor | None = None) -> Tensor:

@@ -52,6 +52,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
     ``"auto"`` defers to ``$MPDAGL_BACKEND`` when set, then picks Triton on CUDA and the reference
     elsewhere. It never falls back silently from an explicit ``"triton"``.
+
+    Example:
+        >>> resolve_backend("torch", torch.device("cpu"))
+        'torch'
     """
     if backend == "auto":
         env = os.environ.get("MPDAGL_BACKEND", "auto")
@@ -514,7 +518,14 @@ def compile_options(mode: str = "default") -> dict:
     ``async_compile.py``). So this also sets
     ``TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS=1``, which workers read when they
     start (it then holds for every user-defined Triton kernel they compile). Call it before the
-    process's first torch.compile: workers already running keep Triton's launcher (it warns)."""
+    process's first torch.compile: workers already running keep Triton's launcher (it warns).
+
+    Example:
+        >>> from mpdagl_triton.models import create
+        >>> model = torch.compile(create("tiny", 10, T=2), options=compile_options("reduce-overhead"))
+        >>> compile_options("reduce-overhead")["triton.cudagraphs"]   # mode's options are kept
+        True
+    """
     from torch._inductor import config, list_mode_options
 
     options = dict(list_mode_options(mode))

@@ -6,9 +6,11 @@ under 8 minutes on one GPU).
 
 Each part runs in a process of its own, as it would alone (``python -m bench.layer`` etc.):
 SpikingJelly, measured in the layer part, changes dynamo and torch.compile's cache key for the
-rest of its process. The layer and training-step parts first compile what they measure in
-``--jobs`` parallel processes, which fill torch.compile's on-disk caches, then measure one at a
-time (run 5 on an H100 spent ~285 s compiling and measuring one setting's four steps in series).
+rest of its process. The layer and training-step parts give everything they compile a process of
+its own, ``--jobs`` compiling at a time; once none is compiling, each measures in turn, alone,
+with what it compiled (``common.compile_then_measure``; run 5 on an H100 spent ~285 s compiling
+and measuring one setting's four steps in series, run 7 ~60 s loading compiled steps back from
+torch.compile's caches).
 Record what you measure, with the card and date, in bench/RESULTS.md.
 """
 
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--full", action="store_true", help="three layer shapes instead of issue 7's one")
     parser.add_argument("--jobs", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)),
-                        help="parallel compile processes of the layer and training-step parts "
-                             "(0: compile as they measure)")
+                        help="processes compiling at once in the layer and training-step parts "
+                             "(0: one process compiles and measures everything in turn)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

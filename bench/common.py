@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,10 +17,7 @@ from typing import Callable
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def run_quietly(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, env=env)
+ROOT = Path(__file__).resolve().parents[1]  # benchmarks run as `python -m bench.<name>` from here
 
 
 def share_of_cores(jobs: int) -> dict[str, str]:
@@ -32,20 +29,74 @@ def share_of_cores(jobs: int) -> dict[str, str]:
     return env
 
 
-def compile_in_parallel(commands: list[list[str]], jobs: int) -> tuple[float, int]:
-    """Run benchmark processes that only compile (``--warm-only``), ``jobs`` at a time, so that
-    the measuring process, which runs alone (timings must not share the GPU), loads compiled code
-    from torch.compile's on-disk caches instead of compiling: compilation is CPU work, and most
-    of a compiled benchmark's wall time. Returns the seconds it took and how many processes
-    failed; a failure is printed and left to the measurement, which compiles anyway."""
+#: benchmark processes alive at once in ``compile_then_measure`` (compiled, waiting for their turn):
+#: each holds a CUDA context and its step's memory, ~2-4 GiB for a ResNet-19 step
+MAX_WAITING = 12
+TURN_POLL_S = 0.01
+
+
+def wait_for_turn(folder: str | None) -> None:
+    """In a process started by ``compile_then_measure``, between compiling and timing: say that
+    this process is done compiling, then wait until the parent gives it its turn to measure.
+    Nothing when the process was not started that way (``folder`` None)."""
+    if folder is None:
+        return
+    Path(folder, "ready").touch()
+    while not Path(folder, "go").exists():
+        time.sleep(TURN_POLL_S)
+
+
+def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int = MAX_WAITING,
+                         on_result: Callable[[int, dict | str], None] | None = None) -> tuple[list[dict | str], float]:
+    """Run benchmark processes that compile in parallel, then measure one at a time.
+
+    Each command is a benchmark that accepts ``--turn DIR --json FILE``: it compiles, calls
+    ``wait_for_turn(DIR)``, measures, writes its JSON and exits. Up to ``jobs`` processes compile at
+    once (inductor's compile workers share the cores, ``share_of_cores``); a process that has
+    compiled waits, holding what it compiled. Once none is compiling, each measures in turn, alone
+    on the machine: timings do not share the GPU or the host with a compile, and no process loads
+    its compiled code again (from torch.compile's caches that took 2-29 s per step in run 7).
+    At most ``waiting`` processes are alive at once; more commands run in groups of that size.
+
+    Returns each command's JSON payload, in the commands' order, or a line saying why it has none,
+    and the seconds spent before the measuring (compiling, in all groups). ``on_result(i, result)``
+    gets each as soon as it is measured (a run cut short keeps what it measured)."""
     env = share_of_cores(jobs)
-    start, failed = time.perf_counter(), 0
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        for command, done in zip(commands, pool.map(lambda c: run_quietly(c, env), commands)):
-            if done.returncode:
-                failed += 1
-                print(f"compiling {' '.join(command[2:])} failed:\n{done.stderr[-2000:]}")
-    return time.perf_counter() - start, failed
+    results: list[dict | str] = ["not run"] * len(commands)
+    compile_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:
+        folders = [Path(tmp, str(i)) for i in range(len(commands))]
+        for first in range(0, len(commands), waiting):
+            group = list(range(first, min(first + waiting, len(commands))))
+            started = time.perf_counter()
+            processes: dict[int, subprocess.Popen] = {}
+
+            def compiling() -> list[int]:
+                return [i for i, p in processes.items() if p.poll() is None and not (folders[i] / "ready").exists()]
+
+            pending = list(group)
+            while pending or compiling():
+                while pending and len(compiling()) < jobs:
+                    i = pending.pop(0)
+                    folders[i].mkdir()
+                    with open(folders[i] / "stdout", "w") as out, open(folders[i] / "stderr", "w") as err:
+                        processes[i] = subprocess.Popen(
+                            [*commands[i], "--turn", str(folders[i]), "--json", str(folders[i] / "out.json")],
+                            stdout=out, stderr=err, env=env, cwd=ROOT)
+                time.sleep(TURN_POLL_S)
+            compile_s += time.perf_counter() - started
+            for i in group:
+                (folders[i] / "go").touch()
+                status = processes[i].wait()
+                payload = folders[i] / "out.json"
+                if status == 0 and payload.exists():
+                    results[i] = json.loads(payload.read_text())
+                else:
+                    last = ((folders[i] / "stderr").read_text().strip().splitlines() or ["no output"])[-1]
+                    results[i] = f"its process exited with status {status}: {last[:120]}"
+                if on_result is not None:
+                    on_result(i, results[i])
+    return results, compile_s
 
 
 def layer_stack_parser(doc: str) -> argparse.ArgumentParser:

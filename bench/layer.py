@@ -2,7 +2,7 @@
 
     python -m bench.layer                      # every implementation, default shapes, fp32 + bf16
     python -m bench.layer --shapes 4x64x128x32x32 --dtypes bf16 --json bench/results/layer.json
-    python -m bench.layer --jobs 4             # compile the compiled implementations in 4 processes first
+    python -m bench.layer --jobs 4             # a process per compiled implementation, 4 compiling at a time
 
 Implementations (those that cannot run on the device are reported as skipped):
   fused              mpdagl_triton.TdBNPLIF, Triton kernels (CUDA)
@@ -33,20 +33,16 @@ input (read by each of the four passes, dx written).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.common import (DTYPES, compile_in_parallel, copy_bandwidth_gbs, cuda_graph_ms, environment,
+from bench.common import (DTYPES, compile_then_measure, copy_bandwidth_gbs, cuda_graph_ms, environment,
                           peak_memory_bytes, prepare_spikingjelly, print_table, reset_spikingjelly,
-                          spikingjelly_plif, time_ms, write_json)
+                          spikingjelly_plif, time_ms, wait_for_turn, write_json)
 from mpdagl_triton import TdBNPLIF, compile_options
 
 DEFAULT_SHAPES = ["4x64x128x32x32", "2x128x256x16x16", "4x64x512x8x8", "10x32x128x48x48"]
@@ -92,7 +88,9 @@ def build(impl: str, channels: int, device: torch.device, dtype: torch.dtype = t
 
 
 def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.device, warmup: int,
-            repeats: int, stem: bool = False, warm_only: bool = False) -> dict:
+            repeats: int, stem: bool = False, turn: str | None = None) -> dict:
+    """One implementation at one shape and dtype; in a process of ``common.compile_then_measure``
+    it compiles, then waits for its ``turn`` before timing anything."""
     row = {"impl": impl, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
     module = build(impl, shape[2], device, dtype)
     if isinstance(module, str):
@@ -120,9 +118,8 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
         run().backward(grad)
 
     try:
-        if warm_only:  # compile both graphs (with and without autograd), measure nothing
-            forward(), step()
-            return row
+        forward(), step()  # compiles both graphs (with and without autograd) before any timing
+        wait_for_turn(turn)
         row["fwd_ms"] = time_ms(forward, device, warmup, repeats)
         row["fwd_bwd_ms"] = time_ms(step, device, warmup, repeats)
         graph = cuda_graph_ms(step, device, warmup, repeats)
@@ -140,21 +137,6 @@ def measure(impl: str, shape: list[int], dtype: torch.dtype, device: torch.devic
     return row
 
 
-def measure_in_child(impl: str, shape_text: str, dtype_name: str, args: argparse.Namespace) -> dict:
-    """``measure`` in a fresh ``python -m bench.layer`` process: its row, or why it has none."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "row.json")
-        command = [sys.executable, "-m", "bench.layer", "--in-this-process", "--device", args.device,
-                   "--impls", impl, "--shapes", shape_text, "--dtypes", dtype_name, "--warmup", str(args.warmup),
-                   "--repeats", str(args.repeats), *["--stem"] * args.stem, "--json", out]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-        if done.returncode == 0:
-            return json.loads(Path(out).read_text())["rows"][0]
-    last_line = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"impl": impl, "shape": shape_text, "dtype": str(DTYPES[dtype_name]).removeprefix("torch."),
-            "note": f"failed: its process exited with status {done.returncode}: {last_line[:120]}"}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,51 +147,54 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--stem", action="store_true", help="the input is one timestep, the same at every step")
     parser.add_argument("--jobs", type=int, default=0,
-                        help="compile the compiled implementations first, in this many parallel processes")
-    parser.add_argument("--warm-only", action="store_true", help="compile and run once, measure nothing")
-    parser.add_argument("--in-this-process", action="store_true",
-                        help="measure SpikingJelly here too, not in processes of its own")
+                        help="a process per compiled implementation, shape and dtype: this many compile at a "
+                             "time, then each measures alone, in turn")
+    parser.add_argument("--turn", help=argparse.SUPPRESS)  # set by the parent: common.wait_for_turn
     parser.add_argument("--json", help="write the results here as JSON")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
-    if args.warm_only:
-        notes = [measure(impl, [int(v) for v in shape_text.split("x")], DTYPES[dtype_name], device, 0, 0,
-                         args.stem, warm_only=True).get("note") or ""
-                 for shape_text in args.shapes for dtype_name in args.dtypes for impl in args.impls]
-        failures = [note for note in notes if note.startswith("failed")]
-        if failures:  # the parent counts failed processes
-            sys.exit("\n".join(failures))
-        return {}
-    parallel = None
-    if args.jobs:
-        compiled = [impl for impl in args.impls if impl in COMPILED]
-        commands = [[sys.executable, "-m", "bench.layer", "--warm-only", "--device", args.device, "--impls", impl,
-                     "--dtypes", dtype_name, "--shapes", *args.shapes, *["--stem"] * args.stem]
-                    for impl in compiled for dtype_name in args.dtypes]
-        seconds, failed = compile_in_parallel(commands, args.jobs)
-        parallel = {"processes": len(commands), "failed": failed, "seconds": seconds}
-        print(f"compiled {len(commands) - failed} of {len(commands)} implementations x dtypes in {args.jobs} "
-              f"parallel processes in {seconds:.0f} s")
-
+    items = [(shape_text, dtype_name, impl) for shape_text in args.shapes for dtype_name in args.dtypes
+             for impl in args.impls]
+    # in processes of their own: SpikingJelly always (see the module docstring), with --jobs every
+    # compiled implementation; the rest here, first, while nothing else runs
+    own_process = () if args.turn else (COMPILED if args.jobs else ISOLATED)
     bandwidth = copy_bandwidth_gbs(device)
-    rows = []
-    for shape_text in args.shapes:
-        shape = [int(v) for v in shape_text.split("x")]
-        for dtype_name in args.dtypes:
-            dtype = DTYPES[dtype_name]
-            roofline = None
-            if bandwidth:
-                passes = 3 + 5 / shape[0] if args.stem else 8
-                roofline = passes * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
-            for impl in args.impls:
-                if impl in ISOLATED and not args.in_this_process:
-                    row = measure_in_child(impl, shape_text, dtype_name, args)
-                else:
-                    row = measure(impl, shape, dtype, device, args.warmup, args.repeats, args.stem)
-                row["roofline_ms"] = roofline
-                rows.append(row)
-                print_table([row], COLUMNS)
+    measured = {}
+
+    def add(item: tuple[str, str, str], row: dict) -> None:
+        shape_text, dtype_name, _ = item
+        shape, dtype = [int(v) for v in shape_text.split("x")], DTYPES[dtype_name]
+        roofline = None
+        if bandwidth:
+            passes = 3 + 5 / shape[0] if args.stem else 8
+            roofline = passes * math.prod(shape) * dtype.itemsize / (bandwidth * 1e9) * 1e3
+        measured[item] = {**row, "roofline_ms": roofline}
+        print_table([measured[item]], COLUMNS)
+
+    for item in items:
+        if item[2] not in own_process:
+            add(item, measure(item[2], [int(v) for v in item[0].split("x")], DTYPES[item[1]], device,
+                              args.warmup, args.repeats, args.stem, args.turn))
+    apart = [item for item in items if item[2] in own_process]
+    commands = [[sys.executable, "-m", "bench.layer", "--device", args.device, "--impls", impl, "--shapes", shape_text,
+                 "--dtypes", dtype_name, "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                 *["--stem"] * args.stem] for shape_text, dtype_name, impl in apart]
+
+    def arrived(position: int, result: dict | str) -> None:
+        shape_text, dtype_name, impl = apart[position]
+        if isinstance(result, str):
+            result = {"rows": [{"impl": impl, "shape": shape_text, "note": f"failed: {result}",
+                                "dtype": str(DTYPES[dtype_name]).removeprefix("torch.")}]}
+        add(apart[position], result["rows"][0])
+
+    parallel = None
+    if commands:
+        _, seconds = compile_then_measure(commands, max(1, args.jobs), on_result=arrived)
+        parallel = {"processes": len(commands), "seconds": seconds}
+        print(f"compiled {len(commands)} in processes of their own, {max(1, args.jobs)} at a time, in "
+              f"{seconds:.0f} s; then each measured alone in its process")
+    rows = [measured[item] for item in items]
     print()
     env = environment(device)
     print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "

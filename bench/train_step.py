@@ -3,7 +3,7 @@
     python -m bench.train_step                       # issue 7's settings, bf16 autocast
     python -m bench.train_step --full                # both settings x fp32/bf16 x NCHW/channels_last
     python -m bench.train_step --json bench/results/train_step.json
-    python -m bench.train_step --jobs 4              # compile every step in 4 processes first
+    python -m bench.train_step --jobs 4              # a process per step, 4 compiling at a time
 
 Implementations (all torch.compile'd, same convolutions on T*B images):
   mpdagl        our ResNet-19, fused Triton tdBN -> PLIF
@@ -24,8 +24,9 @@ family and the kernels launched per step (CUDA), and
 on any device the host's time by family (our launches, inductor's, the CUDA API, the Python of the
 compiled graphs, autograd, the optimizer) with the calls that launch work: where a step's time
 goes next to the floor's, on the GPU and on the host. ``compile_s`` is each first step's wall
-time: most of this benchmark's time is compilation, which ``--jobs`` moves into parallel
-processes before the measuring starts (they fill torch.compile's on-disk caches).
+time: most of this benchmark's time is compilation. ``--jobs N`` gives every step a process of its
+own: N compile at a time, and once none is compiling each measures in turn, alone on the machine,
+with what it compiled (``common.compile_then_measure``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.common import (back_to_back_ms, compile_in_parallel, environment, prepare_spikingjelly, print_table,
-                          reset_spikingjelly, spikingjelly_plif, synchronize, time_ms, write_json)
+from bench.common import (back_to_back_ms, compile_then_measure, environment, prepare_spikingjelly, print_table,
+                          reset_spikingjelly, spikingjelly_plif, synchronize, time_ms, wait_for_turn, write_json)
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
@@ -56,8 +57,8 @@ IMPLEMENTATIONS = ["mpdagl", "reference", "ann", "spikingjelly"]
 #: the target), SpikingJelly at both of its settings, the compiled reference at T2 B128 NCHW
 DEFAULT_SETTINGS = {"mpdagl": list(SETTINGS), "ann": list(SETTINGS), "spikingjelly": ["t4b64", "t2b128"],
                     "reference": ["t2b128"]}
-#: compiled first when warming the caches: the slowest to compile (run 7, H100: the reference's first
-#: step took 22-29 s even from the caches, SpikingJelly's 10-12 s, ours and the ANN's 2-4 s)
+#: with --jobs, the slowest to compile start first (run 7, H100: the reference's first step took
+#: 22-29 s even from torch.compile's caches, SpikingJelly's 10-12 s, ours and the ANN's 2-4 s)
 SLOWEST_TO_COMPILE = ["reference", "spikingjelly", "mpdagl", "ann"]
 
 
@@ -245,9 +246,10 @@ def print_profile(profile: dict) -> None:
 
 
 def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_model,
-            compile_mode="default", profile_steps=0, layout_optimization=True, warm_only=False) -> dict:
+            compile_mode="default", profile_steps=0, layout_optimization=True, turn=None) -> dict:
     """One implementation at one setting. ``compile_s`` is the first step's wall time (tracing and
-    compiling, or loading compiled code from torch.compile's caches); ``warm_only`` stops there."""
+    compiling, or loading compiled code from torch.compile's caches); then, in a process of
+    ``common.compile_then_measure``, it waits for its ``turn`` before timing anything."""
     row = {"impl": impl, "T": T, "B": B, "layout": "channels_last" if channels_last else "nchw",
            "dtype": "bf16" if dtype == torch.bfloat16 else "fp32"}
     try:
@@ -287,8 +289,7 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
         step()
         synchronize(device)
         row["compile_s"] = time.perf_counter() - start
-        if warm_only:
-            return row
+        wait_for_turn(turn)
         row["ms"] = back_to_back_ms(step, device, warmup, repeats)
         row["latency_ms"] = time_ms(step, device, 0, repeats)
         row["images_per_s"] = B / row["ms"] * 1e3
@@ -313,19 +314,32 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     return row
 
 
-def warm_caches(args, jobs: int) -> float:
-    """Compile every (setting, implementation) once, in ``jobs`` parallel processes
-    (``common.compile_in_parallel``); the seconds it took."""
-    passthrough = ["--device", args.device, "--dtype", args.dtype, "--compile-mode", args.compile_mode]
-    passthrough += ["--full"] * args.full + ["--no-layout-optimization"] * args.no_layout_optimization
-    passthrough += ["--batch", str(args.batch)] if args.batch else []
-    impls = sorted(args.impls, key=SLOWEST_TO_COMPILE.index)  # the last processes to finish start first
-    commands = [[sys.executable, "-m", "bench.train_step", "--warm-only", "--settings", name, "--impls", impl,
-                 *passthrough] for impl in impls for name in settings_of(impl, args.settings)]
-    seconds, failed = compile_in_parallel(commands, jobs)
-    print(f"compiled {len(commands) - failed} of {len(commands)} steps in {jobs} parallel processes "
-          f"in {seconds:.0f} s")
-    return seconds
+def plan(args) -> list[tuple[str, str, bool, torch.dtype]]:
+    """(implementation, setting, channels_last, dtype) of every measurement, the ANN floor first
+    (each row's ratio is known when printed) and SpikingJelly last (compiling it changes
+    torch.compile's cache key for what follows in the same process)."""
+    variants = [(None, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
+    if args.full:
+        variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
+    impls = sorted(args.impls, key=lambda impl: (impl != "ann", impl == "spikingjelly"))
+    items = []
+    for impl in impls:
+        for name in settings_of(impl, args.settings):
+            for cl, dtype in variants:
+                if cl is None:
+                    cl = SETTINGS[name][2] if args.layout is None else args.layout == "channels_last"
+                items.append((impl, name, cl, dtype))
+    return items
+
+
+def command_of(args, impl: str, name: str, channels_last: bool, dtype: torch.dtype) -> list[str]:
+    """The ``python -m bench.train_step`` that measures one item of ``plan`` alone."""
+    command = [sys.executable, "-m", "bench.train_step", "--impls", impl, "--settings", name,
+               "--device", args.device, "--dtype", "bf16" if dtype == torch.bfloat16 else "fp32",
+               "--layout", "channels_last" if channels_last else "nchw", "--compile-mode", args.compile_mode,
+               "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--profile", str(args.profile)]
+    command += ["--no-layout-optimization"] * args.no_layout_optimization
+    return command + (["--batch", str(args.batch)] if args.batch else [])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -337,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--impls", nargs="+", default=IMPLEMENTATIONS, choices=IMPLEMENTATIONS)
     parser.add_argument("--full", action="store_true", help="fp32 and bf16, NCHW and channels_last")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast dtype (without --full)")
+    parser.add_argument("--layout", choices=["nchw", "channels_last"],
+                        help="parameters' and images' layout at every setting (default: the setting's; without --full)")
     parser.add_argument("--batch", type=int, help="override B (e.g. small runs on the CPU)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
@@ -347,49 +363,64 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile STEPS steps: host time by family, and on CUDA GPU time by kernel family")
     parser.add_argument("--jobs", type=int, default=0, metavar="N",
-                        help="first compile every step in N parallel processes (torch.compile's caches), then measure")
-    parser.add_argument("--warm-only", action="store_true", help="compile and run one step of each, time nothing")
+                        help="one process per step: N compile at a time, then each measures alone, in turn")
+    parser.add_argument("--turn", help=argparse.SUPPRESS)  # set by --jobs's parent: common.wait_for_turn
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
     columns = ["impl", "T", "B", "layout", "dtype", "ms", "latency_ms", "gpu_ms", "host_ms", "images_per_s",
                "peak_gib", "vs_ann", "host_syncs", "launchers", "compile_s", "note"]
-    warm_s = warm_caches(args, args.jobs) if args.jobs and not args.warm_only and not args.no_compile else None
-    variants = [(None, torch.bfloat16 if args.dtype == "bf16" else torch.float32)]
-    if args.full:
-        variants = [(cl, dt) for cl in (False, True) for dt in (torch.float32, torch.bfloat16)]
-    # implementation by implementation, the ANN floor first (each row's ratio is known when printed)
-    # and SpikingJelly last: compiling it changes torch.compile's cache key for what follows
-    impls = sorted(args.impls, key=lambda impl: (impl != "ann", impl == "spikingjelly"))
-    rows, floors = [], {}
-    for impl in impls:
-        for name in settings_of(impl, args.settings):
-            T, B, channels_last = SETTINGS[name]
-            B = args.batch or B
-            for cl, dtype in variants:
-                cl = channels_last if cl is None else cl
-                row = measure(impl, T, B, cl, dtype, device, args.warmup, args.repeats, not args.no_compile,
-                              args.compile_mode, args.profile, not args.no_layout_optimization, args.warm_only)
-                key = (T, B, cl, dtype)
-                if impl == "ann" and row.get("ms"):
-                    floors[key] = row["ms"]
-                if key in floors and row.get("ms"):
-                    row["vs_ann"] = row["ms"] / floors[key]
-                print_table([row], columns)
-                if "profile" in row:
-                    print_profile(row["profile"])
-                rows.append(row)
-                # written after every row: a run cut short still leaves what it measured
-                write_json(args.json, {"benchmark": "train_step", "environment": environment(device),
-                                       "parallel_compile_s": warm_s, "rows": rows})
-    failures = [row["note"] for row in rows if (row.get("note") or "").startswith("failed")]
-    if args.warm_only and failures:  # the parent counts failed processes
-        sys.exit("\n".join(failures))
+    items, rows, floors = plan(args), [], {}
+    parallel_s = None
+
+    def ratio(row: dict) -> None:
+        key = (row["T"], row["B"], row["layout"], row["dtype"])
+        if key in floors and row.get("ms"):
+            row["vs_ann"] = row["ms"] / floors[key]
+
+    def add(row: dict) -> None:
+        if row["impl"] == "ann" and row.get("ms"):
+            floors[(row["T"], row["B"], row["layout"], row["dtype"])] = row["ms"]
+        ratio(row)
+        rows.append(row)
+        print_table([row], columns)
+        if "profile" in row:
+            print_profile(row["profile"])
+        # written after every row: a run cut short still leaves what it measured
+        write_json(args.json, {"benchmark": "train_step", "environment": environment(device),
+                               "parallel_compile_s": parallel_s, "rows": rows})
+
+    if args.jobs and not args.no_compile and not args.turn:
+        # the slowest to compile start first: the last processes to finish compiling start first
+        order = sorted(range(len(items)), key=lambda i: SLOWEST_TO_COMPILE.index(items[i][0]))
+
+        def arrived(position: int, result: dict | str) -> None:
+            impl, name, channels_last, dtype = items[order[position]]
+            if isinstance(result, str):
+                T, B = SETTINGS[name][:2]
+                add({"impl": impl, "T": T, "B": args.batch or B, "layout": "channels_last" if channels_last else "nchw",
+                     "dtype": "bf16" if dtype == torch.bfloat16 else "fp32", "note": f"failed: {result}"})
+            else:
+                add(result["rows"][0])
+
+        _, parallel_s = compile_then_measure([command_of(args, *items[i]) for i in order], args.jobs,
+                                             on_result=arrived)
+        print(f"compiled {len(items)} steps, {args.jobs} processes at a time, in {parallel_s:.0f} s; "
+              "then each measured alone in its process")
+        rows = [rows[order.index(i)] for i in range(len(items))]  # the plan's order: the floor first
+    else:
+        for impl, name, channels_last, dtype in items:
+            T, B = SETTINGS[name][:2]
+            add(measure(impl, T, args.batch or B, channels_last, dtype, device, args.warmup, args.repeats,
+                        not args.no_compile, args.compile_mode, args.profile, not args.no_layout_optimization,
+                        args.turn))
+    for row in rows:
+        ratio(row)
     env = environment(device)
     print(f"\n{env['device']}  torch {env['torch']}  triton {env['triton']}")
     print_table(rows, columns)
-    payload = {"benchmark": "train_step", "environment": env, "parallel_compile_s": warm_s, "rows": rows}
+    payload = {"benchmark": "train_step", "environment": env, "parallel_compile_s": parallel_s, "rows": rows}
     write_json(args.json, payload)
     return payload
 

@@ -1,7 +1,6 @@
 """The benchmark commands still run (tiny sizes, CPU), as documented: `python -m bench.<name>` from
 the repository root. They assert nothing about speed."""
 
-import argparse
 import json
 import os
 import subprocess
@@ -29,14 +28,13 @@ def test_layer_benchmark(tmp_path):
     assert rows[1]["note"] == "needs CUDA" or rows[1]["fwd_bwd_ms"] > 0
 
 
-def test_layer_benchmark_compiles_in_parallel_first(tmp_path):
-    """--jobs: one process per compiled implementation and dtype compiles (--warm-only) before the
-    measurement; here the compiled reference, on the CPU."""
-    payload = bench("layer", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",
-                    "reference-compiled", "--jobs", "2", "--warmup", "0", "--repeats", "1",
-                    json_out=tmp_path / "l.json")
-    assert payload["parallel_compile"]["processes"] == 1 and payload["parallel_compile"]["failed"] == 0
-    assert [r["impl"] for r in payload["rows"]] == ["reference", "reference-compiled"]
+def test_layer_benchmark_compiles_in_processes_of_their_own(tmp_path):
+    """--jobs: a process per compiled implementation, shape and dtype compiles, then measures in
+    its turn; eager rows are measured in the parent. Here the compiled reference, on the CPU."""
+    payload = bench("layer", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--impls", "reference-compiled",
+                    "reference", "--jobs", "2", "--warmup", "0", "--repeats", "1", json_out=tmp_path / "l.json")
+    assert payload["parallel_compile"]["processes"] == 1
+    assert [r["impl"] for r in payload["rows"]] == ["reference-compiled", "reference"]
     assert all(r["fwd_bwd_ms"] > 0 for r in payload["rows"])
 
 
@@ -60,34 +58,16 @@ def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypat
     assert rows[0]["note"] in ("needs CUDA", "spikingjelly not installed")
     assert rows[1]["impl"] == "reference" and rows[1]["fwd_bwd_ms"] > 0
 
-    died = subprocess.CompletedProcess([], 1, "",
-                                       "Traceback ...\nRuntimeError: Offset increment outside graph capture")
-    monkeypatch.setattr(layer.subprocess, "run", lambda *a, **k: died)
+    def died(commands, jobs, on_result):
+        assert jobs == 1 and len(commands) == 1 and "--impls spikingjelly" in " ".join(commands[0])
+        on_result(0, "its process exited with status 1: RuntimeError: Offset increment outside graph capture")
+        return ["..."], 0.0
+
+    monkeypatch.setattr(layer, "compile_then_measure", died)
     rows = layer.main([*options, "--impls", "spikingjelly", "reference"])["rows"]
     assert rows[0]["note"] == ("failed: its process exited with status 1: "
                                "RuntimeError: Offset increment outside graph capture")
     assert rows[1]["fwd_bwd_ms"] > 0
-
-
-def test_layer_warm_up_process_fails_when_a_compile_fails(monkeypatch):
-    """A --warm-only process exits non-zero on a failed compile, so the parent counts it."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    from bench import layer
-
-    monkeypatch.setattr(layer, "measure", lambda impl, *a, **k: {"note": "spikingjelly not installed"}
-                        if impl == "spikingjelly" else {"note": f"failed: {impl} broke"})
-    with pytest.raises(SystemExit, match="failed: reference-compiled broke"):
-        layer.main(["--warm-only", "--impls", "reference-compiled", "spikingjelly", "--dtypes", "fp32"])
-    assert layer.main(["--warm-only", "--impls", "spikingjelly", "--dtypes", "fp32"]) == {}
-
-
-def test_train_step_warm_up_process_fails_when_a_compile_fails(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    from bench import train_step
-
-    monkeypatch.setattr(train_step, "measure", lambda impl, *a, **k: {"impl": impl, "note": "failed: boom"})
-    with pytest.raises(SystemExit, match="failed: boom"):
-        train_step.main(["--warm-only", "--impls", "mpdagl", "--settings", "t2b128", "--device", "cpu"])
 
 
 def test_layer_benchmark_as_a_stem(tmp_path):
@@ -126,52 +106,124 @@ def test_back_to_back_timing_is_per_call(monkeypatch):
     assert len(calls) == 2 + 4 * 3
 
 
-def test_train_step_warm_only_times_nothing(tmp_path):
-    rows = bench("train_step", "--settings", "t2b128", "t4b64", "--batch", "2", "--dtype", "fp32", "--no-compile",
-                 "--impls", "spikingjelly", "mpdagl", "--warm-only", json_out=tmp_path / "t.json")["rows"]
-    # SpikingJelly last: compiling it changes torch.compile's cache key for what follows
-    assert [(r["impl"], r["T"]) for r in rows] == [("mpdagl", 2), ("mpdagl", 4),
-                                                   ("spikingjelly", 2), ("spikingjelly", 4)]
-    assert all("ms" not in r for r in rows)
-    assert all(r["compile_s"] > 0 for r in rows if r["impl"] == "mpdagl" or "note" not in r)
-    assert all(r.get("note") in (None, "spikingjelly not installed") for r in rows)
+CHILD = """
+import json, os, sys, time
+from pathlib import Path
+from bench.common import wait_for_turn
+index, log, compile_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+turn, out = sys.argv[sys.argv.index("--turn") + 1], sys.argv[sys.argv.index("--json") + 1]
+def note(event):
+    with open(log, "a") as f:
+        f.write(f"{index} {event} {time.monotonic()}\\n")
+note("start")
+note("threads:" + os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
+if compile_s < 0:
+    sys.exit("RuntimeError: compile broke")
+time.sleep(compile_s)
+note("compiled")
+wait_for_turn(turn)
+note("measuring")
+time.sleep(0.05)
+note("end")
+Path(out).write_text(json.dumps({"rows": [{"index": int(index)}]}))
+"""
 
 
-def test_train_step_compiles_each_step_in_parallel_first(monkeypatch):
-    """--jobs N: one warm-up process per (implementation, setting), N at a time, with the flags that
-    shape the compiled graph, so that the measuring process hits torch.compile's caches."""
+def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypatch):
+    """Processes compile `jobs` at a time, at most `waiting` alive; each measures only once none
+    is compiling, one at a time, in the commands' order; a process that dies says how."""
     monkeypatch.syspath_prepend(str(ROOT))
-    from bench import common, train_step
-
-    commands = []
-
-    def run(command, env):
-        commands.append(command)
-        assert env["TORCHINDUCTOR_COMPILE_THREADS"] == str(max(1, (os.cpu_count() or 1) // 3))
-        return subprocess.CompletedProcess(command, 0, "", "")
+    from bench import common
+    from bench.common import compile_then_measure
 
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    monkeypatch.setattr(common, "run_quietly", run)
-    args = argparse.Namespace(device="cuda", dtype="bf16", compile_mode="reduce-overhead", full=False,
-                              no_layout_optimization=True, batch=None, impls=["ann", "mpdagl"],
-                              settings=["t4b64", "t2b128"])
-    assert train_step.warm_caches(args, jobs=3) >= 0
-    assert sorted((c[c.index("--impls") + 1], c[c.index("--settings") + 1]) for c in commands) == [
-        ("ann", "t2b128"), ("ann", "t4b64"), ("mpdagl", "t2b128"), ("mpdagl", "t4b64")]
-    for command in commands:
-        assert command[:4] == [sys.executable, "-m", "bench.train_step", "--warm-only"]
-        assert command[command.index("--compile-mode") + 1] == "reduce-overhead"
-        assert "--no-layout-optimization" in command and "--full" not in command and "--batch" not in command
-    # without --settings, issue 7's table: T2 B128 channels-last (its target) only for ours and the
-    # floor, the reference only at T2 B128 NCHW; the slowest to compile start first
-    commands.clear()
-    args.impls, args.settings = ["spikingjelly", "mpdagl", "ann", "reference"], None
-    train_step.warm_caches(args, jobs=3)
-    assert [(c[c.index("--impls") + 1], c[c.index("--settings") + 1]) for c in commands] == (
-        [("reference", "t2b128"), ("spikingjelly", "t4b64"), ("spikingjelly", "t2b128")]
-        + [(impl, setting) for impl in ("mpdagl", "ann") for setting in ("t4b64", "t2b128", "t2b128cl")])
+    log = tmp_path / "events"
+    compile_s = [0.4, 0.1, -1, 0.2, 0.3]  # -1: dies while compiling
+    commands = [[sys.executable, "-c", CHILD, str(i), str(log), str(c)] for i, c in enumerate(compile_s)]
+    arrived = []
+    results, seconds = compile_then_measure(commands, jobs=2, waiting=3,
+                                            on_result=lambda i, result: arrived.append((i, result)))
+    assert results[2] == "its process exited with status 1: RuntimeError: compile broke"
+    assert [r["rows"][0]["index"] for i, r in enumerate(results) if i != 2] == [0, 1, 3, 4]
+    assert arrived == list(enumerate(results)) and seconds > 0
+    events: dict[int, dict[str, float]] = {}
+    for line in log.read_text().splitlines():
+        index, event, at = line.split()
+        events.setdefault(int(index), {})[event] = float(at)
+    # inductor's compile workers split the cores between the processes compiling at once
+    assert {event for e in events.values() for event in e if event.startswith("threads:")} == {
+        f"threads:{max(1, (os.cpu_count() or 1) // 2)}"}
+    compiling = [(e["start"], e.get("compiled", e["start"])) for e in events.values()]
+    measuring = sorted((e["measuring"], e["end"]) for e in events.values() if "measuring" in e)
+    alive = [(e["start"], e.get("end", e["start"])) for e in events.values()]
+
+    def most_at_once(spans):
+        return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+
+    assert most_at_once(compiling) <= 2 and most_at_once(alive) <= 3
+    for start, end in measuring:
+        assert not any(a < end and start < b for a, b in compiling), "a measurement beside a compile"
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(measuring, measuring[1:]))
+    in_turn = sorted((e["measuring"], i) for i, e in events.items() if "measuring" in e)
+    assert [i for _, i in in_turn] == [0, 1, 3, 4]
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")  # the user's choice stands
     assert common.share_of_cores(3)["TORCHINDUCTOR_COMPILE_THREADS"] == "5"
+
+
+def test_train_step_gives_every_step_a_process_with_jobs(monkeypatch):
+    """--jobs N: one process per (implementation, setting) with the flags that shape its graph, the
+    slowest to compile first; rows come back in the plan's order (the floor first, SpikingJelly
+    last) with their ratios to the floor, and a process that died gives a row that says so."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import train_step
+
+    seen = {}
+
+    def fake(commands, jobs, on_result):
+        seen["commands"], seen["jobs"] = commands, jobs
+        for position, command in enumerate(commands):
+            impl, setting = command[command.index("--impls") + 1], command[command.index("--settings") + 1]
+            T, B, _ = train_step.SETTINGS[setting]
+            layout, dtype = command[command.index("--layout") + 1], command[command.index("--dtype") + 1]
+            row = {"impl": impl, "T": T, "B": B, "layout": layout, "dtype": dtype,
+                   "ms": {"ann": 10.0, "mpdagl": 11.0, "reference": 20.0}.get(impl)}
+            on_result(position, "its process exited with status 1: boom" if impl == "spikingjelly"
+                      else {"rows": [row]})
+        return [], 1.0
+
+    monkeypatch.setattr(train_step, "compile_then_measure", fake)
+    rows = train_step.main(["--jobs", "3", "--device", "cpu", "--compile-mode", "reduce-overhead",
+                            "--no-layout-optimization"])["rows"]
+    # without --settings, issue 7's table: T2 B128 channels-last (its target) only for ours and the
+    # floor, the reference only at T2 B128 NCHW; the slowest to compile start first
+    assert [(c[c.index("--impls") + 1], c[c.index("--settings") + 1]) for c in seen["commands"]] == (
+        [("reference", "t2b128"), ("spikingjelly", "t4b64"), ("spikingjelly", "t2b128")]
+        + [(impl, setting) for impl in ("mpdagl", "ann") for setting in ("t4b64", "t2b128", "t2b128cl")])
+    assert seen["jobs"] == 3
+    for command in seen["commands"]:
+        assert command[:3] == [sys.executable, "-m", "bench.train_step"] and "--jobs" not in command
+        assert command[command.index("--compile-mode") + 1] == "reduce-overhead"
+        assert "--no-layout-optimization" in command and "--full" not in command and "--batch" not in command
+    assert [(r["impl"], r["T"], r["layout"]) for r in rows] == (
+        [(impl, *setting) for impl in ("ann", "mpdagl") for setting in
+         ((4, "channels_last"), (2, "nchw"), (2, "channels_last"))]
+        + [("reference", 2, "nchw"), ("spikingjelly", 4, "channels_last"), ("spikingjelly", 2, "nchw")])
+    assert [r.get("vs_ann") for r in rows[:7]] == [1.0] * 3 + [1.1] * 3 + [2.0]
+    assert rows[-1]["note"] == "failed: its process exited with status 1: boom" and "ms" not in rows[-1]
+    # --full: a process per layout and dtype too
+    train_step.main(["--jobs", "2", "--device", "cpu", "--full", "--impls", "mpdagl", "--settings", "t4b64"])
+    assert sorted((c[c.index("--layout") + 1], c[c.index("--dtype") + 1]) for c in seen["commands"]) == [
+        ("channels_last", "bf16"), ("channels_last", "fp32"), ("nchw", "bf16"), ("nchw", "fp32")]
+
+
+def test_train_step_process_waits_for_its_turn_before_timing(tmp_path):
+    """A process started by --jobs's parent compiles its step, says so, and times nothing until
+    its turn (given here before it starts)."""
+    (tmp_path / "go").touch()
+    rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
+                 "--impls", "ann", "--warmup", "0", "--repeats", "1", "--turn", str(tmp_path),
+                 json_out=tmp_path / "t.json")["rows"]
+    assert (tmp_path / "ready").exists() and rows[0]["ms"] > 0 and rows[0]["compile_s"] > 0
 
 
 def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):

@@ -41,8 +41,11 @@ def wait_for_turn(folder: str | None) -> None:
     Nothing when the process was not started that way (``folder`` None)."""
     if folder is None:
         return
+    parent = os.getppid()
     Path(folder, "ready").touch()
     while not Path(folder, "go").exists():
+        if os.getppid() != parent:  # orphaned: the turn will never come
+            raise SystemExit("the benchmark that started this process has ended")
         time.sleep(TURN_POLL_S)
 
 
@@ -66,36 +69,41 @@ def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int = MA
     compile_s = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:
         folders = [Path(tmp, str(i)) for i in range(len(commands))]
-        for first in range(0, len(commands), waiting):
-            group = list(range(first, min(first + waiting, len(commands))))
-            started = time.perf_counter()
-            processes: dict[int, subprocess.Popen] = {}
+        processes: dict[int, subprocess.Popen] = {}
 
-            def compiling() -> list[int]:
-                return [i for i, p in processes.items() if p.poll() is None and not (folders[i] / "ready").exists()]
+        def compiling() -> list[int]:
+            return [i for i, p in processes.items() if p.poll() is None and not (folders[i] / "ready").exists()]
 
-            pending = list(group)
-            while pending or compiling():
-                while pending and len(compiling()) < jobs:
-                    i = pending.pop(0)
-                    folders[i].mkdir()
-                    with open(folders[i] / "stdout", "w") as out, open(folders[i] / "stderr", "w") as err:
-                        processes[i] = subprocess.Popen(
-                            [*commands[i], "--turn", str(folders[i]), "--json", str(folders[i] / "out.json")],
-                            stdout=out, stderr=err, env=env, cwd=ROOT)
-                time.sleep(TURN_POLL_S)
-            compile_s += time.perf_counter() - started
-            for i in group:
-                (folders[i] / "go").touch()
-                status = processes[i].wait()
-                payload = folders[i] / "out.json"
-                if status == 0 and payload.exists():
-                    results[i] = json.loads(payload.read_text())
-                else:
-                    last = ((folders[i] / "stderr").read_text().strip().splitlines() or ["no output"])[-1]
-                    results[i] = f"its process exited with status {status}: {last[:120]}"
-                if on_result is not None:
-                    on_result(i, results[i])
+        try:
+            for first in range(0, len(commands), waiting):
+                group = list(range(first, min(first + waiting, len(commands))))
+                started, pending = time.perf_counter(), list(group)
+                while pending or compiling():
+                    while pending and len(compiling()) < jobs:
+                        i = pending.pop(0)
+                        folders[i].mkdir()
+                        with open(folders[i] / "stdout", "w") as out, open(folders[i] / "stderr", "w") as err:
+                            processes[i] = subprocess.Popen(
+                                [*commands[i], "--turn", str(folders[i]), "--json", str(folders[i] / "out.json")],
+                                stdout=out, stderr=err, env=env, cwd=ROOT)
+                    time.sleep(TURN_POLL_S)
+                compile_s += time.perf_counter() - started
+                for i in group:
+                    (folders[i] / "go").touch()
+                    status = processes[i].wait()
+                    payload = folders[i] / "out.json"
+                    if status == 0 and payload.exists():
+                        results[i] = json.loads(payload.read_text())
+                    else:
+                        last = ((folders[i] / "stderr").read_text().strip().splitlines() or ["no output"])[-1]
+                        results[i] = f"its process exited with status {status}: {last[:120]}"
+                    if on_result is not None:
+                        on_result(i, results[i])
+        finally:  # interrupted or failed here: no process may wait for a turn that never comes
+            for process in processes.values():
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
     return results, compile_s
 
 

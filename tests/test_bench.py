@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,7 @@ def note(event):
         f.write(f"{index} {event} {time.monotonic()}\\n")
 note("start")
 note("threads:" + os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
+note(f"pid:{os.getpid()}")
 if compile_s < 0:
     sys.exit("RuntimeError: compile broke")
 time.sleep(compile_s)
@@ -168,6 +170,50 @@ def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypat
     assert [i for _, i in in_turn] == [0, 1, 3, 4]
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "5")  # the user's choice stands
     assert common.share_of_cores(3)["TORCHINDUCTOR_COMPILE_THREADS"] == "5"
+
+
+def child_pids(log: Path) -> list[int]:
+    return [int(line.split()[1][4:]) for line in log.read_text().splitlines() if line.split()[1].startswith("pid:")]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
+
+
+def test_waiting_processes_end_with_their_parent(tmp_path, monkeypatch):
+    """A process waiting for its turn must not outlive the benchmark that started it, holding its
+    GPU memory: the parent kills them when it fails, and an orphan ends by itself."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.common import compile_then_measure
+
+    log = tmp_path / "events"
+    commands = [[sys.executable, "-c", CHILD, str(i), str(log), "0"] for i in range(3)]
+
+    def fail(i, result):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compile_then_measure(commands, jobs=3, on_result=fail)
+    assert len(child_pids(log)) == 3 and all(gone(pid) for pid in child_pids(log))
+    # the parent killed outright (no finally runs): the orphans notice and end
+    log.unlink()
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from bench.common import compile_then_measure; "
+                               f"compile_then_measure({commands!r}, jobs=3, on_result=lambda i, r: input())"],
+                              cwd=ROOT, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while (not log.exists() or log.read_text().count(" compiled ") < 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    pids = child_pids(log)
+    deadline = time.monotonic() + 10
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids) == 3 and all(gone(pid) for pid in pids)
 
 
 def test_train_step_gives_every_step_a_process_with_jobs(monkeypatch):

@@ -4,16 +4,30 @@ Images arrive as uint8 ``[B, C, H, W]`` and leave as float in [0, 1]; event fram
 ``[B, T, C, H, W]`` counts. Our own random choices (crops, flips, rolls, AutoAugment's sub-policy
 per image) are drawn on the CPU from the epoch's generator and shipped to the device; kornia's
 AutoAugment operations draw on the CPU too (keep these modules there), from torch's global
-generator, which the trainer seeds from (seed, epoch) at the start of every epoch. Nothing here
+generator, which the loader sets to a stream of its own per (seed, epoch, rank) while they run
+(``data._KorniaDraws``). Nothing here
 reads a device value back, so on a GPU the host prepares the next batches while queued steps
 run. Either way an epoch's augmentation does not depend on whether the run was resumed.
 """
 
 from __future__ import annotations
 
+from typing import Generator, TypeVar
+
 import torch
 from kornia.augmentation.auto import AutoAugment
 from torch import Tensor, nn
+
+Result = TypeVar("Result")
+
+
+def finish(work: Generator[None, None, Result]) -> Result:
+    """Run a piece-by-piece computation (an augmentation's ``steps``) to its end; its result."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value
 
 
 def random_crop_flip(images: Tensor, size: int, padding: int, generator: torch.Generator) -> Tensor:
@@ -59,6 +73,10 @@ class ImageAugment(nn.Module):
     applied once, to all the images that drew it). The cost is per call, not per image, on a GPU
     (a kornia call is a few milliseconds of host time and a few dozen small launches): 25 kornia
     calls however many images, so the loader augments several batches at once (``Loader``).
+
+    ``steps`` does the same work in ``pieces`` pieces (the crop and flip, then one per sub-policy),
+    so that the loader can interleave the next chunk's augmentation with the training steps of
+    the current one instead of issuing a whole call's ~4,000 dispatches at once.
     """
 
     def __init__(self, size: int, padding: int, autoaugment: bool):
@@ -67,8 +85,13 @@ class ImageAugment(nn.Module):
         self.subpolicies = None
         if autoaugment:
             self.subpolicies = nn.ModuleList(m for _, m in AutoAugment("cifar10").named_children())
+        self.pieces = 1 + (len(self.subpolicies) if autoaugment else 0)
 
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        return finish(self.steps(images, generator))
+
+    def steps(self, images: Tensor, generator: torch.Generator) -> Generator[None, None, Tensor]:
+        """``forward`` as a generator that yields between its ``pieces`` and returns the images."""
         choice = None  # drawn first: the sub-policy of each image, then the crops and flips
         if self.subpolicies is not None:  # the images of each sub-policy, known without a sync
             choice = torch.randint(len(self.subpolicies), (len(images),), generator=generator)
@@ -76,6 +99,7 @@ class ImageAugment(nn.Module):
         if choice is None:
             return x
         for index, subpolicy in enumerate(self.subpolicies):
+            yield
             picked = (choice == index).nonzero().flatten()
             if len(picked):
                 picked = picked.to(x.device, non_blocking=True)
@@ -86,9 +110,16 @@ class ImageAugment(nn.Module):
 class EventAugment(nn.Module):
     """Horizontal flip and a random roll of up to ``max_shift`` pixels along both axes."""
 
+    pieces = 1  # see ImageAugment.steps
+
     def __init__(self, max_shift: int = 5):
         super().__init__()
         self.max_shift = max_shift
+
+    def steps(self, frames: Tensor, generator: torch.Generator) -> Generator[None, None, Tensor]:
+        """``forward`` in one piece (see ``ImageAugment.steps``)."""
+        return self(frames, generator)
+        yield  # unreachable: makes this a generator, of a single piece
 
     def forward(self, frames: Tensor, generator: torch.Generator) -> Tensor:  # [B, T, C, H, W]
         x = frames.float()

@@ -11,12 +11,13 @@ whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import os
 from importlib import resources
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 import torch
@@ -369,7 +370,9 @@ class Loader:
 
     Training batches get the dataset's augmentation (see :mod:`mpdagl_triton.augment`) on the
     device, several batches per call (up to ``augment_chunk_elements``); every batch is then
-    normalized by the dataset's mean and std.
+    normalized by the dataset's mean and std. With ``interleave`` (the default) the next chunk is
+    augmented a few pieces at a time after each batch of the current one, instead of all at once
+    when its first batch is asked for.
 
     With several processes (``world`` > 1), ``batch_size`` is the global batch: every process
     walks the same permutation and takes its contiguous share of each training batch, so the
@@ -378,7 +381,7 @@ class Loader:
 
     def __init__(self, split: Split, dataset: Dataset, batch_size: int, device: torch.device,
                  train: bool, workers: int = 0, rank: int = 0, world: int = 1,
-                 augment_chunk_elements: int = AUGMENT_CHUNK_ELEMENTS):
+                 augment_chunk_elements: int = AUGMENT_CHUNK_ELEMENTS, interleave: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if train and batch_size % world:
@@ -388,7 +391,7 @@ class Loader:
                              f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
-        self.augment_chunk_elements = augment_chunk_elements
+        self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave
         # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
         # drawn there and shipped without a sync, and nothing is read back from the device
         # (tests/test_data.py checks it): the host augments the next chunk while the GPU trains
@@ -428,9 +431,22 @@ class Loader:
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         # one batch's indices as they are: a cat of one would copy them (a device kernel per batch)
         indices = [chunk[0] if len(chunk) == 1 else torch.cat(chunk) for chunk in chunks]
-        for chunk, (images, labels) in zip(chunks, self._gather(indices)):
+        gathered, kornia = self._gather(indices), _KorniaDraws(epoch_seed(seed, epoch) + self.rank)
+        upcoming = None
+        for k, chunk in enumerate(chunks):
+            if upcoming is None:  # the epoch's first chunk: nothing to train on meanwhile
+                upcoming = _InPieces(self._prepare(*next(gathered), gen), kornia)
+            images, labels = upcoming.finish()
+            # the next chunk's augmentation, a few pieces after each of this chunk's batches: the
+            # host never issues a whole call's dispatches at once, which would fill CUDA's launch
+            # queue behind the queued steps and leave the GPU idle for the call's remainder
+            upcoming = _InPieces(self._prepare(*next(gathered), gen), kornia) if k + 1 < len(chunks) else None
             sizes = [len(batch) for batch in chunk]
-            yield from zip(self._prepare(images, gen).split(sizes), labels.split(sizes))
+            pieces_per_batch = -(-self._pieces() // len(chunk)) if self.interleave else 0
+            for batch in zip(images.split(sizes), labels.split(sizes)):
+                yield batch
+                if upcoming is not None:
+                    upcoming.advance(pieces_per_batch)
 
     def _batches_per_chunk(self, batch_size: int) -> int:
         """Training batches augmented together (one batch without augmentation)."""
@@ -449,11 +465,60 @@ class Loader:
         for images, labels in loader:
             yield images.to(self.device), labels.to(self.device)
 
-    def _prepare(self, images: Tensor, gen: torch.Generator) -> Tensor:
+    def _pieces(self) -> int:
+        return 1 if self.augment is None else self.augment.pieces
+
+    def _prepare(self, images: Tensor, labels: Tensor,
+                 gen: torch.Generator) -> Generator[None, None, tuple[Tensor, Tensor]]:
+        """A chunk's augmentation and normalization, in ``_pieces()`` pieces (``augment.steps``)."""
         if self.augment is not None:
-            x = self.augment(images, gen)
+            x = yield from self.augment.steps(images, gen)
         elif images.dtype == torch.uint8:
             x = images.float() / 255
         else:
             x = images.float()
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std, labels
+
+
+class _KorniaDraws:
+    """torch's global CPU generator, from which kornia draws its augmentation parameters, as a
+    stream of its own per (seed, epoch, rank): the global generator holds this stream's state
+    only while a piece of augmentation runs, so the draws do not depend on what runs between the
+    pieces (the training steps interleaved with them)."""
+
+    def __init__(self, seed: int):
+        self.state = torch.Generator().manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        outside = torch.get_rng_state()
+        torch.set_rng_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outside)
+
+
+class _InPieces:
+    """One chunk's preparation (``Loader._prepare``), run a few pieces at a time with kornia's draws."""
+
+    def __init__(self, work: Generator, draws: _KorniaDraws):
+        self.work, self.draws, self.done, self.result = work, draws, False, None
+
+    def advance(self, pieces: int) -> None:
+        if self.done:  # an exhausted generator would return None
+            return
+        with self.draws.active():
+            for _ in range(pieces):
+                try:
+                    next(self.work)
+                except StopIteration as stop:
+                    self.done, self.result = True, stop.value
+                    return
+
+    def finish(self):
+        """The rest of the work; its result."""
+        while not self.done:
+            self.advance(1 << 30)
+        return self.result

@@ -476,7 +476,6 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     readout = LaggedReadout(device)
-    torch.manual_seed(data.epoch_seed(cfg.seed, epoch) + dist.rank)  # kornia's draws: same epoch, same augmentation
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
         if cfg.check_finite and not bool(torch.isfinite(images).all()):
             raise ValueError(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")

@@ -406,8 +406,8 @@ def test_training_batches_are_augmented_several_at_a_time():
     loader = data.Loader(split, ds, 10, torch.device("cpu"), train=True,
                          augment_chunk_elements=4 * 10 * 3 * 8 * 8)  # 4 batches of 10 a call
     calls = []
-    augment = loader.augment.forward
-    loader.augment.forward = lambda x, gen: calls.append(len(x)) or augment(x, gen)
+    steps = loader.augment.steps
+    loader.augment.steps = lambda x, gen: calls.append(len(x)) or steps(x, gen)
     batches = list(loader.epoch(3, 1))
     assert calls == [40, 40, 30] and len(batches) == len(loader) == 11
     order = torch.randperm(110, generator=data.epoch_generator(3, 1))
@@ -417,6 +417,50 @@ def test_training_batches_are_augmented_several_at_a_time():
     torch.manual_seed(1)  # crop and flip draw from the epoch's generator only
     assert all(torch.equal(x, again) for (x, _), (again, _) in zip(batches, loader.epoch(3, 1)))
     assert not torch.equal(batches[0][0], images[order[:10]].float() / 255 - 0.5)  # augmented
+
+
+def test_the_next_chunk_is_augmented_between_the_batches_of_this_one():
+    """One AutoAugment call is ~4,000 dispatches; on a GPU, issued at once behind queued steps,
+    they fill CUDA's launch queue and the GPU idles for the rest of the call. The loader spreads
+    the next chunk's augmentation over the current chunk's batches, a few pieces after each. The
+    batches do not depend on what runs between them: kornia's draws come from a stream of the
+    loader's own, whatever the training loop draws from torch's global generator meanwhile."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
+    split = data.Split(images, torch.arange(512) % 10)
+    ds = data.Dataset("fake", split, split, [str(i) for i in range(10)], data.CIFAR_MEAN, data.CIFAR_STD, "cifar")
+    loader = data.Loader(split, ds, 64, torch.device("cpu"), train=True,
+                         augment_chunk_elements=256 * 3 * 32 * 32)  # two chunks of four batches
+    gaps, batches = [], iter(loader.epoch(0, 1))
+    with Count() as count:
+        while True:
+            before = count.calls
+            try:
+                next(batches)
+            except StopIteration:
+                break
+            gaps.append(count.calls - before)
+    # the first batch waits for its whole chunk; the second chunk is done after batches 1-4
+    assert len(gaps) == 8 and all(gap > 0 for gap in gaps[1:5]), gaps
+    assert max(gaps[1:]) < gaps[0] / 2 < sum(gaps[1:5]), gaps
+    plain = list(loader.epoch(0, 1))
+    beside_steps = []
+    for batch in loader.epoch(0, 1):
+        beside_steps.append(batch)
+        torch.rand(100)  # a training step drawing from the global generator
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(plain, beside_steps))
+    assert not torch.equal(plain[4][0], list(loader.epoch(0, 2))[4][0])  # another epoch, other draws
+    at_once = data.Loader(split, ds, 64, torch.device("cpu"), train=True, interleave=False,
+                          augment_chunk_elements=256 * 3 * 32 * 32)  # the same batches, only later
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(plain, at_once.epoch(0, 1)))
 
 
 @pytest.mark.parametrize("augmentation", ["cifar", "crop-flip", "dvs"])

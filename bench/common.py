@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -95,7 +96,9 @@ def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int = MA
                     if status == 0 and payload.exists():
                         results[i] = json.loads(payload.read_text())
                     else:
-                        last = ((folders[i] / "stderr").read_text().strip().splitlines() or ["no output"])[-1]
+                        stderr = (folders[i] / "stderr").read_text().strip()
+                        print(f"{' '.join(commands[i][2:])} failed:\n{stderr[-2000:]}", file=sys.stderr)
+                        last = (stderr.splitlines() or ["no output"])[-1]
                         results[i] = f"its process exited with status {status}: {last[:120]}"
                     if on_result is not None:
                         on_result(i, results[i])

@@ -131,7 +131,7 @@ Path(out).write_text(json.dumps({"rows": [{"index": int(index)}]}))
 """
 
 
-def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypatch):
+def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypatch, capsys):
     """Processes compile `jobs` at a time, at most `waiting` alive; each measures only once none
     is compiling, one at a time, in the commands' order; a process that dies says how."""
     monkeypatch.syspath_prepend(str(ROOT))
@@ -146,6 +146,7 @@ def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypat
     results, seconds = compile_then_measure(commands, jobs=2, waiting=3,
                                             on_result=lambda i, result: arrived.append((i, result)))
     assert results[2] == "its process exited with status 1: RuntimeError: compile broke"
+    assert "compile broke" in capsys.readouterr().err  # the dead process's stderr, for the log
     assert [r["rows"][0]["index"] for i, r in enumerate(results) if i != 2] == [0, 1, 3, 4]
     assert arrived == list(enumerate(results)) and seconds > 0
     events: dict[int, dict[str, float]] = {}

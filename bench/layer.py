@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     # in processes of their own: SpikingJelly always (see the module docstring), with --jobs every
     # compiled implementation; the rest here, first, while nothing else runs
     own_process = () if args.turn else (COMPILED if args.jobs else ISOLATED)
-    bandwidth = copy_bandwidth_gbs(device)
+    bandwidth = None if args.turn else copy_bandwidth_gbs(device)  # the parent's: measured alone
     measured = {}
 
     def add(item: tuple[str, str, str], row: dict) -> None:

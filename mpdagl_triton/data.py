@@ -372,7 +372,8 @@ class Loader:
     device, several batches per call (up to ``augment_chunk_elements``); every batch is then
     normalized by the dataset's mean and std. With ``interleave`` (the default) the next chunk is
     augmented a few pieces at a time after each batch of the current one, instead of all at once
-    when its first batch is asked for.
+    when its first batch is asked for; after an epoch's last chunk comes the first of the next
+    epoch, used when ``epoch(seed, epoch + 1)`` is asked for next.
 
     With several processes (``world`` > 1), ``batch_size`` is the global batch: every process
     walks the same permutation and takes its contiguous share of each training batch, so the
@@ -392,6 +393,7 @@ class Loader:
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
         self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave
+        self._ahead: _EpochPlan | None = None  # the next epoch, its first chunk started in this one's last
         # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
         # drawn there and shipped without a sync, and nothing is read back from the device
         # (tests/test_data.py checks it): the host augments the next chunk while the GPU trains
@@ -412,6 +414,34 @@ class Loader:
         return batches
 
     def epoch(self, seed: int, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        plan, self._ahead = self._ahead, None
+        if plan is None or plan.key != (seed, epoch):
+            plan = self._plan(seed, epoch)
+        upcoming = plan.first
+        for k, chunk in enumerate(plan.chunks):
+            if upcoming is None:  # nothing to train on meanwhile
+                upcoming = next(plan.prepared)
+            images, labels = upcoming.finish()
+            # the next chunk's augmentation, a few pieces after each of this chunk's batches: the
+            # host never issues a whole call's dispatches at once, which would fill CUDA's launch
+            # queue behind the queued steps and leave the GPU idle for the call's remainder; after
+            # the epoch's last chunk comes the next epoch's first
+            if k + 1 < len(plan.chunks):
+                upcoming = next(plan.prepared)
+            elif self.augment is not None:
+                self._ahead = self._plan(seed, epoch + 1)
+                upcoming = self._ahead.first = next(self._ahead.prepared)
+            else:
+                upcoming = None
+            sizes = [len(batch) for batch in chunk]
+            pieces_per_batch = -(-self._pieces() // len(chunk)) if self.interleave else 0
+            for batch in zip(images.split(sizes), labels.split(sizes)):
+                yield batch
+                if upcoming is not None:
+                    upcoming.advance(pieces_per_batch)
+
+    def _plan(self, seed: int, epoch: int) -> _EpochPlan:
+        """One epoch's chunks of batches, and their preparation, started chunk by chunk."""
         gen = epoch_generator(seed, epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
@@ -431,22 +461,9 @@ class Loader:
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         # one batch's indices as they are: a cat of one would copy them (a device kernel per batch)
         indices = [chunk[0] if len(chunk) == 1 else torch.cat(chunk) for chunk in chunks]
-        gathered, kornia = self._gather(indices), _KorniaDraws(epoch_seed(seed, epoch) + self.rank)
-        upcoming = None
-        for k, chunk in enumerate(chunks):
-            if upcoming is None:  # the epoch's first chunk: nothing to train on meanwhile
-                upcoming = _InPieces(self._prepare(*next(gathered), gen), kornia)
-            images, labels = upcoming.finish()
-            # the next chunk's augmentation, a few pieces after each of this chunk's batches: the
-            # host never issues a whole call's dispatches at once, which would fill CUDA's launch
-            # queue behind the queued steps and leave the GPU idle for the call's remainder
-            upcoming = _InPieces(self._prepare(*next(gathered), gen), kornia) if k + 1 < len(chunks) else None
-            sizes = [len(batch) for batch in chunk]
-            pieces_per_batch = -(-self._pieces() // len(chunk)) if self.interleave else 0
-            for batch in zip(images.split(sizes), labels.split(sizes)):
-                yield batch
-                if upcoming is not None:
-                    upcoming.advance(pieces_per_batch)
+        kornia = _KorniaDraws(epoch_seed(seed, epoch) + self.rank)
+        prepared = (_InPieces(self._prepare(images, labels, gen), kornia) for images, labels in self._gather(indices))
+        return _EpochPlan((seed, epoch), chunks, prepared)
 
     def _batches_per_chunk(self, batch_size: int) -> int:
         """Training batches augmented together (one batch without augmentation)."""
@@ -478,6 +495,14 @@ class Loader:
         else:
             x = images.float()
         return (x - self.mean) / self.std, labels
+
+
+@dataclasses.dataclass
+class _EpochPlan:
+    key: tuple[int, int]  # (seed, epoch)
+    chunks: list[list[Tensor]]  # the batches' indices, chunk by chunk
+    prepared: Iterator[_InPieces]  # each chunk's preparation, started when drawn
+    first: _InPieces | None = None  # the first chunk's, when started during the previous epoch
 
 
 class _KorniaDraws:

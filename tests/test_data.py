@@ -409,7 +409,7 @@ def test_training_batches_are_augmented_several_at_a_time():
     steps = loader.augment.steps
     loader.augment.steps = lambda x, gen: calls.append(len(x)) or steps(x, gen)
     batches = list(loader.epoch(3, 1))
-    assert calls == [40, 40, 30] and len(batches) == len(loader) == 11
+    assert calls == [40, 40, 30, 40] and len(batches) == len(loader) == 11  # 40: epoch 2's first chunk
     order = torch.randperm(110, generator=data.epoch_generator(3, 1))
     for i, (x, labels) in enumerate(batches):
         assert x.shape == (10, 3, 8, 8) and x.dtype == torch.float32
@@ -461,6 +461,41 @@ def test_the_next_chunk_is_augmented_between_the_batches_of_this_one():
     at_once = data.Loader(split, ds, 64, torch.device("cpu"), train=True, interleave=False,
                           augment_chunk_elements=256 * 3 * 32 * 32)  # the same batches, only later
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(plain, at_once.epoch(0, 1)))
+
+
+def test_the_next_epochs_first_chunk_is_augmented_during_this_epochs_last():
+    """An epoch's first batch waits for its whole chunk's augmentation (on the H100 host ~150 ms,
+    the GPU idle) unless the loader started it during the previous epoch's last chunk; it does,
+    and the batches are those of the epoch started afresh. Asking for another epoch than the next
+    starts that one afresh."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8)
+    split = data.Split(images, torch.arange(512) % 10)
+    ds = data.Dataset("fake", split, split, [str(i) for i in range(10)], data.CIFAR_MEAN, data.CIFAR_STD, "cifar")
+
+    def loader():
+        return data.Loader(split, ds, 64, torch.device("cpu"), train=True, augment_chunk_elements=256 * 3 * 32 * 32)
+
+    trained, fresh = loader(), loader()
+    with Count() as afresh:
+        next(fresh.epoch(0, 2))
+    for _ in trained.epoch(0, 1):
+        pass
+    with Count() as ahead:
+        second = trained.epoch(0, 2)
+        first_batch = next(second)
+    assert ahead.calls < afresh.calls / 4, (ahead.calls, afresh.calls)
+    expected = list(loader().epoch(0, 2))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip([first_batch, *second], expected))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(trained.epoch(0, 5), loader().epoch(0, 5)))
 
 
 @pytest.mark.parametrize("augmentation", ["cifar", "crop-flip", "dvs"])

@@ -491,7 +491,6 @@ def test_training_batches_never_wait_for_the_device(augmentation):
     kornia's through its helper that is non-blocking on CUDA (blocking only off CUDA)."""
     import sys
 
-
     class Copies(TorchDispatchMode):
         def __init__(self):
             super().__init__()

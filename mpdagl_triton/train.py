@@ -88,6 +88,9 @@ RECIPES: dict[str, dict] = {
                           batch_size=100, lr=0.1, optimizer="sgd", weight_decay=1e-4),
 }
 
+#: optimizer settings that say how it steps, not what it computes: a resume keeps its own
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+
 #: Fields a resumed run may change; every other one must match the checkpoint.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "compile_mode", "out", "probe_size",
                        "data_path", "check_finite")
@@ -305,12 +308,20 @@ def build_model(cfg: TrainConfig, dataset: data.Dataset) -> models.SpikingNetwor
     )
 
 
+def optimizer_implementation(device: torch.device) -> dict:
+    """How the optimizer steps on ``device``: fused on CUDA (one kernel for all parameters instead
+    of a few foreach kernels, and GradScaler's inf check stays on the device: fp16 steps without
+    a sync), torch's default elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module):
-    params = model.parameters()  # weight decay on all parameters, as the authors' code does
+    params = list(model.parameters())  # weight decay on all parameters, as the authors' code does
+    implementation = optimizer_implementation(params[0].device)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, **implementation)
     else:
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **implementation)
     # cosine to 0 over the epochs, stepped per epoch; closed form, so a resume that extends
     # --epochs continues on the longer curve
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -385,7 +396,11 @@ def restore(tensors: dict, state: dict, model, optimizer, scheduler, scaler) -> 
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             slots.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": state["optimizer"]["param_groups"]})
+    # how to step is this machine's choice (a CUDA run may resume on the CPU), not the checkpoint's;
+    # set before loading, which places the state (Adam's step counts) by these flags
+    groups = [{**saved, **{k: group[k] for k in IMPLEMENTATION_FLAGS if k in group}}
+              for saved, group in zip(state["optimizer"]["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
     scheduler.load_state_dict(state["scheduler"])
     for group, base, rule in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
         group["lr"] = base * rule(scheduler.last_epoch)  # the current curve, should --epochs change

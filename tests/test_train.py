@@ -101,6 +101,56 @@ def test_eval_reads_the_dataset_where_the_run_did(tmp_path, capsys):
         assert f"cifar10 test accuracy {last['test_acc']:.4f}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_resume_steps_the_optimizer_as_this_machine_does(tmp_path, monkeypatch, optimizer):
+    """CUDA runs step a fused optimizer; a resume, maybe on another device, keeps its own choice
+    and the checkpoint's hyperparameters and slots."""
+    assert train_module.optimizer_implementation(torch.device("cuda")) == {"fused": True}
+    assert train_module.optimizer_implementation(torch.device("cpu")) == {}
+    monkeypatch.setattr(train_module, "optimizer_implementation", lambda device: {"fused": True})  # as on CUDA
+    train(short(tmp_path, epochs=1, optimizer=optimizer))
+    monkeypatch.undo()
+    restored = []
+    restore = train_module.restore
+
+    def watch(tensors, state, model, opt, *args):
+        restore(tensors, state, model, opt, *args)
+        restored.append((state["optimizer"]["param_groups"][0]["fused"], opt.param_groups[0]["fused"],
+                         next(iter(opt.state.values()))))
+
+    monkeypatch.setattr(train_module, "restore", watch)
+    result = train(short(tmp_path, epochs=2, optimizer=optimizer), resume=True)
+    (saved_fused, fused, slots), = restored
+    assert saved_fused is True and not fused and math.isfinite(result["train_loss"])
+    assert set(slots) == ({"momentum_buffer"} if optimizer == "sgd" else {"step", "exp_avg", "exp_avg_sq"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GradScaler and fused optimizers on CUDA")
+def test_an_fp16_step_on_cuda_does_not_wait_for_the_gpu():
+    """fp16 needs GradScaler, whose inf check reads a value back every step unless the optimizer
+    takes it on the device (fused optimizers do): a training step must not sync."""
+    cfg = TrainConfig(amp="fp16", device="cuda")
+    model = M.models.create("tiny", 10, 2, in_channels=1, input_size=8).cuda()
+    optimizer, _ = train_module.build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cuda")
+    images, labels = torch.rand(16, 1, 8, 8, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = train_module.loss_fn(cfg, model(images, return_timesteps=True), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step()  # lazy initialisations (the scaler's, the optimizer's state) may sync once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def test_load_gives_identical_logits(tmp_path):
     train(short(tmp_path, epochs=1))
     model = M.load(tmp_path / "run")

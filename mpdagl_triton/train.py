@@ -251,10 +251,19 @@ class Distributed:
 
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # init_distributed created torch.distributed's process group
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def leave(self) -> None:
+        """Destroy the process group this run created, once every process is done with it. Left
+        to the interpreter's exit, gloo's threads were sometimes torn down in an order that
+        aborted a process ("terminate called without an active exception")."""
+        if self.owns_group and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -286,9 +295,10 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not torch.distributed.is_initialized():
+    owns_group = not torch.distributed.is_initialized()
+    if owns_group:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world), device
+    return Distributed(rank, world, owns_group), device
 
 
 def uses_channels_last(channels_last: bool | None, device: torch.device) -> bool:
@@ -669,4 +679,6 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
         dist.barrier()
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    del wrapped, step_model  # DDP's reducer holds the process group: gone before the group is
+    dist.leave()
     return {**row, "best_acc": best_acc, "out": str(out)}

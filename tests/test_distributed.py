@@ -143,3 +143,20 @@ def test_torchrun_train_command(tmp_path, capsys):
     assert M.load(out).num_classes == 10
     assert cli.main(["eval", "--checkpoint", str(out), "--batch-size", "400", "--device", "cpu"]) == 0
     assert f"test accuracy {rows[0]['test_acc']:.4f}, loss {rows[0]['test_loss']:.4f}" in capsys.readouterr().out
+
+
+def test_a_run_destroys_the_process_group_it_created(tmp_path):
+    """Left to the interpreter's exit, gloo's teardown sometimes aborted a torchrun process
+    ("terminate called without an active exception"): a run destroys the group it created, and
+    leaves alone one its caller made."""
+    from mpdagl_triton.train import Distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        Distributed(0, 1, owns_group=False).leave()
+        assert dist.is_initialized()
+        Distributed(0, 1, owns_group=True).leave()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

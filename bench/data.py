@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         train = {"split": "train (augmented)", "augmentation": dataset.augmentation, "chunk": chunk,
                  "samplers": samplers, "interleaved": "yes" if interleave else "no"}
         rows.append({**train, "images": seen, "images_per_s": seen / seconds, "device": device.type})
-        if step is not None:  # the last epoch again, a stand-in step after each batch
-            together, seen, batches = epoch_seconds(loader, args.epochs - 1, step)
+        if step is not None:  # the next epoch (its first chunk started in the last), a stand-in step after each batch
+            together, seen, batches = epoch_seconds(loader, args.epochs, step)
             steps_alone = batches * args.step_ms / 1e3
             rows.append({**train, "split": f"train + {args.step_ms:g} ms step", "images": seen,
                          "images_per_s": seen / together, "device": device.type,

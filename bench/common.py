@@ -30,10 +30,22 @@ def share_of_cores(jobs: int) -> dict[str, str]:
     return env
 
 
-#: benchmark processes alive at once in ``compile_then_measure`` (compiled, waiting for their turn):
-#: each holds a CUDA context and its step's memory, ~2-4 GiB for a ResNet-19 step
+#: benchmark processes alive at once in ``compile_then_measure`` (compiled, waiting for their turn),
+#: at most, and what each may hold: a ResNet-19 step's process had ~3 GiB of host memory after
+#: compiling, and holds a CUDA context, its step's memory and the allocator's cache on the GPU
 MAX_WAITING = 12
+HOST_GIB_PER_PROCESS, GPU_GIB_PER_PROCESS = 4, 6
 TURN_POLL_S = 0.01
+
+
+def processes_that_fit() -> int:
+    """How many benchmark processes may wait at once on this machine (``MAX_WAITING`` at most)."""
+    fit = MAX_WAITING
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        fit = min(fit, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (HOST_GIB_PER_PROCESS << 30))
+    if torch.cuda.is_available():
+        fit = min(fit, torch.cuda.get_device_properties(0).total_memory // (GPU_GIB_PER_PROCESS << 30))
+    return max(1, int(fit))
 
 
 def wait_for_turn(folder: str | None) -> None:
@@ -50,7 +62,7 @@ def wait_for_turn(folder: str | None) -> None:
         time.sleep(TURN_POLL_S)
 
 
-def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int = MAX_WAITING,
+def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int | None = None,
                          on_result: Callable[[int, dict | str], None] | None = None) -> tuple[list[dict | str], float]:
     """Run benchmark processes that compile in parallel, then measure one at a time.
 
@@ -60,12 +72,14 @@ def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int = MA
     compiled waits, holding what it compiled. Once none is compiling, each measures in turn, alone
     on the machine: timings do not share the GPU or the host with a compile, and no process loads
     its compiled code again (from torch.compile's caches that took 2-29 s per step in run 7).
-    At most ``waiting`` processes are alive at once; more commands run in groups of that size.
+    At most ``waiting`` processes are alive at once (default: ``processes_that_fit()``, 12 on an
+    H100 machine); more commands run in groups of that size.
 
     Returns each command's JSON payload, in the commands' order, or a line saying why it has none,
     and the seconds spent before the measuring (compiling, in all groups). ``on_result(i, result)``
     gets each as soon as it is measured (a run cut short keeps what it measured)."""
     env = share_of_cores(jobs)
+    waiting = waiting or processes_that_fit()
     results: list[dict | str] = ["not run"] * len(commands)
     compile_s = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-turns-") as tmp:

@@ -217,6 +217,20 @@ def test_waiting_processes_end_with_their_parent(tmp_path, monkeypatch):
     assert len(pids) == 3 and all(gone(pid) for pid in pids)
 
 
+def test_waiting_processes_fit_the_machine(monkeypatch):
+    """Compiled processes wait holding their memory: no more than the machine holds (4 GiB of host
+    memory each, 6 GiB of GPU memory on CUDA), 12 at most, 1 at least."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import common
+
+    pages = {"SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(common.os, "sysconf", lambda name: pages[name])
+    for host_gib, fit in [(9, 2), (128, 12), (2, 1)]:
+        pages["SC_PHYS_PAGES"] = (host_gib << 30) // 4096
+        assert common.processes_that_fit() == (fit if not torch.cuda.is_available() else min(
+            fit, torch.cuda.get_device_properties(0).total_memory // (6 << 30)) or 1)
+
+
 def test_train_step_gives_every_step_a_process_with_jobs(monkeypatch):
     """--jobs N: one process per (implementation, setting) with the flags that shape its graph, the
     slowest to compile first; rows come back in the plan's order (the floor first, SpikingJelly

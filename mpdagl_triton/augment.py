@@ -5,9 +5,9 @@ Images arrive as uint8 ``[B, C, H, W]`` and leave as float in [0, 1]; event fram
 per image) are drawn on the CPU from the epoch's generator and shipped to the device; kornia's
 AutoAugment operations draw on the CPU too (keep these modules there), from torch's global
 generator, which the loader sets to a stream of its own per (seed, epoch, rank) while they run
-(``data._KorniaDraws``). Nothing here
-reads a device value back, so on a GPU the host prepares the next batches while queued steps
-run. Either way an epoch's augmentation does not depend on whether the run was resumed.
+(``data._KorniaDraws``). Nothing here reads a device value back, so on a GPU the host prepares
+the next batches while queued steps run. Either way an epoch's augmentation does not depend on
+whether the run was resumed.
 """
 
 from __future__ import annotations

@@ -198,12 +198,12 @@ def test_waiting_processes_end_with_their_parent(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        compile_then_measure(commands, jobs=3, on_result=fail)
+        compile_then_measure(commands, jobs=3, waiting=3, on_result=fail)
     assert len(child_pids(log)) == 3 and all(gone(pid) for pid in child_pids(log))
     # the parent killed outright (no finally runs): the orphans notice and end
     log.unlink()
     parent = subprocess.Popen([sys.executable, "-c", "import sys; from bench.common import compile_then_measure; "
-                               f"compile_then_measure({commands!r}, jobs=3, on_result=lambda i, r: input())"],
+                               f"compile_then_measure({commands!r}, jobs=3, waiting=3, on_result=lambda i, r: input())"],
                               cwd=ROOT, stdin=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while (not log.exists() or log.read_text().count(" compiled ") < 3) and time.monotonic() < deadline:

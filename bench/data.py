@@ -5,7 +5,6 @@
     python -m bench.data --synthetic 50000          # CIFAR-10-shaped random images, full augmentation
     python -m bench.data --synthetic 50000 --step-ms 10   # next to a 10 ms stand-in step (CUDA)
     python -m bench.data --synthetic 50000 --augment-chunks 4096 16384   # images per augmentation call
-    python -m bench.data --synthetic 50000 --step-ms 10 --compare-samplers   # kornia's samplers on the CPU vs the device
     python -m bench.data --synthetic 50000 --step-ms 10 --compare-interleave # each chunk augmented at once vs interleaved
 
 On CUDA the split lives on the GPU; on the CPU batches come through a DataLoader. ``--step-ms``
@@ -65,8 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="images augmented per call, one training row each (default: the loader's)")
     parser.add_argument("--compare-interleave", action="store_true",
                         help="also with each chunk augmented all at once, not interleaved with the batches before it")
-    parser.add_argument("--compare-samplers", action="store_true",
-                        help="also with kornia's random samplers on the device, as the loader had them before run 7")
     parser.add_argument("--step-ms", type=float,
                         help="also time training batches with a stand-in GPU step of this many ms after each (CUDA)")
     parser.add_argument("--json")
@@ -100,18 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     sample_elements = math.prod(dataset.train.images.shape[1:])
     rows = []
     chunks = args.augment_chunks or [data.AUGMENT_CHUNK_ELEMENTS // sample_elements]
-    variants = [(chunk, samplers, interleave) for chunk in chunks
-                for samplers in (["cpu", "device"] if args.compare_samplers else ["cpu"])
+    variants = [(chunk, interleave) for chunk in chunks
                 for interleave in ([True, False] if args.compare_interleave else [True])]
-    for chunk, samplers, interleave in variants:
+    for chunk, interleave in variants:
         loader = data.Loader(dataset.train, dataset, args.batch_size, device, train=True, workers=args.workers,
                              augment_chunk_elements=chunk * sample_elements, interleave=interleave)
-        if samplers == "device" and loader.augment is not None:  # the loader before run 7
-            loader.augment.to(device)
         for epoch in range(args.epochs):
             seconds, seen, batches = epoch_seconds(loader, epoch)
         train = {"split": "train (augmented)", "augmentation": dataset.augmentation, "chunk": chunk,
-                 "samplers": samplers, "interleaved": "yes" if interleave else "no"}
+                 "interleaved": "yes" if interleave else "no"}
         rows.append({**train, "images": seen, "images_per_s": seen / seconds, "device": device.type})
         if step is not None:  # the next epoch (its first chunk started in the last), a stand-in step after each batch
             together, seen, batches = epoch_seconds(loader, args.epochs, step)
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows.append({"split": "test", "augmentation": "none", "images": seen, "images_per_s": seen / seconds,
                  "device": device.type})
     print(f"{args.dataset}: loaded in {load_s:.1f} s")
-    print_table(rows, ["split", "augmentation", "chunk", "samplers", "interleaved", "images", "images_per_s", "device",
+    print_table(rows, ["split", "augmentation", "chunk", "interleaved", "images", "images_per_s", "device",
                        "overlap"])
     payload = {"benchmark": "data", "dataset": args.dataset, "load_seconds": load_s,
                "environment": environment(device), "rows": rows}

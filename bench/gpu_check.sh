@@ -81,7 +81,7 @@ for stage in $stages; do
                   --impls fused fused-compiled reference-compiled --json "$OUT/layer_stem.json" ;;
     step-others) run step_others 150 python3 -m bench.train_step --jobs 4 --impls spikingjelly reference \
                    --json "$OUT/train_step_others.json" ;;
-    data) run data 90 python3 -m bench.data --synthetic 20000 --batch-size 128 --step-ms 10 --augment-chunks 4096 16384 --compare-samplers --compare-interleave \
+    data) run data 90 python3 -m bench.data --synthetic 20000 --batch-size 128 --step-ms 10 --augment-chunks 4096 16384 --compare-interleave \
             --json "$OUT/data.json" ;;
     probe) run probe 60 python3 -m bench.probe --arch resnet19 --images 50000 --batch-size 128 -T 2 --size 32 \
              --channels 3 --json "$OUT/probe.json" ;;

@@ -73,7 +73,7 @@ for stage in $stages; do
     breaks) run breaks 90 python3 -m bench.graph_breaks --json "$OUT/graph_breaks.json" ;;
     dispatch) run dispatch 60 python3 -m bench.dispatch --device cuda --json "$OUT/dispatch.json" ;;
     layer) run layer 80 python3 -m bench.layer --jobs 3 --shapes 4x64x128x32x32 --dtypes fp32 --json "$OUT/layer.json" ;;
-    step-nchw) run step_nchw 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \
+    step-nchw) run step_nchw 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 --profile 3 \
                  --json "$OUT/train_step_nchw.json"
                run step_nchw_no_layout_opt 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --settings t2b128 \
                  --no-layout-optimization --json "$OUT/train_step_nchw_no_layout_opt.json" ;;

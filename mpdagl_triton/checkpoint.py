@@ -15,8 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from mpdagl_triton.errors import InvalidInput
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InvalidInput):
     """A checkpoint is missing, corrupt, or does not match what it claims to hold."""
 
 

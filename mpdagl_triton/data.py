@@ -24,16 +24,17 @@ import torch
 from torch import Tensor
 
 from mpdagl_triton import augment as augmentations
+from mpdagl_triton.errors import InvalidInput, Unavailable
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(Unavailable):
     """A dataset could not be fetched or read."""
 
 
-class CorruptImageError(ValueError):
+class CorruptImageError(InvalidInput):
     """An image in a dataset cannot be decoded."""
 
 

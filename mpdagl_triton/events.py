@@ -28,12 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mpdagl_triton.errors import InvalidInput
+
 SENSOR = 128
 FRAME_SIZE = 48
 FINGERPRINT_NAME = "recordings.sha256"  # in the converted dataset's folder: what it was made from
 
 
-class EventFileError(ValueError):
+class EventFileError(InvalidInput):
     """An AEDAT file that cannot be parsed."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mpdagl_triton.errors import Unavailable
 from mpdagl_triton.checkpoint import CheckpointError, read_json, read_jsonl
 from mpdagl_triton.models import SpikingNetwork
 from mpdagl_triton.models.network import CONFIG_NAME, LIBRARY, WEIGHTS_NAME
@@ -45,7 +46,7 @@ CITATION = """@inproceedings{jiang2025mpdagl,
 }"""
 
 
-class HubError(RuntimeError):
+class HubError(Unavailable):
     """The Hub refused or could not serve a request."""
 
 

@@ -10,21 +10,12 @@ Public API:
     models                               the model zoo (models.create, models.available)
 """
 
-__version__ = "0.1.0"
-
-from pathlib import Path as _Path
-
-# A source checkout used without installing (e.g. `python -m bench.layer` on a bare GPU machine):
-# kernels/ and models/ sit beside this package instead of inside it, as the install maps them.
-_checkout = _Path(__file__).resolve().parent.parent
-if not (_Path(__file__).parent / "kernels").is_dir() and (_checkout / "kernels" / "tdbn_plif.py").is_file():
-    __path__.append(str(_checkout))  # noqa: F821 (the package's own __path__)
-
-from mpdagl_triton import reference  # noqa: E402
-from mpdagl_triton.layers import PLIF, TdBN, TdBNPLIF  # noqa: E402
-from mpdagl_triton.ops import compile_options, resolve_backend, tdbn_plif  # noqa: E402
-from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, kappas  # noqa: E402
-from mpdagl_triton.hub import load  # noqa: E402
+from mpdagl_triton import reference
+from mpdagl_triton._version import __version__
+from mpdagl_triton.hub import load
+from mpdagl_triton.layers import PLIF, TdBN, TdBNPLIF
+from mpdagl_triton.ops import compile_options, resolve_backend, tdbn_plif
+from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, kappas
 
 __all__ = [
     "PLIF",

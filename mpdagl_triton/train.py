@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mpdagl_triton import __version__, analysis, data, models
+from mpdagl_triton import analysis, data, models
+from mpdagl_triton._version import __version__
 from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_text, load_tensors, read_jsonl,
                                       save_tensors)
 from mpdagl_triton.ops import compile_options

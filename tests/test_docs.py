@@ -16,8 +16,7 @@ import mpdagl_triton
 
 
 def modules() -> list[str]:
-    """The package's modules, the mapped ``kernels`` and ``models`` included (an editable install
-    puts the repository root on ``mpdagl_triton.__path__``, so walking that finds ``bench`` too)."""
+    """The package's modules, its ``kernels`` and ``models`` subpackages included."""
     names = ["mpdagl_triton", "mpdagl_triton.kernels", "mpdagl_triton.models"]
     for package in names.copy():
         folder = Path(importlib.import_module(package).__file__).parent

@@ -9,6 +9,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
+from mpdagl_triton._version import __version__
 from mpdagl_triton.checkpoint import CheckpointError, atomic_write_json, load_tensors, save_tensors
 from mpdagl_triton.layers import TdBNPLIF
 
@@ -118,8 +119,6 @@ class SpikingNetwork(
     @property
     def config(self) -> dict:
         """What config.json holds: enough to rebuild the model."""
-        from mpdagl_triton import __version__
-
         return {**self._hub_mixin_config, "library": LIBRARY, "library_version": __version__}
 
     # -- Hub mixin conventions, with atomic writes and safetensors only ----------------------------

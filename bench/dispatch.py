@@ -4,7 +4,7 @@ the direct launcher the library uses (``kernels.tdbn_plif._DirectLauncher``).
     python -m bench.dispatch [--device cpu|cuda] [--json F]
 
 A stack of small ``TdBNPLIF`` layers runs forward + backward eagerly (six launches per layer),
-once with every launch through Triton's ``JITFunction.run`` (``MPDAGL_DIRECT_LAUNCH=0``) and
+once with every launch through Triton's ``JITFunction.run`` (``kernels.tdbn_plif.DIRECT_LAUNCH = False``) and
 once through the direct launcher; reported per layer fwd+bwd and per launch. Without a GPU the
 kernels compile for sm_90 and their launchers only record the call (nothing runs), so what is
 timed is the Python in front of the launcher plus the layer's own host path; on CUDA they launch.

@@ -8,8 +8,8 @@
 # first: a call cut off by the device limit still brings back what finished; dispatch, ~15 s, is
 # the eager launches' host time through Triton's kernel[grid] and the direct launcher; breaks, ~50 s,
 # where dynamo breaks each step network's graph and why: SpikingJelly's did in runs 6-7); only when named:
-# step-routes (ours in default compile mode with MPDAGL_INDUCTOR_LAUNCH=0, next to `step`),
-# step-launchers (ours in default mode on Triton's launcher, MPDAGL_STATIC_LAUNCH=0, next to `step`),
+# step-routes (ours in default compile mode through the opaque custom ops, --opaque-route, next to `step`),
+# step-launchers (ours in default mode on Triton's launcher, --triton-launcher, next to `step`),
 # layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
 # NCHW with and without inductor's layout optimization),
 # train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs, bf16; train-fp32 the same
@@ -57,18 +57,18 @@ for stage in $stages; do
           # if ours failed (inductor's static launcher with our kernels?), measure it on Triton's launcher
           python3 -c "import json,sys; rows=json.load(open('$OUT/train_step.json'))['rows']; \
             sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||
-            MPDAGL_STATIC_LAUNCH=0 run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 --impls mpdagl \
+            run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 --triton-launcher --impls mpdagl \
               --json "$OUT/train_step_triton_launcher.json" ;;
-    step-launchers) MPDAGL_STATIC_LAUNCH=0 run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 \
+    step-launchers) run step_triton_launcher 150 python3 -m bench.train_step --jobs 4 --triton-launcher \
                       --impls mpdagl --settings t4b64 --json "$OUT/train_step_triton_launcher.json" ;;
     step-ro) run step_ro 150 python3 -m bench.train_step --jobs 4 --impls ann mpdagl --compile-mode reduce-overhead \
                --settings t4b64 t2b128cl --profile 3 --json "$OUT/train_step_ro.json"
              # if ours failed on the default compiled route, measure the custom-op route instead
              python3 -c "import json,sys; rows=json.load(open('$OUT/train_step_ro.json'))['rows']; \
                sys.exit(any(r['impl']=='mpdagl' and 'ms' not in r for r in rows))" ||
-               MPDAGL_INDUCTOR_LAUNCH=0 run step_ro_custom_ops 150 python3 -m bench.train_step --jobs 4 --impls mpdagl \
+               run step_ro_custom_ops 150 python3 -m bench.train_step --jobs 4 --opaque-route --impls mpdagl \
                  --compile-mode reduce-overhead --settings t4b64 t2b128cl --json "$OUT/train_step_ro_custom_ops.json" ;;
-    step-routes) MPDAGL_INDUCTOR_LAUNCH=0 run step_custom_ops 90 python3 -m bench.train_step --jobs 4 --impls mpdagl \
+    step-routes) run step_custom_ops 90 python3 -m bench.train_step --jobs 4 --opaque-route --impls mpdagl \
                    --settings t4b64 --json "$OUT/train_step_custom_ops.json" ;;
     breaks) run breaks 90 python3 -m bench.graph_breaks --json "$OUT/graph_breaks.json" ;;
     dispatch) run dispatch 60 python3 -m bench.dispatch --device cuda --json "$OUT/dispatch.json" ;;

@@ -57,17 +57,17 @@ def stubbed_kernels():
     from mpdagl_triton.kernels import tdbn_plif as K
 
     saved = {name: getattr(K, name) for name in K.KERNEL_NAMES}
-    saved_route = ops.INDUCTOR_LAUNCH
+    saved_route = ops.INDUCTOR_ROUTE
     stubs = {name: _CountingKernel() for name in K.KERNEL_NAMES}
     for name, stub in stubs.items():
         setattr(K, name, stub)
-    ops.INDUCTOR_LAUNCH = False
+    ops.INDUCTOR_ROUTE = False
     try:
         yield stubs
     finally:
         for name, kernel in saved.items():
             setattr(K, name, kernel)
-        ops.INDUCTOR_LAUNCH = saved_route
+        ops.INDUCTOR_ROUTE = saved_route
 
 
 class _CountOps(TorchDispatchMode):

@@ -47,7 +47,10 @@ from bench.common import (back_to_back_ms, compile_then_measure, environment, pr
 from mpdagl_triton import models
 from mpdagl_triton.kernels.tdbn_plif import KERNEL_NAMES
 from mpdagl_triton.layers import TdBNPLIF
+from mpdagl_triton import ops
 from mpdagl_triton.ops import compile_options, compiled_kernel_launchers
+
+STATIC_LAUNCH = True  # our kernels on inductor's static launcher (--triton-launcher: Triton's)
 
 #: (name, T, B, channels_last) of issue 7's settings: T4 B64 channels-last, T2 B128 NCHW (its
 #: table's SpikingJelly and reference numbers) and T2 B128 channels-last (its target for ours)
@@ -265,7 +268,7 @@ def measure(impl, T, B, channels_last, dtype, device, warmup, repeats, compile_m
     # a fresh dynamo per measurement: static shapes at every setting (the second shape of a code
     # object otherwise compiles dynamic) and a recompile budget of its own
     torch._dynamo.reset()
-    options = compile_options(compile_mode)
+    options = compile_options(compile_mode, static_launch=STATIC_LAUNCH)
     if not layout_optimization:  # inductor otherwise runs an NCHW model's convs channels-last
         options["layout_optimization"] = False
     step_model = torch.compile(net, options=options) if compile_model else net
@@ -339,6 +342,7 @@ def command_of(args, impl: str, name: str, channels_last: bool, dtype: torch.dty
                "--layout", "channels_last" if channels_last else "nchw", "--compile-mode", args.compile_mode,
                "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--profile", str(args.profile)]
     command += ["--no-layout-optimization"] * args.no_layout_optimization
+    command += ["--opaque-route"] * args.opaque_route + ["--triton-launcher"] * args.triton_launcher
     return command + (["--batch", str(args.batch)] if args.batch else [])
 
 
@@ -358,6 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
     parser.add_argument("--no-layout-optimization", action="store_true",
                         help="keep an NCHW model's convolutions NCHW under inductor (copies around ours otherwise)")
+    parser.add_argument("--opaque-route", action="store_true",
+                        help="ours through the opaque custom ops under compile, not the inductor route")
+    parser.add_argument("--triton-launcher", action="store_true",
+                        help="our kernels on Triton's launcher in compiled graphs, not inductor's static one")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -369,6 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     os.environ.setdefault("SJ_PLIF_CUDA_IMPLEMENTATION", "triton")
+    ops.INDUCTOR_ROUTE = not args.opaque_route
+    global STATIC_LAUNCH
+    STATIC_LAUNCH = not args.triton_launcher
     columns = ["impl", "T", "B", "layout", "dtype", "ms", "latency_ms", "gpu_ms", "host_ms", "images_per_s",
                "peak_gib", "vs_ann", "host_syncs", "launchers", "compile_s", "note"]
     items, rows, floors = plan(args), [], {}

@@ -25,7 +25,7 @@ from mpdagl_triton import TdBNPLIF, ops
 from mpdagl_triton.kernels import tdbn_plif as K
 
 DEFAULTS = {name: getattr(K, name) for name in K.KNOBS}
-DEFAULT_ROUTE = ops.INDUCTOR_LAUNCH
+DEFAULT_ROUTE = ops.INDUCTOR_ROUTE
 #: name -> launch parameters changed from the module's defaults
 CONFIGS = {
     "default": {},
@@ -151,7 +151,7 @@ def host_overheads(device: torch.device) -> list[dict]:
     Triton launch, a PyTorch op and the whole layer cost the CPU (CUDA graphs remove all of it);
     compiled, with the kernels launched by inductor (the default on CUDA; through Triton's launcher,
     torch's default for user-defined kernels, and through inductor's static launcher, which
-    ``compile_options`` asks for) and through the opaque custom ops (``MPDAGL_INDUCTOR_LAUNCH=0``)."""
+    ``compile_options`` asks for) and through the opaque custom ops (``ops.INDUCTOR_ROUTE = False``)."""
     sets, p = make_inputs([4, 2, 8, 4, 4], torch.float32, False, device, sets=1)
     x, grad = sets[0]
     layout = K.Layout.of(x)
@@ -161,7 +161,7 @@ def host_overheads(device: torch.device) -> list[dict]:
     xg = x.clone().requires_grad_()
 
     def compiled_layer_us(inductor_launch: bool, static_launch: bool = True) -> float:
-        ops.INDUCTOR_LAUNCH = inductor_launch  # read (and guarded on) while dynamo traces
+        ops.INDUCTOR_ROUTE = inductor_launch  # read (and guarded on) while dynamo traces
         try:
             torch._dynamo.reset()
             # compiled in this process, whose options then pick the launcher (in inductor's worker
@@ -171,7 +171,7 @@ def host_overheads(device: torch.device) -> list[dict]:
                                      options=options)
             return host.host_us(lambda: compiled(xg).backward(grad), device)
         finally:
-            ops.INDUCTOR_LAUNCH = DEFAULT_ROUTE
+            ops.INDUCTOR_ROUTE = DEFAULT_ROUTE
 
     def forward_kernel():
         return K.forward(x, layout, out, p["gamma"], p["beta"], p["rho"], 0.0, None, mean, var, 1e-5, 0.5,

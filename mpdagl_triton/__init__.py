@@ -8,25 +8,45 @@ Public API:
     reference                            the readable PyTorch reference (test oracle, CPU path)
     load(dir_or_repo)                    a trained model from a training output folder or a Hub repo
     models                               the model zoo (models.create, models.available)
+
+Names are imported on first use, so that ``mpdagl --help`` and ``mpdagl --version`` answer at
+once and a Ctrl-C while torch loads ends the command quietly.
 """
 
-from mpdagl_triton import reference
-from mpdagl_triton._version import __version__
-from mpdagl_triton.hub import load
-from mpdagl_triton.layers import PLIF, TdBN, TdBNPLIF
-from mpdagl_triton.ops import compile_options, resolve_backend, tdbn_plif
-from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, kappas
+from __future__ import annotations
 
-__all__ = [
-    "PLIF",
-    "SURROGATES",
-    "TdBN",
-    "TdBNPLIF",
-    "WIDTH_RULES",
-    "compile_options",
-    "kappas",
-    "load",
-    "reference",
-    "resolve_backend",
-    "tdbn_plif",
-]
+import importlib
+
+from mpdagl_triton._version import __version__
+
+#: public name -> the module that defines it
+_PUBLIC = {
+    "PLIF": "mpdagl_triton.layers",
+    "TdBN": "mpdagl_triton.layers",
+    "TdBNPLIF": "mpdagl_triton.layers",
+    "SURROGATES": "mpdagl_triton.surrogates",
+    "WIDTH_RULES": "mpdagl_triton.surrogates",
+    "kappas": "mpdagl_triton.surrogates",
+    "compile_options": "mpdagl_triton.ops",
+    "resolve_backend": "mpdagl_triton.ops",
+    "tdbn_plif": "mpdagl_triton.ops",
+    "load": "mpdagl_triton.hub",
+}
+_SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors")
+
+__all__ = sorted([*_PUBLIC, "reference", "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"mpdagl_triton.{name}")
+    else:
+        raise AttributeError(f"module 'mpdagl_triton' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC, *_SUBMODULES})

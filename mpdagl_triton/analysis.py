@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mpdagl_triton import reference
 from mpdagl_triton.checkpoint import read_jsonl
+from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.layers import TdBNPLIF
 
 E_ADD_PJ, E_MAC_PJ = 0.9, 4.6  # 45 nm energies per operation (paper Section 5.4)
@@ -160,10 +161,10 @@ def read_run(folder: str | Path) -> tuple[list[dict], dict]:
     folder = Path(folder)
     path = folder / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no metrics.jsonl (is it a training output folder?)")
+        raise InvalidInput(f"{folder} has no metrics.jsonl (is it a training output folder?)")
     rows = read_jsonl(path)
     if not rows:
-        raise ValueError(f"{path} holds no completed epoch")
+        raise InvalidInput(f"{path} holds no completed epoch")
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     return rows, config
 
@@ -372,7 +373,7 @@ def analyze(folder: str | Path, compare: list[str | Path] = (), out: str | Path 
     folder = Path(folder)
     rows, config = read_run(folder)
     if "layers" not in rows[-1] or "grad_available_first" not in rows[-1]["layers"][0]:
-        raise ValueError(f"{folder}/metrics.jsonl has no per-layer probe statistics")
+        raise InvalidInput(f"{folder}/metrics.jsonl has no per-layer probe statistics")
     out = Path(out) if out else folder / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     files = {"gamma_beta": "gamma_beta.png", "firing_rate": "firing_rate.png",

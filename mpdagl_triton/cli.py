@@ -1,77 +1,80 @@
-"""``mpdagl``: the command line.
-
-    mpdagl train [options]          train (no options: the embedded digits default)
-    mpdagl eval --checkpoint DIR    re-evaluate a saved model on its dataset's test split
-    mpdagl push DIR --repo-id NAME  upload a training folder with a model card to the Hub
-    mpdagl analyze DIR [--compare DIR2 ...]   figures of the paper's quantities
-    mpdagl energy DIR               the paper's energy estimate (Table 2)
-"""
+"""The ``mpdagl`` command line. ``mpdagl train``'s options are generated from ``TrainConfig``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
-from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
+DESCRIPTION = """\
+Spiking neural networks trained with MPD-AGL, on fused Triton kernels.
+
+  mpdagl train [options]          train (no options: the embedded digits set, a few seconds on a CPU)
+  mpdagl eval --checkpoint DIR    evaluate a saved model on its dataset's test split
+  mpdagl analyze DIR [--compare DIR2 ...]   figures of the paper's quantities
+  mpdagl energy DIR               the paper's energy estimate
+  mpdagl push DIR --repo-id NAME  upload a training folder with a model card to the Hub
+"""
+
+#: the options of ``mpdagl train`` that are not TrainConfig fields
+RUN_OPTIONS = ("recipe", "resume", "overwrite")
+
+
+def _version() -> str:
+    from mpdagl_triton._version import __version__
+
+    return __version__
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """One option per field of ``config_class`` (a dataclass made with ``train.option``): its
+    name with dashes, type, choices and help from the field. Every default is None here, so that
+    what the user set is known (a resume may change only some fields); the field's own default
+    applies otherwise and is shown in the help."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        meta = field.metadata
+        kind = hints[field.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        names = [f"--{field.name.replace('_', '-')}"] + ([meta["short"]] if meta.get("short") else [])
+        shown = "" if field.default is None else f" (default: {field.default})"
+        extra = {"help": meta["help"] + shown, "default": None}
+        if base is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+        else:
+            extra["type"] = base
+            if meta.get("choices"):
+                extra["choices"] = list(meta["choices"])
+            else:
+                extra["metavar"] = field.name.upper()
+        parser.add_argument(*names, **extra)
 
 
 def _train_parser(sub) -> None:
-    from mpdagl_triton.train import RECIPES
+    from mpdagl_triton.train import RECIPES, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a spiking network",
         description="Train a spiking network with MPD-AGL. With no options: the embedded digits "
-                    "set, the tiny model, a few epochs on the CPU. Options left out come from "
-                    "--recipe (default: digits).",
+                    "set and the tiny model on the CPU. Options left out come from --recipe "
+                    "(default: the dataset's recipe, else digits).",
     )
-    # every default is None so that we know what the user set (a resume may change only some)
-    p.add_argument("--recipe", choices=sorted(RECIPES), help="preset of SPEC.md section 7 (default: digits)")
-    p.add_argument("--dataset", help="digits (default), cifar10, cifar100, tiny-imagenet, cifar10-dvs, a Hub id "
-                                     "or a local folder; a dataset with a recipe brings its recipe")
-    p.add_argument("--arch", help="architecture: resnet19, resnet18, vggsnn, vgg13, tiny")
-    p.add_argument("-T", "--timesteps", type=int, help="simulation timesteps T (>= 1)")
-    p.add_argument("--epochs", type=int, help="epochs; the cosine schedule spans them")
-    p.add_argument("--batch-size", type=int, help="images per step")
-    p.add_argument("--lr", type=float, help="peak learning rate (cosine decay to 0, per epoch)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], help="SGD (momentum 0.9) or Adam")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay on all parameters")
-    p.add_argument("--loss", choices=["ce", "tet"], help="cross entropy on the mean over T, or TET")
-    p.add_argument("--neuron", choices=["plif", "lif"], help="learnable decay (plif) or fixed (lif)")
-    p.add_argument("--width-rule", choices=list(WIDTH_RULES), help="surrogate width rule (default mpdagl)")
-    p.add_argument("--surrogate", choices=list(SURROGATES), help="surrogate shape (default rect)")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile the model")
-    p.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
-                   help="torch.compile mode (implies --compile); reduce-overhead replays the step as CUDA graphs")
-    p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="mixed precision (fp16 needs CUDA)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="channels_last memory format (default: on CUDA)")
-    p.add_argument("--device", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
-    p.add_argument("--seed", type=int, help="seed of initialisation, shuffling and augmentation")
-    p.add_argument("--out", help="output folder (default runs/<dataset>, or runs/<dataset>-N when that holds a run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="the authors' settings for a dataset")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its resume point")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in --out (default runs/<dataset>); without it a fresh run "
-                        "never replaces one")
-    p.add_argument("--workers", type=int, help="data-loading worker processes (CPU loading)")
-    p.add_argument("--data-path", help="read the dataset from this local folder (Hub layout; for "
-                                       "cifar10-dvs the folder of per-class .aedat folders)")
-    p.add_argument("--sync-bn", action="store_const", const=True,
-                   help="under torchrun: tdBN batch statistics over all processes (fused all-reduce)")
-    p.add_argument("--check-finite", action="store_const", const=True,
-                   help="stop with a clear error when an input batch or a layer input holds NaN/Inf")
-    p.add_argument("--probe-size", type=int, help="test images probed once per epoch for the per-layer "
-                                                   "statistics (default 128)")
-    p.add_argument("--image-column", help="image column of a Hub / local dataset")
-    p.add_argument("--label-column", help="label column of a Hub / local dataset")
+                   help="replace the run in --out; without it a fresh run never replaces one")
+    _add_config_options(p, TrainConfig)
 
 
 def _train(args: argparse.Namespace) -> int:
     from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, free_output_dir, train, writes_outputs
 
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k not in ("command", "recipe", "resume", "overwrite", "func")}
+             if v is not None and k not in (*RUN_OPTIONS, "command")}
     if "compile_mode" in given:  # a compile mode asks for compiling
         given.setdefault("compile", True)
     # a dataset with a recipe brings it along (--dataset cifar10 trains the paper's ResNet-19)
@@ -104,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="re-evaluate a saved model on its test split",
+    p = sub.add_parser("eval", help="evaluate a saved model on its test split",
                        description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
     p.add_argument("--checkpoint", required=True, help="a training output folder, or a Hub model repo (user/name)")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
@@ -117,14 +120,16 @@ def _eval_parser(sub) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from mpdagl_triton import data
+    from mpdagl_triton.errors import InvalidInput
     from mpdagl_triton.hub import load, local_folder
-    from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate, resolve_device
+    from mpdagl_triton.runtime import resolve_device
+    from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate
 
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     name = args.dataset or model.dataset
     if name is None:
-        raise ValueError(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
+        raise InvalidInput(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
     source = {"data_path": args.data_path, "image_column": args.image_column, "label_column": args.label_column}
     folder = local_folder(args.checkpoint)
     if name == model.dataset and folder is not None and (folder / STATE_JSON).is_file():
@@ -134,9 +139,9 @@ def _eval(args: argparse.Namespace) -> int:
     dataset = data.load(name, path=source["data_path"], timesteps=model.timesteps,
                         image_column=source["image_column"], label_column=source["label_column"])
     if (dataset.num_classes, dataset.in_channels) != (model.num_classes, model.in_channels):
-        raise ValueError(f"{name} has {dataset.num_classes} classes of {dataset.in_channels}-channel images; "
-                         f"{args.checkpoint} classifies {model.num_classes} classes of "
-                         f"{model.in_channels}-channel images")
+        raise InvalidInput(f"{name} has {dataset.num_classes} classes of {dataset.in_channels}-channel images; "
+                           f"{args.checkpoint} classifies {model.num_classes} classes of "
+                           f"{model.in_channels}-channel images")
     loader = data.Loader(dataset.test, dataset, args.batch_size, device, train=False)
     result = evaluate(TrainConfig(), model, loader, device)
     print(f"{args.checkpoint}: {name} test accuracy {result['test_acc']:.4f}, loss {result['test_loss']:.4f}")
@@ -147,7 +152,7 @@ def _push_parser(sub) -> None:
     p = sub.add_parser("push", help="upload a training folder to the Hugging Face Hub",
                        description="Upload DIR's model.safetensors, config.json, metrics.jsonl, plots "
                                    "and a generated model card (README.md). Token: HF_TOKEN or the "
-                                   "stored `huggingface-cli login`.")
+                                   "stored `hf auth login`.")
     p.add_argument("folder", metavar="DIR", help="a training output folder")
     p.add_argument("--repo-id", required=True, help="user/name of the model repo (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
@@ -190,19 +195,21 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _energy_parser(sub) -> None:
-    p = sub.add_parser("energy", help="the paper's energy estimate (Table 2) for a training folder",
+    p = sub.add_parser("energy", help="the paper's energy estimate for a training folder",
                        description="#Add = sum over spiking layers of input rate x T x MACs; #Mult = T x "
                                    "(encoding + readout MACs); E = 0.9 pJ #Add + 4.6 pJ #Mult, against "
-                                   "the iso-ANN's 4.6 pJ per MAC. Rates come from the last epoch's probe.")
+                                   "the iso-ANN's 4.6 pJ per MAC (docs/method.md#energy). Rates come "
+                                   "from the last epoch's probe.")
     p.add_argument("folder", metavar="DIR", help="a training output folder")
 
 
 def _energy(args: argparse.Namespace) -> int:
     from mpdagl_triton.analysis import energy, read_run
+    from mpdagl_triton.errors import InvalidInput
 
     rows, config = read_run(args.folder)
     if not rows[-1].get("synapses"):
-        raise ValueError(f"{args.folder}/metrics.jsonl has no per-layer synapse statistics")
+        raise InvalidInput(f"{args.folder}/metrics.jsonl has no per-layer synapse statistics")
     e = energy(rows[-1]["synapses"], config["timesteps"])
     print(f"{args.folder} (epoch {rows[-1]['epoch']}, T = {config['timesteps']}):")
     print(f"  SNN     #Add {e['adds'] / 1e6:10.2f} M   #Mult {e['mults'] / 1e6:8.2f} M   energy {e['snn_mj']:.4f} mJ")
@@ -211,28 +218,45 @@ def _energy(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mpdagl", description=__doc__,
+COMMANDS = {"train": (_train_parser, _train), "eval": (_eval_parser, _eval),
+            "analyze": (_analyze_parser, _analyze), "energy": (_energy_parser, _energy),
+            "push": (_push_parser, _push)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpdagl", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mpdagl-triton {_version()}")
     sub = parser.add_subparsers(dest="command")
-    _train_parser(sub)
-    _eval_parser(sub)
-    _push_parser(sub)
-    _analyze_parser(sub)
-    _energy_parser(sub)
+    for add_parser, _ in COMMANDS.values():
+        add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``mpdagl`` command. The library's own errors (``errors.MpdaglError``) print one line
+    and exit with their code (2 for bad input, 1 otherwise); Ctrl-C at any point exits with 130;
+    anything else is a bug and keeps its traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("mpdagl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    from mpdagl_triton.errors import MpdaglError
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        commands = {"train": _train, "eval": _eval, "push": _push, "analyze": _analyze, "energy": _energy}
-        return commands[args.command](args)
-    except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
+        return COMMANDS[args.command][1](args)
+    except MpdaglError as exc:
         print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (RuntimeError, OSError) as exc:  # data unavailable, diverged, disk problems
-        print(f"mpdagl {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def _fetch(name: str, repo: str, path: str | None):
         raise DataUnavailableError(
             f"could not fetch dataset {repo!r} ({name}) from the Hugging Face Hub, and there is no "
             f"cached copy: {type(exc).__name__}: {exc}. To use a local copy, download it where you "
-            f"have network (`huggingface-cli download {repo} --repo-type dataset --local-dir DIR`) "
+            f"have network (`hf download {repo} --repo-type dataset --local-dir DIR`) "
             "and pass --data-path DIR (Python: data.load(name, path=DIR))."
         ) from exc
 

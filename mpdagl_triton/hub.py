@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from mpdagl_triton.errors import Unavailable
 from mpdagl_triton.checkpoint import CheckpointError, read_json, read_jsonl
+from mpdagl_triton.errors import InvalidInput, Unavailable
 from mpdagl_triton.models import SpikingNetwork
 from mpdagl_triton.models.network import CONFIG_NAME, LIBRARY, WEIGHTS_NAME
 
@@ -77,7 +77,7 @@ def load(source: str | Path, *, revision: str | None = None,
     folder = local_folder(source)
     if folder is not None:
         if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hub repos; {folder} is a local folder")
+            raise InvalidInput(f"revision={revision!r} applies to Hub repos; {folder} is a local folder")
         _check_config(read_json(folder / CONFIG_NAME), folder / CONFIG_NAME)
         if not (folder / WEIGHTS_NAME).is_file():
             raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}")
@@ -262,20 +262,20 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
 
     Returns the URL of the commit, or with ``create_pr`` of the pull request that holds it (opened
     against ``revision``, else main). Authentication: ``token``, else ``HF_TOKEN``, else the
-    stored login (``huggingface-cli login``).
+    stored login (``hf auth login``).
     """
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
     if not REPO_ID.match(repo_id):
-        raise ValueError(f"--repo-id must look like user/name, got {repo_id!r}")
+        raise InvalidInput(f"--repo-id must look like user/name, got {repo_id!r}")
     _check_config(read_json(folder / CONFIG_NAME), folder / CONFIG_NAME)
     if not (folder / WEIGHTS_NAME).is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}; nothing to push")
     token = token or get_token()
     if not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`")
+        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="mpdagl-push-") as staging:
         staged = Path(staging)
@@ -298,6 +298,6 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
             status = getattr(getattr(exc, "response", None), "status_code", None)
             if status in (401, 403):
                 raise HubError(f"the Hub rejected the token ({status}) for {repo_id}: check HF_TOKEN "
-                               "or `huggingface-cli login`, and write access to the repo") from exc
+                               "or `hf auth login`, and write access to the repo") from exc
             raise HubError(f"pushing {folder} to {repo_id} failed: {exc}") from exc
     return str(getattr(info, "pr_url" if create_pr else "commit_url", info))

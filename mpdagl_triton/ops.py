@@ -1,15 +1,14 @@
-"""The public fused op, its validation, backend choice and ``torch.library`` registration.
+"""The public fused op: validation, the ``torch.library`` registration, and which route a call takes.
 
-This is the single place where ops are registered and backends chosen. ``backend="torch"`` runs
-:mod:`mpdagl_triton.reference`; ``backend="triton"`` runs :mod:`mpdagl_triton.kernels.tdbn_plif`:
+This is the one place where ops are registered and routes chosen. :data:`ROUTES` is the dispatch
+table (docs/design.md shows the same table; a test keeps them equal); :func:`route` picks a row
+for a call. The backend comes first: ``backend="torch"`` (what ``"auto"`` means off CUDA) runs
+:mod:`mpdagl_triton.reference`, ``backend="triton"`` the kernels of
+:mod:`mpdagl_triton.kernels.tdbn_plif`, through one of three routes.
 
-- eagerly, through a plain autograd Function (the least host time per call);
-- under ``torch.compile`` on CUDA, through the ops ``mpdagl::tdbn_plif_fwd_inductor`` and
-  ``mpdagl::tdbn_plif_bwd_inductor`` (``torch.library.triton_op``): inductor traces their bodies
-  and launches the kernels from its generated code, with the small PyTorch ops around them fused;
-- otherwise under ``torch.compile`` (Triton's CPU interpreter, synchronized batch statistics,
-  or ``MPDAGL_INDUCTOR_LAUNCH=0``), through the opaque custom ops
-  ``mpdagl::tdbn_plif_fwd`` and ``mpdagl::tdbn_plif_bwd``.
+Switches: ``MPDAGL_BACKEND`` (what ``backend="auto"`` means) and Triton's own ``TRITON_INTERPRET=1``
+(run the kernels through Triton's CPU interpreter, for debugging and the CPU test suite; set it
+before triton is imported). :data:`INDUCTOR_ROUTE` lets the benchmarks compare the compiled routes.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import math
 import os
 import re
 import warnings
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -29,8 +28,6 @@ from mpdagl_triton import reference
 from mpdagl_triton.surrogates import GAMMA_FLOOR, SURROGATES, WIDTH_RULES, check_choice
 
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
-#: compiled CUDA graphs launch the kernels from inductor's code (see the module docstring)
-INDUCTOR_LAUNCH = os.environ.get("MPDAGL_INDUCTOR_LAUNCH", "1") != "0"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 try:  # triton is a Linux-only dependency; the reference path works without it
@@ -108,6 +105,68 @@ if _kernels is not None:  # once, here: resolve_backend is traced by dynamo unde
     _INTERPRETER_PROBLEM = interpreter_incompatibility(triton.__version__, numpy.__version__)
 else:
     _INTERPRETER_PROBLEM = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The dispatch table
+# ----------------------------------------------------------------------------------------------
+
+
+class Route(NamedTuple):
+    """One way a call of :func:`tdbn_plif` is carried out."""
+
+    name: str
+    backend: str  # what resolve_backend gave
+    when: str  # the condition, for people
+    runs: str  # what carries the call out
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("reference", "torch", "any call",
+          "`reference.tdbn_plif`: PyTorch ops, autograd through a surrogate `autograd.Function`"),
+    Route("eager", "triton", "not under torch.compile",
+          "`_EagerTdBNPLIF` (`torch.autograd.Function`) launching the kernels directly; the "
+          "statistics kernel also updates the running statistics"),
+    Route("inductor", "triton", "under torch.compile, x on CUDA, statistics of this process only",
+          "`mpdagl::tdbn_plif_fwd_inductor` / `_bwd_inductor` (`torch.library.triton_op`): inductor "
+          "traces the bodies and launches the kernels from its generated code"),
+    Route("opaque", "triton", "under torch.compile otherwise (`sync_stats` over processes, Triton's "
+          "CPU interpreter)",
+          "`mpdagl::tdbn_plif_fwd` / `_bwd` (`torch.library.custom_op`), opaque to inductor; the "
+          "batch statistics are merged between the kernels"),
+)
+_ROUTES = {r.name: r for r in ROUTES}
+
+#: under torch.compile on CUDA, take the inductor route where it applies; the benchmarks set it
+#: False to measure the opaque route in its place
+INDUCTOR_ROUTE = True
+
+
+def route(backend: str, x: Tensor, sync: bool, compiling: bool) -> Route:
+    """The row of :data:`ROUTES` a call takes: ``backend`` as :func:`resolve_backend` gave it,
+    ``sync`` whether batch statistics are merged over processes, ``compiling`` whether
+    torch.compile is tracing.
+
+    Example:
+        >>> route("triton", torch.empty(2, 1, 3), sync=False, compiling=False).name
+        'eager'
+        >>> route("triton", torch.empty(2, 1, 3), sync=True, compiling=True).name
+        'opaque'
+    """
+    if backend == "torch":
+        return _ROUTES["reference"]
+    if not compiling:
+        return _ROUTES["eager"]
+    if INDUCTOR_ROUTE and x.is_cuda and not sync and _fwd_inductor_op is not None:
+        return _ROUTES["inductor"]
+    return _ROUTES["opaque"]
+
+
+def dispatch_table() -> str:
+    """:data:`ROUTES` as the markdown table docs/design.md shows."""
+    rows = ["| route | backend | when | what runs |", "|---|---|---|---|"]
+    rows += [f"| {r.name} | {r.backend} | {r.when} | {r.runs} |" for r in ROUTES]
+    return "\n".join(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,7 +483,7 @@ class _EagerTdBNPLIF(torch.autograd.Function):
     per layer and step; outside torch.compile this calls the same implementations directly, with
     few arguments (autograd walks each one) and one output, the spikes; the statistics kernel
     updates the running statistics itself (``momentum``; None: not at all). Under torch.compile
-    the registered ops are used (``_compiled_op``)."""
+    the registered ops are used (:func:`route`)."""
 
     @staticmethod
     def forward(ctx, x, gamma, beta, rho, residual, skip, options: tuple, momentum):
@@ -488,25 +547,17 @@ def register_inductor_ops() -> None:
     _fwd_inductor_op, _bwd_inductor_op = fwd_op, bwd_op
 
 
-if _kernels is not None and not triton_interpreting() and torch.cuda.is_available():
+# Registered wherever inductor can trace the kernels, whatever the hardware: the same ops exist
+# on every machine. Triton's CPU interpreter runs kernels as Python, which inductor cannot trace.
+if _kernels is not None and not triton_interpreting():
     register_inductor_ops()
 
 
-def _compiled_op(x: Tensor, sync: bool):
-    """The op a compiled graph calls: inductor-launched kernels where it can trace them. Under
-    dynamic shapes their traced bodies specialize the sizes (``Layout.of``): one graph per shape."""
-    if INDUCTOR_LAUNCH and _fwd_inductor_op is not None and x.is_cuda and not sync:
-        return _fwd_inductor_op
-    return _fwd_op
-
-
-#: ``MPDAGL_STATIC_LAUNCH=0`` leaves our kernels on Triton's own launcher inside compiled graphs
-STATIC_LAUNCH = os.environ.get("MPDAGL_STATIC_LAUNCH", "1") != "0"
-#: how inductor's compile workers learn the option (``compile_options``)
+#: how inductor's compile workers learn that our kernels use its static launcher (``compile_options``)
 STATIC_LAUNCH_ENV = "TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS"
 
 
-def compile_options(mode: str = "default") -> dict:
+def compile_options(mode: str = "default", *, static_launch: bool = True) -> dict:
     """torch.compile's inductor options for ``mode``, plus launching our kernels through
     inductor's static CUDA launcher, as inductor launches its own (torch leaves user-defined
     Triton kernels on Triton's launcher by default: 16 us per launch against a few on an H200
@@ -529,7 +580,7 @@ def compile_options(mode: str = "default") -> dict:
     from torch._inductor import config, list_mode_options
 
     options = dict(list_mode_options(mode))
-    if STATIC_LAUNCH and hasattr(config, "static_launch_user_defined_triton_kernels"):
+    if static_launch and hasattr(config, "static_launch_user_defined_triton_kernels"):
         options["static_launch_user_defined_triton_kernels"] = True
         if STATIC_LAUNCH_ENV not in os.environ:  # an explicit setting is the user's to keep
             if _compile_workers_running():
@@ -733,7 +784,8 @@ def tdbn_plif(
                 raise ValueError(f"{name} holds NaN or Inf (shape {list(t.shape)}); a neuron would "
                                  "silently never fire")
     sync = bool(sync_stats and training and world_size() > 1)
-    if resolve_backend(backend, x.device) == "torch":
+    way = route(resolve_backend(backend, x.device), x, sync, torch.compiler.is_compiling())
+    if way.name == "reference":
         if timesteps is not None:
             x = x.expand(timesteps, *x.shape[1:])
         return reference.tdbn_plif(
@@ -752,15 +804,15 @@ def tdbn_plif(
                timesteps or x.shape[0])
     tau = 0.0 if learn_tau else float(tau)
     rho = rho if learn_tau else None
-    if not torch.compiler.is_compiling():
+    if way.name == "eager":
         with _on_device_of(x):
             return _EagerTdBNPLIF.apply(x, gamma, beta, rho, residual, skip,
                                         (running_mean, running_var, training, tau, *options),
                                         float(momentum) if training else None)
     # a compiled op is functional: it never writes the running statistics, it returns the batch's
     stats = (None, None) if training else (running_mean, running_var)
-    spikes, mean, var, _ = _compiled_op(x, sync)(x, gamma, beta, rho, residual, skip, *stats,
-                                                 training, tau, *options)
+    op = _fwd_inductor_op if way.name == "inductor" else _fwd_op
+    spikes, mean, var, _ = op(x, gamma, beta, rho, residual, skip, *stats, training, tau, *options)
     if training and running_mean is not None:
         n = spikes.numel() // x.shape[2] * (world_size() if sync else 1)  # ranks hold equal batches
         _update_running_stats(running_mean, running_var, mean, var, n, momentum)

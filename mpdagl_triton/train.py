@@ -29,8 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from filelock import FileLock, Timeout
+
 from mpdagl_triton import analysis, data, models
 from mpdagl_triton._version import __version__
+from mpdagl_triton.errors import InvalidInput, Unavailable
+from mpdagl_triton.runtime import cpu_threads, resolve_device
 from mpdagl_triton.checkpoint import (CheckpointError, atomic_write_text, load_tensors, read_jsonl,
                                       save_tensors)
 from mpdagl_triton.ops import compile_options
@@ -42,40 +46,70 @@ METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".mpdagl-run.lock"  # held by a training run (hold_output_dir)
 
 
+def option(default, help: str, *, choices: tuple = (), short: str | None = None,
+           resumable: bool = False):
+    """A :class:`TrainConfig` field and its ``mpdagl train`` option in one place: ``help`` and
+    ``choices`` feed the command line and validation, ``resumable`` marks what a resume may change."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices), "short": short, "resumable": resumable})
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run: the options of ``mpdagl train`` with underscores (defaults: the digits
-    recipe; :data:`RECIPES` holds SPEC.md's others). ``train(cfg)`` runs it."""
+    """One training run; its fields are the options of ``mpdagl train`` (with dashes there).
 
-    dataset: str = "digits"
-    arch: str = "tiny"
-    timesteps: int = 2
-    epochs: int = 12
-    batch_size: int = 64
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    weight_decay: float = 1e-4
-    loss: str = "ce"
-    neuron: str = "plif"
-    width_rule: str = "mpdagl"
-    surrogate: str = "rect"
-    compile: bool = False
-    compile_mode: str = "default"
-    amp: str = "off"
-    channels_last: bool | None = None  # None: channels-last on CUDA (see train()), NCHW elsewhere
-    device: str = "auto"
-    seed: int = 2025
-    out: str = "runs/digits"
-    workers: int = 0
-    probe_size: int = 128
-    data_path: str | None = None
-    image_column: str | None = None
-    label_column: str | None = None
-    sync_bn: bool = False
-    check_finite: bool = False
+    Defaults are the digits recipe; :data:`RECIPES` holds the paper's. ``train(cfg)`` runs it.
+
+    Example:
+        >>> TrainConfig(epochs=3).arch
+        'tiny'
+    """
+
+    dataset: str = option("digits", "digits (embedded), cifar10, cifar100, tiny-imagenet, cifar10-dvs, "
+                                    "a Hub id (user/name) or a local folder; a named dataset brings its recipe")
+    arch: str = option("tiny", "architecture (see `mpdagl_triton.models.available()`)")
+    timesteps: int = option(2, "simulation timesteps T", short="-T")
+    epochs: int = option(12, "epochs; the cosine schedule spans them", resumable=True)
+    batch_size: int = option(64, "images per step (the global batch under torchrun)")
+    lr: float = option(0.05, "peak learning rate (cosine decay to 0, stepped per epoch)")
+    optimizer: str = option("sgd", "SGD (momentum 0.9) or Adam", choices=("sgd", "adam"))
+    weight_decay: float = option(1e-4, "L2 weight decay on all parameters")
+    loss: str = option("ce", "cross entropy on the mean over T, or TET (mean over t of CE at t)",
+                       choices=("ce", "tet"))
+    neuron: str = option("plif", "learnable decay (plif) or fixed decay (lif)", choices=("plif", "lif"))
+    width_rule: str = option("mpdagl", "surrogate width rule (docs/method.md#width-rules)",
+                             choices=WIDTH_RULES)
+    surrogate: str = option("rect", "surrogate gradient shape (docs/method.md#surrogate-shapes)",
+                            choices=SURROGATES)
+    compile: bool = option(False, "torch.compile the model", resumable=True)
+    compile_mode: str = option("default", "torch.compile mode (implies --compile); reduce-overhead "
+                                          "replays each step as a CUDA graph", choices=COMPILE_MODES,
+                               resumable=True)
+    amp: str = option("off", "mixed precision (fp16 needs CUDA)", choices=("bf16", "fp16", "off"))
+    channels_last: bool | None = option(None, "channels-last memory format (default: on CUDA)")
+    device: str = option("auto", "cuda, cuda:N, cpu or auto (CUDA when available)", resumable=True)
+    threads: int | None = option(None, "CPU threads (default: 1 for models under 1 M parameters, "
+                                        "else one per core; OMP_NUM_THREADS wins)", resumable=True)
+    seed: int = option(2025, "seed of initialisation, shuffling and augmentation")
+    out: str = option("runs/digits", "output folder (default runs/<dataset>, or runs/<dataset>-N when "
+                                     "that holds a run)", resumable=True)
+    workers: int = option(0, "data-loading worker processes (CPU loading)", resumable=True)
+    probe_size: int = option(128, "test images probed once per epoch for the per-layer statistics",
+                             resumable=True)
+    data_path: str | None = option(None, "read the dataset from this local folder (a Hub download; "
+                                         "for cifar10-dvs the folder of per-class .aedat folders)",
+                                   resumable=True)
+    image_column: str | None = option(None, "image column of a Hub / local dataset")
+    label_column: str | None = option(None, "label column of a Hub / local dataset")
+    sync_bn: bool = option(False, "under torchrun: tdBN batch statistics over all processes")
+    check_finite: bool = option(False, "stop with a clear error when an input holds NaN/Inf",
+                                resumable=True)
 
 
-#: SPEC.md section 7, the authors' recipes; the command line overrides any field.
+#: The authors' recipes (docs/method.md#training-recipes); the command line overrides any field.
 RECIPES: dict[str, dict] = {
     "digits": dict(dataset="digits", arch="tiny", timesteps=2, epochs=12, batch_size=64, lr=0.05,
                    optimizer="sgd", weight_decay=1e-4),
@@ -93,11 +127,10 @@ RECIPES: dict[str, dict] = {
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
 
 #: Fields a resumed run may change; every other one must match the checkpoint.
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "compile", "compile_mode", "out", "probe_size",
-                       "data_path", "check_finite")
+RESUMABLE_OVERRIDES = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(Unavailable):
     """The loss became NaN or infinite."""
 
 
@@ -109,42 +142,27 @@ class TrainingDiverged(RuntimeError):
 def validate(cfg: TrainConfig) -> None:
     """Reject a configuration before any work starts, naming the bad field."""
     if cfg.arch not in models.available():
-        raise ValueError(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
+        raise InvalidInput(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
     if not data.is_known(cfg.dataset):
-        raise ValueError(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}, "
-                         "or a Hub id (user/name) or a local folder")
+        raise InvalidInput(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}, "
+                           "or a Hub id (user/name) or a local folder")
     for name in ("timesteps", "epochs", "batch_size", "probe_size"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            raise InvalidInput(f"{name} must be an integer >= 1, got {value!r}")
     if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr must be a positive number, got {cfg.lr}")
+        raise InvalidInput(f"lr must be a positive number, got {cfg.lr}")
     if cfg.weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {cfg.weight_decay}")
+        raise InvalidInput(f"weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.workers < 0:
-        raise ValueError(f"workers must be >= 0, got {cfg.workers}")
-    choices = {"optimizer": ("sgd", "adam"), "loss": ("ce", "tet"), "neuron": ("plif", "lif"),
-               "compile_mode": ("default", "reduce-overhead", "max-autotune"),
-               "amp": ("bf16", "fp16", "off"), "width_rule": WIDTH_RULES, "surrogate": SURROGATES}
-    for name, valid in choices.items():
-        if getattr(cfg, name) not in valid:
-            raise ValueError(f"unknown {name} {getattr(cfg, name)!r}; expected one of {', '.join(valid)}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...; refuses CUDA where there is none."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r}: not a device name; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return device
+        raise InvalidInput(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise InvalidInput(f"threads must be >= 1, got {cfg.threads}")
+    for field in dataclasses.fields(TrainConfig):
+        valid = field.metadata["choices"]
+        if valid and getattr(cfg, field.name) not in valid:
+            raise InvalidInput(f"unknown {field.name} {getattr(cfg, field.name)!r}; expected one of "
+                               f"{', '.join(valid)}")
 
 
 def writes_outputs() -> bool:
@@ -159,40 +177,42 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
 
     A second run, or a resume, into a folder that a run is still writing would interleave
     metrics.jsonl and overwrite its checkpoints: it fails here instead, naming the holder's pid.
-    The hold is an ``flock`` on ``out/.mpdagl-run.lock``, which the OS drops when the process
-    ends however it ends (no stale lock after a crash); Windows has no flock and gets no hold.
-    Taken by the process that writes (torchrun's rank 0); none for a folder that does not exist
-    unless ``create``. Also fails early, before any training, on a folder that is not writable.
+    The hold is a file lock on ``out/.mpdagl-run.lock``, which the OS drops when the process ends
+    however it ends (no stale lock after a crash). Taken by the process that writes (torchrun's
+    rank 0); none for a folder that does not exist unless ``create``. Fails early, before any
+    training, on a folder that is not writable. A start that fails before writing anything
+    leaves no folder behind that it created.
     """
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     if not writes_outputs() or not (create or out.is_dir()):
         yield
         return
-    fd = None
+    created = not out.exists()
+    lock_path = out / LOCK_NAME
+    lock = FileLock(lock_path, blocking=False)
     try:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                    raise ValueError(f"output folder {out} is in use by another training run (pid {holder}); "
-                                     "wait for it to end, or choose another --out") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
-                stale.unlink()
-        except OSError as exc:
-            raise ValueError(f"output folder {out} is not writable: {exc}") from exc
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        lock_path.write_text(str(os.getpid()))  # read by a run refused here
+        for stale in out.glob(".*.tmp-*"):  # temporaries of a run killed mid-write
+            stale.unlink()
+    except Timeout:
+        holder = lock_path.read_text().strip() or "unknown"
+        raise InvalidInput(f"output folder {out} is in use by another training run (pid {holder}); "
+                           "wait for it to end, or choose another --out") from None
+    except OSError as exc:
+        _remove_if_only_lock(out, created)
+        raise InvalidInput(f"output folder {out} is not writable: {exc}") from exc
+    try:
         yield
     finally:
-        if fd is not None:
-            os.close(fd)
+        lock.release()
+        _remove_if_only_lock(out, created)
+
+
+def _remove_if_only_lock(out: Path, created: bool) -> None:
+    """Remove a folder this run created when it holds nothing but the run lock (a failed start)."""
+    if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _run_files(out: Path) -> list[Path]:
@@ -231,7 +251,7 @@ def claim_output_dir(out: Path, overwrite: bool) -> None:
         return
     held = held_run(out)
     if held is not None and not overwrite:
-        raise ValueError(f"{out} already holds {held}: continue it with --resume, start over with "
+        raise InvalidInput(f"{out} already holds {held}: continue it with --resume, start over with "
                          "--overwrite (replaces it), or choose another --out")
     for f in _run_files(out):
         with contextlib.suppress(FileNotFoundError):
@@ -242,7 +262,7 @@ def check_free_space(out: Path, needed_bytes: int) -> None:
     """Fail before training when the folder cannot take a checkpoint."""
     free = shutil.disk_usage(out).free
     if free < needed_bytes:
-        raise ValueError(f"output folder {out} has {free / 2**20:.1f} MiB free; a checkpoint needs about "
+        raise InvalidInput(f"output folder {out} has {free / 2**20:.1f} MiB free; a checkpoint needs about "
                          f"{needed_bytes / 2**20:.1f} MiB (model, optimizer state and a temporary copy)")
 
 
@@ -357,7 +377,7 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict)
     try:
         _write_checkpoint(out, model, optimizer, scheduler, scaler, state)
     except OSError as exc:
-        raise OSError(f"could not write the checkpoint of epoch {state['epoch']} into {out} ({exc}); "
+        raise Unavailable(f"could not write the checkpoint of epoch {state['epoch']} into {out} ({exc}); "
                       "the previous checkpoint is intact") from exc
 
 
@@ -432,7 +452,7 @@ def merge_resumed_config(saved: dict, cfg: TrainConfig, explicit: set[str]) -> T
                  for k in sorted(explicit) if k not in RESUMABLE_OVERRIDES and k in saved
                  and getattr(cfg, k) != saved[k]]
     if conflicts:
-        raise ValueError("--resume: the checkpoint was trained with other settings: " + "; ".join(conflicts))
+        raise InvalidInput("--resume: the checkpoint was trained with other settings: " + "; ".join(conflicts))
     merged = {**saved, **{k: getattr(cfg, k) for k in RESUMABLE_OVERRIDES if k in explicit}}
     return TrainConfig(**{f.name: merged.get(f.name, getattr(cfg, f.name))
                           for f in dataclasses.fields(TrainConfig)})
@@ -504,7 +524,7 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     readout = LaggedReadout(device)
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
         if cfg.check_finite and not bool(torch.isfinite(images).all()):
-            raise ValueError(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
+            raise InvalidInput(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
         if cfg.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         begin_graph_step(cfg)
@@ -587,19 +607,39 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ex
           stop_after_epoch: int | None = None, log=print) -> dict:
     """Train (or resume) and return the last epoch's metrics.
 
+    ``resume``: continue the run in ``cfg.out`` from its resume point. The fields listed in
+    :data:`RESUMABLE_OVERRIDES` (``epochs``, ``device``, ...) are taken from ``cfg``; every other
+    field must match the checkpoint's or be left at None.
     ``overwrite``: a fresh run may replace a run already in ``cfg.out`` (otherwise refused).
-    ``explicit``: the config fields the user set (a resume may only change some of them).
+    ``explicit``: the fields the user set (the command line passes them); by default every field
+    of ``cfg`` that is not None.
     ``stop_after_epoch``: end after that epoch as if interrupted (tests and staged runs).
+
+    Example (the embedded digits, a few seconds on a CPU):
+        >>> result = train(TrainConfig(epochs=1, out="runs/doctest"), overwrite=True)  # doctest: +SKIP
+        >>> result = train(TrainConfig(epochs=2, out="runs/doctest"), resume=True)  # doctest: +SKIP
     """
     out = Path(cfg.out)
     if resume and overwrite:
-        raise ValueError("--resume continues the run in the output folder and --overwrite replaces it: pick one")
+        raise InvalidInput("--resume continues the run in the output folder and --overwrite replaces it: pick one")
+    if explicit is None:
+        explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
     if not resume:
         validate(cfg)  # before the folder is made
-    with hold_output_dir(out, create=not resume):
+    with hold_output_dir(out, create=not resume), _restored_threads():
         if not resume:
             claim_output_dir(out, overwrite)
-        return _train(cfg, out, resume, explicit or set(), stop_after_epoch, log)
+        return _train(cfg, out, resume, explicit, stop_after_epoch, log)
+
+
+@contextlib.contextmanager
+def _restored_threads() -> Iterator[None]:
+    """torch's intra-op thread count as it was before the run (the run sets its own)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_after_epoch: int | None,
@@ -612,15 +652,17 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     dist, device = init_distributed(cfg.device)
     cfg = dataclasses.replace(cfg, channels_last=uses_channels_last(cfg.channels_last, device))
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
+        raise InvalidInput("--amp fp16 needs a CUDA device; use bf16 or off on the CPU")
     if cfg.batch_size % dist.world:
-        raise ValueError(f"batch_size {cfg.batch_size} (the global batch) does not split over {dist.world} processes")
+        raise InvalidInput(f"batch_size {cfg.batch_size} (the global batch) does not split over {dist.world} processes")
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     dataset = data.load(cfg.dataset, path=cfg.data_path, timesteps=cfg.timesteps,
                         image_column=cfg.image_column, label_column=cfg.label_column)
     model = build_model(cfg, dataset).to(device)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(model, cfg.threads))
     model.set_runtime_options(sync_stats=cfg.sync_bn, check_finite=cfg.check_finite)
     if dist.is_main:  # model + trainer state (weights, two optimizer slots) + a temporary copy
         check_free_space(out, needed_bytes=6 * sum(p.numel() * p.element_size() for p in model.parameters()))

@@ -28,7 +28,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from mpdagl_triton import ops
 from mpdagl_triton.kernels.offline import offline_driver
 
-ops.register_inductor_ops()  # done at import only where CUDA is present
+ops.register_inductor_ops()  # done at import, except under Triton's interpreter
 
 
 def trace(channels_last: bool, residual: bool, skip: bool, broadcast: bool, symbolic: bool) -> dict:
@@ -95,7 +95,7 @@ def dynamo(batches: list[int], network: str | None = None) -> dict:
         from mpdagl_triton import models
 
         ops.resolve_backend = lambda backend, device: "triton"
-        ops._compiled_op = lambda x, sync: ops._fwd_inductor_op
+        ops.route = lambda backend, x, sync, compiling: ops._ROUTES["inductor" if compiling else "eager"]
         net = models.create(network, 10, 2, backend="triton").to("meta", memory_format=torch.channels_last)
         compiled = torch.compile(net, backend=backend, fullgraph=True)
     with offline_driver():

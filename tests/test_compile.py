@@ -161,12 +161,11 @@ def test_compile_fullgraph_equals_eager(backend):
 
 def test_compile_options_launch_our_kernels_statically(monkeypatch):
     """compile_options: the mode's inductor options plus the static launcher for our kernels
-    (unless MPDAGL_STATIC_LAUNCH=0), accepted by torch.compile."""
+    (unless ``static_launch=False``), accepted by torch.compile."""
     assert ops.compile_options() == {"static_launch_user_defined_triton_kernels": True}
     assert ops.compile_options("reduce-overhead") == {"triton.cudagraphs": True,
                                                       "static_launch_user_defined_triton_kernels": True}
-    monkeypatch.setattr(ops, "STATIC_LAUNCH", False)
-    assert ops.compile_options("reduce-overhead") == {"triton.cudagraphs": True}
+    assert ops.compile_options("reduce-overhead", static_launch=False) == {"triton.cudagraphs": True}
 
 
 def _compile_worker_setting() -> str:

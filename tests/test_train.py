@@ -14,6 +14,7 @@ import torch
 import mpdagl_triton as M
 from mpdagl_triton import cli, train as train_module
 from mpdagl_triton.checkpoint import CheckpointError, atomic_write_bytes
+from mpdagl_triton.runtime import resolve_device
 from mpdagl_triton.train import TrainConfig, TrainingDiverged, train
 
 TIMING = {"seconds", "images_per_s"}
@@ -54,25 +55,22 @@ def test_default_command_reaches_96_percent(tmp_path, capsys):
     assert f"test accuracy {final:.4f}" in capsys.readouterr().out
 
 
-def test_readme_documents_every_train_option():
-    """The README's option table of ``mpdagl train`` names every option the command takes and no
-    other, and its resume sentence names exactly the fields a resume may change."""
+def test_train_options_are_the_config_fields():
+    """``mpdagl train`` takes one option per TrainConfig field (dashes for underscores) and the
+    run options, nothing else; every option the README names exists."""
     commands = argparse.ArgumentParser().add_subparsers()
     cli._train_parser(commands)
     taken = {option for action in commands.choices["train"]._actions for option in action.option_strings
              if option.startswith("--") and option != "--help"}
+    fields = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)}
+    negated = {f"--no-{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+               if f.type in ("bool", "bool | None")}
+    assert taken == fields | negated | {f"--{name}" for name in cli.RUN_OPTIONS}
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme.split("## Training: `mpdagl train`")[1].split("\n### ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `-")]
-    documented = set()
-    for row in rows:  # the first column only (meanings mention options too); "\|" is no border
-        for option in re.findall(r"--(?:\[no-\])?[a-z][a-z-]*", re.split(r"(?<!\\)\|", row)[1]):
-            documented |= ({option.replace("[no-]", ""), option.replace("[no-]", "no-")}
-                           if "[no-]" in option else {option})
-    assert documented == taken
-    resumable = re.search(r"\(only (.*?) may change\)", section).group(1)
-    named = {option[2:].replace("-", "_") for option in re.findall(r"--[a-z-]+", resumable)}
-    assert named == set(train_module.RESUMABLE_OVERRIDES) - {"out"}  # --out names the run itself
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", readme.split("## Several GPUs")[0]))
+    train_section_options = named - {"--checkpoint", "--repo-id", "--compare", "--help", "--version",
+                                     "--standalone", "--nproc_per_node", "--repo-type", "--local-dir"}
+    assert train_section_options <= taken, train_section_options - taken
 
 
 def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):
@@ -264,9 +262,9 @@ def test_a_compile_mode_asks_for_compiling(tmp_path, monkeypatch):
 def test_a_cuda_device_this_machine_lacks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert train_module.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match=r"device 'cuda:3': this machine has 2 CUDA device\(s\), cuda:0 .. cuda:1"):
-        train_module.resolve_device("cuda:3")
+        resolve_device("cuda:3")
 
 
 def test_resume_with_another_architecture(tmp_path, capsys):

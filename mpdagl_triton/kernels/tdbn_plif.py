@@ -685,8 +685,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-#: ``MPDAGL_DIRECT_LAUNCH=0`` leaves every eager launch to Triton's ``kernel[grid](...)``
-DIRECT_LAUNCH = os.environ.get("MPDAGL_DIRECT_LAUNCH", "1") != "0"
+#: eager launches through :class:`_DirectLauncher`; ``bench.dispatch`` sets it False to compare
+#: with Triton's own ``kernel[grid](...)``
+DIRECT_LAUNCH = True
 
 
 class _DirectLauncher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.layers import TdBNPLIF
 
 
@@ -24,7 +25,7 @@ def pooled_size(arch: str, input_size: int, pools: int) -> int:
     built, rather than by a pooling layer at the first forward."""
     size = input_size // 2 ** pools
     if size < 1:
-        raise ValueError(f"{arch} halves its input {pools} times before its classifier, so "
+        raise InvalidInput(f"{arch} halves its input {pools} times before its classifier, so "
                          f"{input_size}x{input_size} images leave no feature map; it needs at least "
                          f"{2 ** pools}x{2 ** pools}")
     return size

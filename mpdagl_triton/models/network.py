@@ -10,6 +10,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from mpdagl_triton._version import __version__
+from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.checkpoint import CheckpointError, atomic_write_json, load_tensors, save_tensors
 from mpdagl_triton.layers import TdBNPLIF
 
@@ -61,19 +62,19 @@ class SpikingNetwork(
                  dataset: str | None = None):
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
+            raise InvalidInput(f"unknown architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
         if not isinstance(timesteps, int) or timesteps < 1:
-            raise ValueError(f"timesteps (T) must be an integer >= 1, got {timesteps!r}")
+            raise InvalidInput(f"timesteps (T) must be an integer >= 1, got {timesteps!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
                             ("input_size", input_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise InvalidInput(f"{name} must be an integer >= 1, got {value!r}")
         neuron = dict(neuron or {})
         unknown = set(neuron) - set(NEURON_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown neuron options {sorted(unknown)}; valid: {', '.join(NEURON_OPTIONS)}")
+            raise InvalidInput(f"unknown neuron options {sorted(unknown)}; valid: {', '.join(NEURON_OPTIONS)}")
         if label_names is not None and len(label_names) != num_classes:
-            raise ValueError(f"{len(label_names)} label names for {num_classes} classes")
+            raise InvalidInput(f"{len(label_names)} label names for {num_classes} classes")
         self.arch, self.num_classes, self.timesteps = arch, num_classes, timesteps
         self.in_channels, self.input_size = in_channels, input_size
         self.label_names, self.normalization, self.dataset = label_names, normalization, dataset
@@ -87,13 +88,13 @@ class SpikingNetwork(
         """
         if x.dim() == 5:
             if x.shape[1] != self.timesteps:
-                raise ValueError(f"event input has {x.shape[1]} frames, the model runs T = {self.timesteps}")
+                raise InvalidInput(f"event input has {x.shape[1]} frames, the model runs T = {self.timesteps}")
         elif x.dim() != 4:
-            raise ValueError(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got {list(x.shape)}")
+            raise InvalidInput(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got {list(x.shape)}")
         if x.shape[-3] != self.in_channels:
-            raise ValueError(f"input has {x.shape[-3]} channels, the model expects {self.in_channels}")
+            raise InvalidInput(f"input has {x.shape[-3]} channels, the model expects {self.in_channels}")
         if self.body.fixed_input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise ValueError(f"input is {x.shape[-2]}x{x.shape[-1]}; {self.arch} takes {self.input_size}x"
+            raise InvalidInput(f"input is {x.shape[-2]}x{x.shape[-1]}; {self.arch} takes {self.input_size}x"
                              f"{self.input_size} only (its classifier flattens the last feature map)")
         if not x.is_floating_point():
             raise TypeError(f"input must be floating point (pixels in [0, 1], normalized as config.json's "

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -65,7 +65,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a safetensors file; a missing, truncated or foreign file raises CheckpointError."""
+    """Read a safetensors file and its metadata; a missing, truncated or foreign file raises
+    CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
@@ -73,16 +74,11 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     _refuse_pickle(path, data)
     try:
         tensors = load_safetensors_bytes(data)
-        metadata = _read_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, ValueError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {exc}") from exc
     return tensors, metadata
-
-
-def _read_metadata(data: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
-    return header.get("__metadata__", {}) or {}
 
 
 def _refuse_pickle(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from mpdagl_triton.errors import InvalidInput
@@ -10,13 +11,23 @@ from mpdagl_triton.layers import TdBNPLIF
 
 
 def fold(x: Tensor) -> Tensor:
-    """[T, B, ...] -> [T*B, ...] for convolutions and pooling."""
-    return x.flatten(0, 1)
+    """Time into the batch, ``[T, B, ...] -> [T*B, ...]``, for convolutions and pooling (a view).
+
+    Example:
+        >>> fold(torch.zeros(4, 2, 3, 5, 5)).shape
+        torch.Size([8, 3, 5, 5])
+    """
+    return rearrange(x, "t b ... -> (t b) ...")
 
 
 def unfold(x: Tensor, timesteps: int) -> Tensor:
-    """[T*B, ...] -> [T, B, ...] for the neurons."""
-    return x.unflatten(0, (timesteps, -1))
+    """Time out of the batch, ``[T*B, ...] -> [T, B, ...]``, for the neurons (a view).
+
+    Example:
+        >>> unfold(torch.zeros(8, 3, 5, 5), timesteps=4).shape
+        torch.Size([4, 2, 3, 5, 5])
+    """
+    return rearrange(x, "(t b) ... -> t b ...", t=timesteps)
 
 
 def pooled_size(arch: str, input_size: int, pools: int) -> int:

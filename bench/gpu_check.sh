@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# One prepared GPU session: CUDA correctness of the kernels, then the benchmarks, stage by stage,
-# each under its own time limit so that one slow stage cannot eat the lease.
-# Run on the device machine from the repo root (the device tool's README explains .whl):
-#   bash bench/gpu_check.sh                      every stage
-#   bash bench/gpu_check.sh tests tune step      some stages
-# Stages: tests dispatch tune step-ro step breaks step-others data layer probe (the default list, most important
-# first: a call cut off by the device limit still brings back what finished; dispatch, ~15 s, is
-# the eager launches' host time through Triton's kernel[grid] and the direct launcher; breaks, ~50 s,
-# where dynamo breaks each step network's graph and why: SpikingJelly's did in runs 6-7); only when named:
-# step-routes (ours in default compile mode through the opaque custom ops, --opaque-route, next to `step`),
-# step-launchers (ours in default mode on Triton's launcher, --triton-launcher, next to `step`),
-# layer-stem (the first layer: one input timestep at every step, `timesteps=T`), step-nchw (T2 B128
-# NCHW with and without inductor's layout optimization),
-# train (`mpdagl train` end to end on fake CIFAR-shaped data under CUDA graphs, bf16; train-fp32 the same
-# in fp32, one epoch) and suite
-# (`python -m bench.all` in one go, to time the whole suite: issue 7 asks for under 8 minutes).
-# JSON per stage and one log, all.log, go to $OUT (or bench/results): the device tool brings back
-# at most 8 files. The stage limits add up to more than one device call's 600 s: name stages.
+# Checks and benchmarks for a machine with one CUDA GPU, stage by stage, each under its own time
+# limit so that one slow stage cannot hold up the rest. Run from the repository root:
+#   bash bench/gpu_check.sh                      the default stages, most important first
+#   bash bench/gpu_check.sh tests step           some stages
+# Default stages:
+#   tests         the kernel tests on CUDA (float64 agreement with the reference, opcheck, compile)
+#   dispatch      host time of eager launches: Triton's kernel[grid] against our direct launcher
+#   tune          launch-parameter sweep, kernel by kernel
+#   step-ro       ResNet-19 step vs the ANN floor under CUDA graphs (reduce-overhead), profiled
+#   step          the same in default compile mode, profiled by kernel family
+#   breaks        where torch.compile breaks each step network's graph, and why
+#   step-others   SpikingJelly's and the compiled reference's steps
+#   data          the data pipeline next to stand-in steps
+#   layer         one fused layer, fwd and fwd+bwd, against the reference and SpikingJelly
+#   probe         the per-epoch probe of the paper's quantities
+# Named only: step-routes (ours through the opaque custom ops), step-launchers (ours on Triton's
+# launcher), step-nchw (NCHW parameters, with and without inductor's layout optimization),
+# layer-stem (the first layer: one input at every timestep), train and train-fp32 (`mpdagl
+# train` end to end on fake CIFAR-shaped data under CUDA graphs), suite (`python -m bench.all`).
+# JSON per stage and one log, all.log, go to $OUT (default bench/results). Packages the machine
+# lacks can be carried as wheels in .whl/ (installed with --no-deps into /tmp/site).
 set -uo pipefail
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then  # pure-Python packages missing on the image
+if ls .whl/*.whl >/dev/null 2>&1; then  # pure-Python packages the machine lacks
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH=/tmp/site
 fi
+# this checkout, over whatever torch and Triton the machine has (no network needed)
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
+  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD  # no setuptools: import the checkout in place
 export SJ_PLIF_CUDA_IMPLEMENTATION=triton PYTHONUNBUFFERED=1
 stages=${*:-tests dispatch tune step-ro step breaks step-others data layer probe}
 LOG=$OUT/all.log
@@ -44,7 +48,6 @@ fake_cifar() {  # CIFAR-shaped training data for the train stages, in the Hub's 
   python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; \
 fake_cifar(Path('/tmp/fake-cifar'), n_train=25000, n_test=1000)"
 }
-# no install needed: a checkout maps kernels/ and models/ into mpdagl_triton by itself
 python3 -c "import mpdagl_triton.kernels.tdbn_plif, mpdagl_triton.models" || exit 1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$LOG"
 for stage in $stages; do

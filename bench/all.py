@@ -1,6 +1,5 @@
 """The whole benchmark suite in one command (layer, training step, data pipeline, per-epoch probe),
-JSON per part, and the wall time of each part (``suite.json``; issue 7 asks for the whole suite in
-under 8 minutes on one GPU).
+JSON per part, and the wall time of each part (``suite.json``).
 
     python -m bench.all --out bench/results          # one GPU; most of the time is torch.compile
 
@@ -8,10 +7,9 @@ Each part runs in a process of its own, as it would alone (``python -m bench.lay
 SpikingJelly, measured in the layer part, changes dynamo and torch.compile's cache key for the
 rest of its process. The layer and training-step parts give everything they compile a process of
 its own, ``--jobs`` compiling at a time; once none is compiling, each measures in turn, alone,
-with what it compiled (``common.compile_then_measure``; run 5 on an H100 spent ~285 s compiling
-and measuring one setting's four steps in series, run 7 ~60 s loading compiled steps back from
-torch.compile's caches).
-Record what you measure, with the card and date, in bench/RESULTS.md.
+with what it compiled (``common.compile_then_measure``): compiling one step takes seconds to half
+a minute, so compiling in parallel is what keeps the suite short.
+Record what you measure, with the card, date and commit, in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ def run_part(command: list[str]) -> int:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--full", action="store_true", help="three layer shapes instead of issue 7's one")
+    parser.add_argument("--full", action="store_true", help="three layer shapes instead of one")
     parser.add_argument("--jobs", type=int, default=min(8, max(1, (os.cpu_count() or 2) // 2)),
                         help="processes compiling at once in the layer and training-step parts "
                              "(0: one process compiles and measures everything in turn)")

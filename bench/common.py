@@ -71,7 +71,7 @@ def compile_then_measure(commands: list[list[str]], jobs: int, waiting: int | No
     once (inductor's compile workers share the cores, ``share_of_cores``); a process that has
     compiled waits, holding what it compiled. Once none is compiling, each measures in turn, alone
     on the machine: timings do not share the GPU or the host with a compile, and no process loads
-    its compiled code again (from torch.compile's caches that took 2-29 s per step in run 7).
+    its compiled code again (from torch.compile's caches that takes 2-29 s per step on an H100).
     At most ``waiting`` processes are alive at once (default: ``processes_that_fit()``, 12 on an
     H100 machine); more commands run in groups of that size.
 
@@ -278,7 +278,7 @@ def spikingjelly_plif(tau: float = 0.2, vth: float = 0.5) -> torch.nn.Module:
 def reset_spikingjelly(net: torch.nn.Module) -> None:
     """Every SpikingJelly neuron's state back to its initial value, as its users do before each
     batch (``functional.reset_net``), outside the compiled model: its reset deep-copies the initial
-    value, which dynamo could not trace on torch 2.11 (run 7: a graph break per neuron, then each
+    value, which dynamo could not trace on torch 2.11 (a graph break per neuron, then each
     block's frame recompiled up to dynamo's limit and run eagerly, 69 ms per ResNet-19 step)."""
     from spikingjelly.activation_based import functional
 
@@ -291,7 +291,7 @@ def prepare_spikingjelly(net: torch.nn.Module, dtype: torch.dtype, device: torch
     Its neurons log through loguru's global logger (disabled for its namespace, but with loguru's
     default sink still installed); a logger call gets its caller's frame with ``sys._getframe``
     before checking that, which dynamo cannot trace, so every neuron call broke the compiled graph
-    (run 5: 55.8 ms per ResNet-19 step, frames falling back to eager at dynamo's recompile limit).
+    (55.8 ms per ResNet-19 step on an H100, frames falling back to eager at dynamo's recompile limit).
     Sinks from WARNING up make info/debug calls return before that. Its Triton PLIF also refuses a
     bf16/fp16 state under autocast (falling back to its reference, which
     SJ_PLIF_CUDA_IMPLEMENTATION=triton forbids) unless each node is given a storage precision, as

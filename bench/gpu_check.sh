@@ -92,7 +92,7 @@ for stage in $stages; do
            run train 240 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar --epochs 3 \
              --batch-size 128 --compile --compile-mode reduce-overhead --amp bf16 --channels-last --out /tmp/fake-run &&
            cp /tmp/fake-run/metrics.jsonl "$OUT/train_metrics.jsonl" ;;
-    # fp32 (the CLI's default): eval logits are the CUDA graph's own outputs (ran in run 7)
+    # fp32 (the CLI's default): eval logits are the CUDA graph's own outputs
     train-fp32) fake_cifar &&
                 run train_fp32 150 python3 -m mpdagl_triton.cli train --dataset cifar10 --data-path /tmp/fake-cifar \
                   --epochs 1 --batch-size 128 --compile --compile-mode reduce-overhead --amp off --out /tmp/fake-run-fp32 ;;

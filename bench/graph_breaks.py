@@ -5,7 +5,7 @@
 
 A graph break splits the compiled step into pieces with eager Python between them, and a frame
 that breaks is recompiled for each new variant of its inputs until dynamo's recompile limit, after
-which it runs eagerly: in run 6 SpikingJelly's ResNet-19 step did both (46 ms against ours 14.7),
+which it runs eagerly: SpikingJelly's ResNet-19 step once did both on an H200 (46 ms against ours 14.7),
 a number that says more about the break than about its kernels. The networks are
 ``bench.train_step``'s (ResNet-19, one forward under the step's autocast), so what this finds is
 what that benchmark compiles. SpikingJelly's Triton path runs only on CUDA: on the CPU it takes

@@ -3,7 +3,7 @@
     python -m bench.host [--device cpu|cuda] [--json F]
 
 Outside CUDA graphs every fused layer costs more host time than GPU time (on an H200, 1.5 ms of
-host time per layer forward + backward against 0.33 ms of GPU work; bench/RESULTS.md). This
+host time per layer forward + backward against 0.33 ms of GPU work; docs/benchmarks.md). This
 measures the part the library controls, without a GPU: our Triton kernels are replaced by
 counters, so a forward + backward of a stack of tiny ``TdBNPLIF`` layers times our Python,
 PyTorch's dispatch and autograd, and the small PyTorch ops around the kernels. It reports, per

@@ -20,7 +20,7 @@ read + write, backward two reads, then two reads + one write) at the copy bandwi
 the same run.
 
 SpikingJelly's rows run in a process of their own, one per shape and dtype: a CUDA graph capture
-that fails (its compiled step did, on an H200 in run 6) leaves the process's RNG and allocator
+that fails (its compiled step did, on an H200) leaves the process's RNG and allocator
 in capture mode, and every later allocation there fails.
 
 ``--stem`` measures the layer as a network's first one runs: its input is one timestep

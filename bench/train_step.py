@@ -1,6 +1,6 @@
 """A whole ResNet-19 training step: ours vs the ANN floor vs SpikingJelly vs the compiled reference.
 
-    python -m bench.train_step                       # issue 7's settings, bf16 autocast
+    python -m bench.train_step                       # the default settings, bf16 autocast
     python -m bench.train_step --full                # both settings x fp32/bf16 x NCHW/channels_last
     python -m bench.train_step --json bench/results/train_step.json
     python -m bench.train_step --jobs 4              # a process per step, 4 compiling at a time
@@ -16,7 +16,7 @@ is the parameters' and the images' (all three networks run their activations cha
 CUDA from the stem on, ``models.blocks.Stem``, as inductor runs the ANN's convolutions). Reported:
 ms per step with steps back to back as a training loop runs them (``ms``, and ``images_per_s``
 and ``vs_ann`` from it), one step from an idle GPU to its end (``latency_ms``: the host's issuing
-plus the GPU work left after it; before 2026-11-27's run 7 this was ``ms``), the peak memory
+plus the GPU work left after it), the peak memory
 allocated during a step, the host time to issue one step from an idle GPU (``host_ms``: near
 ``ms`` means host-bound), and for ours whether a step syncs with the host (CUDA's sync debug mode
 set to error). ``--profile N`` adds a profile of N steps (``profile``): the GPU time by kernel
@@ -52,15 +52,14 @@ from mpdagl_triton.ops import compile_options, compiled_kernel_launchers
 
 STATIC_LAUNCH = True  # our kernels on inductor's static launcher (--triton-launcher: Triton's)
 
-#: (name, T, B, channels_last) of issue 7's settings: T4 B64 channels-last, T2 B128 NCHW (its
-#: table's SpikingJelly and reference numbers) and T2 B128 channels-last (its target for ours)
+#: (name, T, B, channels_last): T4 B64 channels-last, T2 B128 NCHW and T2 B128 channels-last
 SETTINGS = {"t4b64": (4, 64, True), "t2b128": (2, 128, False), "t2b128cl": (2, 128, True)}
 IMPLEMENTATIONS = ["mpdagl", "reference", "ann", "spikingjelly"]
-#: without --settings, issue 7's table: ours and its floor at all three (T2 B128 channels-last is
-#: the target), SpikingJelly at both of its settings, the compiled reference at T2 B128 NCHW
+#: without --settings: ours and its floor at all three, SpikingJelly at two, the compiled reference
+#: at T2 B128 NCHW
 DEFAULT_SETTINGS = {"mpdagl": list(SETTINGS), "ann": list(SETTINGS), "spikingjelly": ["t4b64", "t2b128"],
                     "reference": ["t2b128"]}
-#: with --jobs, the slowest to compile start first (run 7, H100: the reference's first step took
+#: with --jobs, the slowest to compile start first (on an H100 the reference's first step took
 #: 22-29 s even from torch.compile's caches, SpikingJelly's 10-12 s, ours and the ANN's 2-4 s)
 SLOWEST_TO_COMPILE = ["reference", "spikingjelly", "mpdagl", "ann"]
 

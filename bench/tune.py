@@ -37,12 +37,12 @@ CONFIGS = {
     "stats-tile/2": {"STATS_BUDGET": K.STATS_BUDGET // 2},
     "bwd-1024": {"BACKWARD_PROGRAMS": 1024},
     "bwd-8192": {"BACKWARD_PROGRAMS": 8192},
-    "bwd-one-block": {"BACKWARD_PROGRAMS": 1 << 40},  # one row block per program (until run 3)
+    "bwd-one-block": {"BACKWARD_PROGRAMS": 1 << 40},  # one row block per program
     "cl-k32": {"CHANNELS_LAST_BLOCK_K": 32, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
     "cl-k64": {"CHANNELS_LAST_WIDE_FROM": 1 << 30},
     "cl-k128": {"CHANNELS_LAST_BLOCK_K": 128, "CHANNELS_LAST_WIDE_FROM": 1 << 30},
 }
-#: (shape, dtype, channels_last, configs): the ResNet-19 stage-1 layer at both issue-7 settings
+#: (shape, dtype, channels_last, configs): the ResNet-19 stage-1 layer at T4 B64 and T2 B128
 #: (the training-step benchmark runs them channels-last) and a deep, narrow stage-3 layer
 BACKWARD_SWEEP = ["default", "bwd-1024", "bwd-8192", "bwd-one-block"]
 CASES = [
@@ -183,7 +183,7 @@ def host_overheads(device: torch.device) -> list[dict]:
         with torch.no_grad():
             layer(xg)
 
-    # eager fwd+bwd in parts: which of them holds the host time (run 4: 1.5 ms per layer call,
+    # eager fwd+bwd in parts: which of them holds the host time (on an H200: 1.5 ms per layer call,
     # of which stubbed kernels explained half)
     calls = {
         "triton forward-kernel launch": forward_kernel,

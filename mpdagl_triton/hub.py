@@ -23,7 +23,7 @@ from mpdagl_triton.models.network import CONFIG_NAME, LIBRARY, WEIGHTS_NAME
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-#: SPEC.md section 9: (dataset, architecture, T) -> the paper's test accuracy in %.
+#: (dataset, architecture, T) -> the paper's test accuracy in % (docs/method.md#paper-results).
 PAPER_RESULTS = {
     ("cifar10", "resnet19", 6): "96.54", ("cifar10", "resnet19", 4): "96.35",
     ("cifar10", "resnet19", 2): "96.18", ("cifar100", "resnet19", 6): "80.49",

@@ -1,4 +1,4 @@
-"""Readable PyTorch reference of tdBN -> PLIF with the adaptive surrogate (SPEC.md sections 2-4).
+"""Readable PyTorch reference of tdBN -> PLIF with the adaptive surrogate (docs/method.md).
 
 Plain loops over T and autograd through a surrogate :class:`torch.autograd.Function`. It is the test
 oracle for the Triton kernels and the CPU path of :func:`mpdagl_triton.tdbn_plif`. Math runs in

@@ -1,4 +1,4 @@
-"""Surrogate-gradient shapes and surrogate-width rules (SPEC.md section 4).
+"""Surrogate-gradient shapes and surrogate-width rules (docs/method.md#surrogate-shapes, #width-rules).
 
 Every shape integrates to 1 over u = V - Vth and has width ``kappa``; the width rules decide
 ``kappa`` per layer and per forward pass, with one value for the first timestep and one for the

@@ -12,7 +12,7 @@ from mpdagl_triton.train import TrainConfig, train
 
 
 def test_energy_reproduces_the_paper():
-    # SPEC.md section 8 / paper Table 2
+    # the paper's Table 2
     assert analysis.ann_energy(2285.35e6) * 1e3 == pytest.approx(10.51, abs=0.005)
     assert analysis.energy_from_counts(579.33e6, 7.08e6) * 1e3 == pytest.approx(0.55, abs=0.005)
 
@@ -33,7 +33,7 @@ def test_energy_formula_on_layers():
 
 
 def test_resnet19_iso_ann_macs():
-    """SPEC.md: the iso-ANN ResNet-19 costs 2285 M MACs at 32x32."""
+    """The paper: the iso-ANN ResNet-19 costs 2285 M MACs at 32x32."""
     net = models.create("resnet19", 10, 2)
     probe = analysis.probe(net, torch.rand(2, 3, 32, 32))
     assert sum(s["macs"] for s in probe["synapses"]) / 1e6 == pytest.approx(2285.35, abs=0.5)

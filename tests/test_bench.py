@@ -40,7 +40,7 @@ def test_layer_benchmark_compiles_in_processes_of_their_own(tmp_path):
 
 
 def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypatch):
-    """A failed CUDA graph capture poisons its process (run 6), so each SpikingJelly row comes
+    """A failed CUDA graph capture poisons its process, so each SpikingJelly row comes
     from a child process: here the parent's `measure` refuses SpikingJelly, and the row still
     arrives; a child that dies gives a row that says so, and the next row is still measured."""
     monkeypatch.syspath_prepend(str(ROOT))
@@ -255,7 +255,7 @@ def test_train_step_gives_every_step_a_process_with_jobs(monkeypatch):
     monkeypatch.setattr(train_step, "compile_then_measure", fake)
     rows = train_step.main(["--jobs", "3", "--device", "cpu", "--compile-mode", "reduce-overhead",
                             "--no-layout-optimization"])["rows"]
-    # without --settings, issue 7's table: T2 B128 channels-last (its target) only for ours and the
+    # without --settings: T2 B128 channels-last (its target) only for ours and the
     # floor, the reference only at T2 B128 NCHW; the slowest to compile start first
     assert [(c[c.index("--impls") + 1], c[c.index("--settings") + 1]) for c in seen["commands"]] == (
         [("reference", "t2b128"), ("spikingjelly", "t4b64"), ("spikingjelly", "t2b128")]
@@ -319,7 +319,7 @@ def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
 def test_spikingjelly_state_is_reset_outside_the_compiled_step(monkeypatch):
     """SpikingJelly's reset deep-copies each neuron's initial state, and torch 2.11's dynamo (the
     GPU image's) cannot trace copy.deepcopy: a reset inside the compiled network broke its graph
-    at every neuron (run 7; this torch traces it). The stand-in here is a deepcopy dynamo must not
+    at every neuron (this torch traces it). The stand-in here is a deepcopy dynamo must not
     trace. The benchmark's network has no reset inside; its step resets before calling it."""
     pytest.importorskip("spikingjelly")
     pytest.importorskip("loguru")
@@ -344,7 +344,7 @@ def test_spikingjelly_state_is_reset_outside_the_compiled_step(monkeypatch):
             compiled(x)
         return sum(torch._dynamo.utils.counters["graph_break"].values())
 
-    class ResetInside(torch.nn.Module):  # the benchmark's neuron before run 7
+    class ResetInside(torch.nn.Module):  # the benchmark's former neuron
         def __init__(self):
             super().__init__()
             self.node = spikingjelly_plif()

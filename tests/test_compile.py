@@ -280,7 +280,7 @@ def _dynamo_graphs(*args: str) -> list[list[str]]:
 
 def test_inductor_route_under_dynamic_shapes_compiles_one_graph_pair_per_shape():
     """torch.compile(dynamic=True) through AOTAutograd, two batch sizes in one process (what
-    failed on the H200 in run 4: the traced body got symbolic sizes): each shape gets its own
+    failed on an H200: the traced body got symbolic sizes): each shape gets its own
     forward and backward graph, launching the training path's kernels."""
     assert _dynamo_graphs("2", "3") == [FORWARD_LAUNCHES, BACKWARD_LAUNCHES] * 2
 

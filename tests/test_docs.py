@@ -4,6 +4,7 @@ prints what it says."""
 from __future__ import annotations
 
 import doctest
+import re
 import importlib
 import inspect
 import pkgutil
@@ -44,3 +45,29 @@ def test_docstring_examples_run(name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
                              raise_on_error=False, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} failed (printed above)"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: words of a lab notebook: references to files users do not have, to runs and to issues
+DIARY = re.compile(r"SPEC\.md|\.\./shared|\bshared/|\brun [0-9]|\bissue[ -]?[0-9]|\bsession\b", re.IGNORECASE)
+
+
+def test_user_facing_text_reads_as_a_library_not_a_diary():
+    files = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("mpdagl_triton/**/*.py"),
+             *ROOT.glob("bench/*.py"), *ROOT.glob("bench/*.sh")]
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in files
+             for number, line in enumerate(path.read_text().splitlines(), 1) if DIARY.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_the_dispatch_table_in_the_docs_is_the_one_in_the_code():
+    from mpdagl_triton import ops
+
+    assert ops.dispatch_table() in (ROOT / "docs" / "design.md").read_text()
+
+
+def test_readme_is_a_guide_of_at_most_250_lines_and_links_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for doc in ("docs/method.md", "docs/design.md", "docs/benchmarks.md"):
+        assert (ROOT / doc).is_file() and f"]({doc}" in readme, doc

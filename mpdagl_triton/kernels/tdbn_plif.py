@@ -1,6 +1,6 @@
 """Fused tdBN -> PLIF forward and adaptive-surrogate backward through time.
 
-What it computes (SPEC.md sections 2-4), per channel c of ``x [T, B, C, *S]``:
+What it computes (docs/method.md), per channel c of ``x [T, B, C, *S]``:
 
     y_t = scale_c * x_t + shift_c (+ residual_t),  scale_c = gamma_c * alpha * Vth / sqrt(var_c + eps),
                                                     shift_c = beta_c - mean_c * scale_c
@@ -185,7 +185,7 @@ def _channel_total(ptr, n_chan, COMPUTE: tl.constexpr):
 @triton.jit
 def _widths(gamma_ptr, n_chan, tau, vth, kappa0, gamma_floor, WIDTH_RULE: tl.constexpr,
             COMPUTE: tl.constexpr):
-    """(kappa_first, kappa_rest) of the width rule (SPEC.md section 4; the readable version is
+    """(kappa_first, kappa_rest) of the width rule (docs/method.md#width-rules; the readable version is
     ``surrogates.kappas``), from gamma and tau: one program's loop over C values instead of a
     chain of small PyTorch ops per layer."""
     if WIDTH_RULE == 0:  # fixed
@@ -571,7 +571,7 @@ def _packed(shape, strides, inner: int) -> bool:
 
 
 # Launch parameters. Module-level so that ``python -m bench.tune`` can sweep them on a GPU; the
-# values follow that sweep on an H200 (bench/RESULTS.md says which shapes backed each choice).
+# values follow that sweep on an H200 (``python -m bench.tune`` repeats it).
 FORWARD_TILE = 2048  # elements per program in the forward kernel (and at most in the stats kernel)
 STATS_BUDGET = 16384  # stats tile elements times (T + 2): T loads in flight plus two accumulators
 BACKWARD_BUDGET = 2048  # backward elements per program times next_pow2(T), clamped to 256-512

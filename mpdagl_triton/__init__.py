@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-from mpdagl_triton._version import __version__
+from mpdagl_triton._version import __version__  # noqa: F401 (public)
 
 #: public name -> the module that defines it
 _PUBLIC = {

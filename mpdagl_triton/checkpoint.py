@@ -18,6 +18,13 @@ from safetensors.torch import save as save_safetensors_bytes
 from mpdagl_triton.errors import InvalidInput
 
 
+#: the files of a saved model: what ``load`` reads and ``push`` uploads
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+#: ``library`` in config.json: models of this library
+LIBRARY = "mpdagl-triton"
+
+
 class CheckpointError(InvalidInput):
     """A checkpoint is missing, corrupt, or does not match what it claims to hold."""
 

@@ -216,7 +216,7 @@ def _remove_if_only_lock(out: Path, created: bool) -> None:
 
 
 def _run_files(out: Path) -> list[Path]:
-    from mpdagl_triton.models.network import CONFIG_NAME, WEIGHTS_NAME
+    from mpdagl_triton.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
     return [out / name for name in (STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME, METRICS_NAME)]
 

@@ -193,7 +193,7 @@ def test_push_as_a_pull_request(trained, tmp_path, monkeypatch, capsys):
 def test_missing_token(trained, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert cli.main(["push", str(trained), "--repo-id", "me/x"]) == 1
-    assert "no Hugging Face token: set HF_TOKEN or run `huggingface-cli login`" in capsys.readouterr().err
+    assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
 
 
 def test_rejected_token(trained, tmp_path, monkeypatch):
@@ -202,6 +202,31 @@ def test_rejected_token(trained, tmp_path, monkeypatch):
     FakeHub(monkeypatch, tmp_path, fail_with=HfHubHTTPError("401 Client Error: Unauthorized", response=response))
     with pytest.raises(hub.HubError, match=r"rejected the token \(401\)"):
         hub.push(trained, "me/x")
+
+
+def test_push_without_network_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    """With a token but no route to the Hub: one line naming the folder, the repo and the cause."""
+    from mpdagl_triton.publish import network_errors
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    transport = next(e for e in network_errors() if e.__module__.split(".")[0] in ("httpx2", "httpx", "requests"))
+    FakeHub(monkeypatch, tmp_path, fail_with=transport("[Errno -3] Temporary failure in name resolution"))
+    assert cli.main(["push", str(trained), "--repo-id", "me/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"pushing {trained} to me/x: the Hub cannot be reached" in err
+    assert "Temporary failure in name resolution" in err
+
+
+def test_a_loaded_model_pushes_the_same_card_as_its_folder(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fake = FakeHub(monkeypatch, tmp_path)
+    hub.push(trained, "me/same")
+    M.load(trained).push_to_hub("me/same")
+    from_folder, from_model = (ModelCard((u["folder"] / "README.md").read_text()) for u in fake.uploads)
+    assert from_model.data.eval_results and from_model.data.eval_results == from_folder.data.eval_results
+    assert from_model.text == from_folder.text
+    assert {"metrics.jsonl", "model.safetensors"} <= set(fake.uploads[1]["files"])
 
 
 def test_missing_repo_revision_and_offline(monkeypatch):

@@ -65,7 +65,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import os
 from typing import NamedTuple
 
 import torch

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from mpdagl_triton._version import __version__
 from mpdagl_triton.errors import InvalidInput
-from mpdagl_triton.checkpoint import CheckpointError, atomic_write_json, load_tensors, save_tensors
+from mpdagl_triton.checkpoint import (CONFIG_NAME, LIBRARY, WEIGHTS_NAME, CheckpointError, atomic_write_json,
+                                      load_tensors, save_tensors)
 from mpdagl_triton.layers import TdBNPLIF
 
 from .resnet import resnet18, resnet19
@@ -25,10 +26,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "vgg13": vgg13,
     "tiny": tiny,
 }
+#: a training folder's record of how the model was trained, which its model card reports
+RESULTS_FILES = ("metrics.jsonl", "trainer_state.json")
 NEURON_OPTIONS = ("vth", "tau", "learn_tau", "surrogate", "width_rule", "alpha", "kappa0", "backend")
-LIBRARY = "mpdagl-triton"
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 class SpikingNetwork(
@@ -139,16 +139,30 @@ class SpikingNetwork(
                     token: str | None = None, branch: str | None = None, create_pr: bool = False,
                     **unsupported) -> str:
         """Upload this model (weights, config, a generated model card) to the Hub; returns the
-        commit URL, or the pull request's with ``create_pr``."""
+        commit URL, or the pull request's with ``create_pr``.
+
+        A model loaded from a training folder (``mpdagl_triton.load("runs/x")``) brings that
+        folder's metrics and plots along, so its card holds the same results as ``mpdagl push
+        runs/x``'s."""
+        import shutil
         import tempfile
 
-        from mpdagl_triton.hub import push
+        from mpdagl_triton.publish import push
 
         if unsupported:  # the mixin's file patterns and card options: the upload's files are fixed
             raise TypeError(f"push_to_hub does not take {', '.join(sorted(unsupported))}: it uploads "
                             "model.safetensors, config.json and a generated model card")
         with tempfile.TemporaryDirectory(prefix="mpdagl-model-") as folder:
             self.save_pretrained(folder)
+            trained_in = getattr(self, "trained_in", None)
+            if trained_in is not None:
+                for name in RESULTS_FILES:
+                    if (trained_in / name).is_file():
+                        shutil.copy2(trained_in / name, Path(folder) / name)
+                for png in [*trained_in.glob("*.png"), *trained_in.glob("analysis/*")]:
+                    target = Path(folder) / png.relative_to(trained_in)
+                    target.parent.mkdir(exist_ok=True)
+                    shutil.copy2(png, target)
             return push(folder, repo_id, private=private, revision=branch,
                         commit_message=commit_message, token=token, create_pr=create_pr)
 

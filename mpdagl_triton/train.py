@@ -200,19 +200,23 @@ def hold_output_dir(out: Path, create: bool) -> Iterator[None]:
         raise InvalidInput(f"output folder {out} is in use by another training run (pid {holder}); "
                            "wait for it to end, or choose another --out") from None
     except OSError as exc:
-        _remove_if_only_lock(out, created)
+        _tidy_after_failed_start(out, created)
         raise InvalidInput(f"output folder {out} is not writable: {exc}") from exc
     try:
         yield
     finally:
         lock.release()
-        _remove_if_only_lock(out, created)
+        _tidy_after_failed_start(out, created)
 
 
-def _remove_if_only_lock(out: Path, created: bool) -> None:
-    """Remove a folder this run created when it holds nothing but the run lock (a failed start)."""
-    if created and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-        shutil.rmtree(out, ignore_errors=True)
+def _tidy_after_failed_start(out: Path, created: bool) -> None:
+    """A start that wrote no run file leaves no lock file, nor a folder it created."""
+    if not out.is_dir() or any(f.exists() for f in _run_files(out)):
+        return
+    with contextlib.suppress(OSError):
+        (out / LOCK_NAME).unlink(missing_ok=True)
+        if created:
+            out.rmdir()  # only when empty
 
 
 def _run_files(out: Path) -> list[Path]:

@@ -441,6 +441,46 @@ def test_ctrl_c_says_where_the_run_stands(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
 
 
+def test_resume_from_python_continues_to_the_new_epochs(tmp_path):
+    """``train(cfg, resume=True)`` takes the resumable fields from cfg, as ``--resume --epochs``."""
+    train(short(tmp_path, epochs=1))
+    result = train(short(tmp_path, epochs=2), resume=True)
+    assert result["epoch"] == 2
+    assert [row["epoch"] for row in metrics(tmp_path / "run")] == [1, 2]
+    with pytest.raises(ValueError, match=r"--lr 0.2 \(checkpoint: 0.05\)"):
+        train(short(tmp_path, epochs=3, lr=0.2), resume=True)
+
+
+def test_a_failed_start_leaves_no_folder_behind(tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert cli.main(["train", "--out", str(out), "--amp", "fp16", "--device", "cpu"]) == 2
+    assert "--amp fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()  # a folder the user made stays as it was
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["train", "--out", str(out), "--amp", "fp16", "--device", "cpu"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_small_model_trains_on_one_cpu_thread(tmp_path, monkeypatch):
+    """OpenMP's threads spin more than they work on a tiny model, ruinously so on busy cores;
+    the run's thread count is its own, and the caller's is restored afterwards."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    seen = []
+    real_epoch = train_module.train_one_epoch
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", record)
+    train(short(tmp_path, epochs=1))
+    assert seen == [1] and torch.get_num_threads() == before
+    train(short(tmp_path, epochs=2, threads=2), resume=True)
+    assert seen == [1, 2] and torch.get_num_threads() == before
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

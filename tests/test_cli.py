@@ -1,0 +1,61 @@
+"""The ``mpdagl`` command itself: help, version, which errors become one line, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mpdagl_triton import __version__, cli
+from mpdagl_triton import train as train_module
+from mpdagl_triton.errors import InvalidInput, Unavailable
+
+
+def test_version_and_plain_help(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"mpdagl-triton {__version__}"
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "mpdagl train" in text and "``" not in text
+
+
+@pytest.mark.parametrize("error, code", [(InvalidInput("bad option --x"), 2), (Unavailable("no network"), 1)])
+def test_the_librarys_own_errors_are_one_line(error, code, monkeypatch, capsys, tmp_path):
+    def fail(cfg, **kwargs):
+        raise error
+
+    monkeypatch.setattr(train_module, "train", fail)
+    assert cli.main(["train", "--out", str(tmp_path / "x")]) == code
+    assert capsys.readouterr().err == f"mpdagl train: error: {error}\n"
+
+
+def test_an_unexpected_error_keeps_its_traceback(monkeypatch, tmp_path):
+    def bug(cfg, **kwargs):
+        raise ValueError("a bug, not bad input")  # a plain ValueError is not the library's own
+
+    monkeypatch.setattr(train_module, "train", bug)
+    with pytest.raises(ValueError, match="a bug, not bad input"):
+        cli.main(["train", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.2, 1.0, 2.5, 6.0])
+def test_ctrl_c_at_any_moment_is_a_quiet_130(delay, tmp_path):
+    """SIGINT while Python imports torch, while the data loads, or while it trains: exit 130, no
+    traceback."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "mpdagl_triton.cli", "train", "--out", str(tmp_path / "run"),
+                            "--epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=env)
+    time.sleep(delay)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(("mpdagl: interrupted", "mpdagl train: interrupted")), err

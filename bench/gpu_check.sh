@@ -45,7 +45,7 @@ run() {  # run NAME SECONDS CMD...: append its output to all.log, stop it after 
   echo "=== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$LOG"
 }
 fake_cifar() {  # CIFAR-shaped training data for the train stages, in the Hub's layout
-  python3 -c "from pathlib import Path; from tests.fake_data import fake_cifar; \
+  python3 -c "from pathlib import Path; from tests.support.fake_data import fake_cifar; \
 fake_cifar(Path('/tmp/fake-cifar'), n_train=25000, n_test=1000)"
 }
 python3 -c "import mpdagl_triton.kernels.tdbn_plif, mpdagl_triton.models" || exit 1

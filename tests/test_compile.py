@@ -12,7 +12,7 @@ from torch import nn
 
 from mpdagl_triton import TdBNPLIF, ops
 from mpdagl_triton.ops import _bwd_op, _fwd_op
-from oracle import DEVICE, to_channels_last
+from support.oracle import DEVICE, to_channels_last
 
 TESTS = Path(__file__).parent
 # The triton_ops that compiled CUDA graphs call exist only where kernels can be traced: not under
@@ -105,7 +105,7 @@ def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_la
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     flags = (["--channels-last"] * channels_last + ["--residual", "--skip"] * residual
              + ["--broadcast"] * broadcast + ["--symbolic"] * symbolic)
-    done = subprocess.run([sys.executable, str(TESTS / "inductor_graph.py"), *flags], env=env,
+    done = subprocess.run([sys.executable, str(TESTS / "support" / "inductor_graph.py"), *flags], env=env,
                           cwd=TESTS.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     graph = json.loads(done.stdout.splitlines()[-1])
@@ -272,7 +272,7 @@ BACKWARD_LAUNCHES = ["_backward_kernel", "_sum_partials_kernel", "_backward_kern
 
 def _dynamo_graphs(*args: str) -> list[list[str]]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, str(TESTS / "inductor_graph.py"), "--dynamo", *args], env=env,
+    done = subprocess.run([sys.executable, str(TESTS / "support" / "inductor_graph.py"), "--dynamo", *args], env=env,
                           cwd=TESTS.parent, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])["graphs"]

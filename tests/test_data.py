@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fake_data import fake_cifar, fake_dvs, write_hub_dataset, random_images
+from support.fake_data import fake_cifar, fake_dvs, write_hub_dataset, random_images
 from mpdagl_triton import cli, data, events
 from mpdagl_triton.augment import EventAugment, ImageAugment, random_crop_flip
 

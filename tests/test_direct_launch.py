@@ -16,11 +16,11 @@ TESTS = Path(__file__).resolve().parent
 
 
 def test_direct_launches_equal_tritons_own():
-    """Kernels compiled for sm_90, launchers recorded (tests/direct_launch.py): every launch from
+    """Kernels compiled for sm_90, launchers recorded (tests/support/direct_launch.py): every launch from
     the cache matches Triton's for the same arguments (variant, grid, stream, every argument),
     across sizes, alignment, dtypes, layouts and options; repeated layers come from the cache."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",)}
-    done = subprocess.run([sys.executable, str(TESTS / "direct_launch.py")], env=env, cwd=TESTS.parent,
+    done = subprocess.run([sys.executable, str(TESTS / "support" / "direct_launch.py")], env=env, cwd=TESTS.parent,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
@@ -51,7 +51,7 @@ def test_layers_launched_from_the_cache_equal_the_reference(channels_last):
     spikes, gradients and running statistics; so does an x 8 bytes off 16-byte alignment, called
     twice."""
     from mpdagl_triton.kernels import tdbn_plif as K
-    from oracle import Case, assert_close_to_max, check_float64
+    from support.oracle import Case, assert_close_to_max, check_float64
 
     def variants() -> int:
         return sum(len(launcher.variants) for launcher in K._DIRECT_LAUNCHERS.values())

@@ -13,7 +13,7 @@ import mpdagl_triton as M
 from mpdagl_triton import cli, train as train_module
 from mpdagl_triton.train import TrainConfig, load_checkpoint, train
 
-RUNNER = Path(__file__).with_name("fault_runner.py")
+RUNNER = Path(__file__).parent / "support" / "fault_runner.py"
 EPOCHS = 3  # 22 steps per epoch on digits
 TIMING = {"seconds", "images_per_s"}
 

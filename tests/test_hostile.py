@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import mpdagl_triton as M
 from mpdagl_triton import SURROGATES, WIDTH_RULES
-from oracle import DEVICE
+from support.oracle import DEVICE
 
 SPECIAL = [0.0, 1e-45, 1e-40, -1e-38, 1e30, -1e30, 65504.0, 3e38, math.inf, -math.inf, math.nan]
 

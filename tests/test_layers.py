@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mpdagl_triton import PLIF, TdBN, TdBNPLIF, kappas
-from oracle import DEVICE
+from support.oracle import DEVICE
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mpdagl_triton import TdBNPLIF, models
-from oracle import DEVICE
+from support.oracle import DEVICE
 
 SMALL = {  # (in_channels, input_size) small enough for the CPU
     "resnet19": (3, 8), "resnet18": (3, 16), "vggsnn": (2, 16), "vgg13": (3, 32), "tiny": (1, 8),

@@ -8,7 +8,7 @@ import torch
 import mpdagl_triton as M
 from mpdagl_triton import SURROGATES, WIDTH_RULES
 from mpdagl_triton.kernels.tdbn_plif import CHANNEL_CHUNK, Layout
-from oracle import (Case, assert_close_to_max, check_float64, make_inputs, membrane_margin, run,
+from support.oracle import (Case, assert_close_to_max, check_float64, make_inputs, membrane_margin, run,
                     to_channels_last)
 
 

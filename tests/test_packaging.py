@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "ptx_compile_check.py")],
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "ptx_compile_check.py")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert "compiled 35 kernel variants for sm_90" in out.stdout  # 5 layouts x 7 kernel variants

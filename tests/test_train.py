@@ -74,7 +74,7 @@ def test_train_options_are_the_config_fields():
 
 
 def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):
-    from fake_data import fake_cifar
+    from support.fake_data import fake_cifar
 
     train(short(tmp_path, epochs=1))
     cifar = fake_cifar(tmp_path / "cifar", n_train=4, n_test=4, classes=5)
@@ -86,7 +86,7 @@ def test_eval_on_a_dataset_the_model_does_not_classify(tmp_path, capsys):
 def test_eval_reads_the_dataset_where_the_run_did(tmp_path, capsys):
     """A run trained from a local copy (--data-path) is re-evaluated from it without repeating
     the option (before: eval went to the Hub for uoft-cs/cifar10)."""
-    from fake_data import fake_cifar
+    from support.fake_data import fake_cifar
 
     cifar = fake_cifar(tmp_path / "cifar", n_train=16, n_test=8)
     run = tmp_path / "run"
@@ -189,7 +189,7 @@ def test_channels_last_by_default_on_cuda_only(tmp_path):
 def test_resume_is_exact_with_augmentation(tmp_path):
     """CIFAR's augmentation (crop, flip, AutoAugment) draws per image: a run stopped after epoch 1
     and resumed ends with the same weights and metrics as one that never stopped."""
-    from fake_data import fake_cifar
+    from support.fake_data import fake_cifar
 
     cifar = fake_cifar(tmp_path / "cifar", n_train=32, n_test=8)
     runs = {}

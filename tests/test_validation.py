@@ -120,7 +120,7 @@ def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch):
 
 def test_env_backend_selects_triton(monkeypatch):
     """MPDAGL_BACKEND=triton routes auto through the fused op (visible in the autograd graph)."""
-    from oracle import DEVICE
+    from support.oracle import DEVICE
 
     x = torch.randn(2, 3, 4, 5, device=DEVICE, requires_grad=True)
     on = dict(gamma=torch.ones(4, device=DEVICE), beta=torch.zeros(4, device=DEVICE),

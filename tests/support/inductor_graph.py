@@ -1,11 +1,11 @@
 """Trace the ops that compiled CUDA graphs use, the way AOTAutograd hands them to inductor, on a
 machine without a GPU; print what the graph launches as JSON (read by tests/test_compile.py).
 
-    python tests/inductor_graph.py [--channels-last] [--residual] [--skip] [--broadcast] [--symbolic]
+    python tests/support/inductor_graph.py [--channels-last] [--residual] [--skip] [--broadcast] [--symbolic]
 
 ``--symbolic`` traces with symbolic sizes, as torch.compile does once shapes turn dynamic.
 
-    python tests/inductor_graph.py --dynamo B [B ...] [--network resnet19]
+    python tests/support/inductor_graph.py --dynamo B [B ...] [--network resnet19]
 
 runs one layer (or a whole channels-last network: meta tensors then stand in for CUDA ones in
 the op's route and backend checks) forward and backward under torch.compile, with dynamic shapes,

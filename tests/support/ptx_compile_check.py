@@ -3,8 +3,8 @@
 The interpreter runs kernels as Python and accepts code that Triton's compiler rejects (and some
 variants hit compiler bugs of one Triton version only), so this lowers kernels down to cubins:
 
-    python tests/ptx_compile_check.py                 the fixed set below (run by test_packaging)
-    python tests/ptx_compile_check.py --from-tests tests/test_op.py ...
+    python tests/support/ptx_compile_check.py                 the fixed set below (run by test_packaging)
+    python tests/support/ptx_compile_check.py --from-tests tests/test_op.py ...
         runs those tests through the interpreter, records every launch (argument dtypes and
         alignment, integer values, constexprs, warps), then compiles each distinct variant
         exactly as the GPU would; run it with each Triton version the project supports.

@@ -2,7 +2,7 @@
 Triton's launcher exactly what ``JITFunction.run`` would: the same compiled variant, grid,
 stream and arguments (read by tests/test_direct_launch.py).
 
-    python tests/direct_launch.py
+    python tests/support/direct_launch.py
 
 Layers run forward and backward on CPU tensors; Triton compiles every variant for sm_90 (the
 offline driver) and the compiled kernels' launchers are replaced by recorders, so nothing runs.

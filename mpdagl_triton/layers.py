@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from mpdagl_triton import reference
-from mpdagl_triton.ops import BACKENDS, tdbn_plif, validate
+from mpdagl_triton.ops import BACKENDS, fixed_width, tdbn_plif, validate
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
 
 
@@ -28,16 +28,16 @@ class _NeuronOptions(nn.Module):
     """Decay (learnable via rho, or fixed) and the surrogate settings shared by PLIF and TdBNPLIF."""
 
     def __init__(self, vth: float = 0.5, tau: float = 0.2, learn_tau: bool = True,
-                 surrogate: str = "rect", width_rule: str = "mpdagl", kappa0: float = 1.0):
+                 surrogate: str = "rect", width_rule: str = "mpdagl", kappa0: float | None = None):
         super().__init__()
         check_choice("surrogate", surrogate, SURROGATES)
         check_choice("width_rule", width_rule, WIDTH_RULES)
         if not vth > 0:
             raise ValueError(f"vth must be positive, got {vth}")
-        if not kappa0 > 0:
-            raise ValueError(f"kappa0 must be positive, got {kappa0}")
+        kappa0 = fixed_width(width_rule, kappa0)  # refuses a kappa0 that would do nothing
         self.vth, self.learn_tau, self.surrogate = float(vth), bool(learn_tau), surrogate
-        self.width_rule, self.kappa0, self.tau_init = width_rule, float(kappa0), float(tau)
+        self.width_rule, self.tau_init = width_rule, float(tau)
+        self.kappa0 = kappa0 if width_rule == "fixed" else None
         if learn_tau:
             self.rho = nn.Parameter(torch.tensor(_logit(tau)))
         else:
@@ -77,7 +77,7 @@ class TdBNPLIF(_NeuronOptions):
 
     def __init__(self, channels: int, vth: float = 0.5, tau: float = 0.2, learn_tau: bool = True,
                  surrogate: str = "rect", width_rule: str = "mpdagl", alpha: float = 1.0,
-                 kappa0: float = 1.0, eps: float = 1e-5, momentum: float = 0.1,
+                 kappa0: float | None = None, eps: float = 1e-5, momentum: float = 0.1,
                  backend: str = "auto"):
         super().__init__(vth, tau, learn_tau, surrogate, width_rule, kappa0)
         if channels < 1:
@@ -157,7 +157,8 @@ class TdBN(nn.Module):
 class PLIF(_NeuronOptions):
     """PLIF neuron alone: ``forward(y [T, B, ...], gamma=None) -> spikes``.
 
-    ``PLIF(vth=0.5, tau=0.2, learn_tau=True, surrogate="rect", width_rule="mpdagl", kappa0=1.0)``.
+    ``PLIF(vth=0.5, tau=0.2, learn_tau=True, surrogate="rect", width_rule="mpdagl", kappa0=None)``;
+    ``kappa0`` is the width of ``width_rule="fixed"`` (1.0 when left out) and refused with another rule.
 
     ``gamma`` is the ``[C]`` scale of the tdBN feeding this neuron; the ``mpdagl`` width rule needs
     it (the other rules ignore it).

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from mpdagl_triton import reference
+from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.surrogates import GAMMA_FLOOR, SURROGATES, WIDTH_RULES, check_choice
 
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
@@ -643,6 +644,24 @@ def _check_per_channel(name: str, t: object, channels: int, device: torch.device
         raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
 
 
+def fixed_width(width_rule: str, kappa0: float | None) -> float:
+    """The ``fixed`` rule's width: ``kappa0``, 1.0 when left out. Another rule computes its own
+    width, so a ``kappa0`` given with it would silently do nothing: refused.
+
+    Example:
+        >>> fixed_width("fixed", None), fixed_width("fixed", 0.5)
+        (1.0, 0.5)
+    """
+    if kappa0 is None:
+        return 1.0
+    if width_rule != "fixed":
+        raise InvalidInput(f"kappa0={kappa0} sets the width of width_rule='fixed' only; "
+                           f"width_rule={width_rule!r} computes its own (drop kappa0, or use 'fixed')")
+    if not (isinstance(kappa0, (int, float)) and math.isfinite(kappa0) and kappa0 > 0):
+        raise InvalidInput(f"kappa0 must be a positive finite number, got {kappa0!r}")
+    return float(kappa0)
+
+
 def validate(
     x: object, gamma: object, beta: object, rho: object, *, residual: object, running_mean: object,
     running_var: object, training: bool, momentum: float, eps: float, vth: float, alpha: float,
@@ -674,6 +693,9 @@ def validate(
     _check_per_channel("gamma", gamma, C, device)
     _check_per_channel("beta", beta, C, device)
     if learn_tau:
+        if tau is not None:
+            raise ValueError(f"tau={tau!r} is the decay of learn_tau=False; a learnable decay is "
+                             "sigmoid(rho): pass rho, or learn_tau=False with tau")
         if rho is None:
             raise TypeError("rho is None: a learnable decay needs rho (tau = sigmoid(rho)), a 0-d tensor; "
                             "for a fixed decay pass learn_tau=False, tau=...")
@@ -735,7 +757,7 @@ def tdbn_plif(
     tau: float | None = None,
     surrogate: str = "rect",
     width_rule: str = "mpdagl",
-    kappa0: float = 1.0,
+    kappa0: float | None = None,
     sync_stats: bool = False,
     check_finite: bool = False,
     backend: str = "auto",
@@ -754,7 +776,9 @@ def tdbn_plif(
         training: batch statistics (True) or running statistics (False).
         tau: fixed decay used when ``learn_tau=False``.
         surrogate: ``rect`` | ``triangle`` | ``sigmoid`` | ``atan``.
-        width_rule: ``mpdagl`` | ``lsg`` | ``fixed`` (with ``kappa0``).
+        width_rule: ``mpdagl`` | ``lsg`` | ``fixed``.
+        kappa0: the width of ``width_rule="fixed"`` (default 1.0); refused with another rule,
+            which computes its own.
         sync_stats: in training, batch statistics over every process of the default
             ``torch.distributed`` group (all processes must call the op together).
         check_finite: raise ValueError when x (or residual) holds NaN or Inf, which would
@@ -774,6 +798,7 @@ def tdbn_plif(
         >>> s.shape, bool(((s == 0) | (s == 1)).all())
         (torch.Size([4, 2, 3, 5, 5]), True)
     """
+    kappa0 = fixed_width(width_rule, kappa0)
     validate(x, gamma, beta, rho, residual=residual, running_mean=running_mean,
              running_var=running_var, training=training, momentum=momentum, eps=eps, vth=vth,
              alpha=alpha, learn_tau=learn_tau, tau=tau, surrogate=surrogate,

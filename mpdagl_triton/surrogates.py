@@ -54,7 +54,7 @@ def kappas(
     rho_or_tau: torch.Tensor | float,
     vth: float = 0.5,
     width_rule: str = "mpdagl",
-    kappa0: float = 1.0,
+    kappa0: float | None = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrogate widths ``(kappa_first, kappa_rest)`` of one layer, as 0-d tensors on gamma's device.
 
@@ -64,7 +64,7 @@ def kappas(
         vth: firing threshold.
         width_rule: ``fixed`` (kappa0), ``lsg`` (2 Vth sqrt(1+tau^2)) or ``mpdagl``
             (2 g Vth at t = 1, 2 sqrt(1+tau^2) g Vth after, g = max(|mean gamma|, 1e-3)).
-        kappa0: the width of the ``fixed`` rule.
+        kappa0: the width of the ``fixed`` rule (the other rules do not read it).
 
     Nothing here synchronises with the host; gamma and rho are read without gradient.
 

@@ -71,3 +71,20 @@ def test_readme_is_a_guide_of_at_most_250_lines_and_links_the_docs():
     assert len(readme.splitlines()) <= 250
     for doc in ("docs/method.md", "docs/design.md", "docs/benchmarks.md"):
         assert (ROOT / doc).is_file() and f"]({doc}" in readme, doc
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings: lower case, punctuation dropped, spaces to dashes."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in markdown.splitlines() if line.startswith("#")}
+
+
+def test_every_link_into_the_docs_lands_on_a_heading():
+    files = [ROOT / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("mpdagl_triton/**/*.py")]
+    broken = []
+    for path in files:
+        for doc, anchor in re.findall(r"(?:docs/)?(\w+\.md)#([\w-]+)", path.read_text()):
+            target = ROOT / "docs" / doc
+            if not target.is_file() or anchor not in anchors(target.read_text()):
+                broken.append(f"{path.relative_to(ROOT)}: {doc}#{anchor}")
+    assert not broken, broken

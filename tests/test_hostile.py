@@ -30,8 +30,9 @@ def hostile_case(draw):
     for _ in range(n_special):
         index = tuple(draw(st.integers(0, n - 1)) for n in shape)
         x[index] = draw(st.sampled_from(SPECIAL))
-    options = dict(surrogate=draw(st.sampled_from(SURROGATES)), width_rule=draw(st.sampled_from(WIDTH_RULES)),
-                   kappa0=draw(st.sampled_from([1e-6, 0.5, 1.0, 1e6])),
+    rule = draw(st.sampled_from(WIDTH_RULES))
+    options = dict(surrogate=draw(st.sampled_from(SURROGATES)), width_rule=rule,
+                   kappa0=draw(st.sampled_from([1e-6, 0.5, 1.0, 1e6])) if rule == "fixed" else None,
                    learn_tau=draw(st.booleans()), training=draw(st.booleans()))
     return x.to(dtype), options
 

@@ -44,7 +44,9 @@ def call(backend="torch", **changes):
         (dict(width_rule="auto"), ValueError, "unknown width_rule 'auto'"),
         (dict(vth=0.0), ValueError, "vth must be a positive"),
         (dict(vth=-0.5), ValueError, "vth must be a positive"),
-        (dict(kappa0=0.0), ValueError, "kappa0 must be a positive"),
+        (dict(kappa0=0.0, width_rule="fixed"), ValueError, "kappa0 must be a positive"),
+        (dict(kappa0=0.5), ValueError, "kappa0=0.5 sets the width of width_rule='fixed' only"),
+        (dict(tau=0.3), ValueError, "tau=0.3 is the decay of learn_tau=False"),
         (dict(training=False), ValueError, "needs running_mean and running_var"),
         (dict(running_mean=torch.zeros(4)), ValueError, "together"),
         (dict(x=torch.randn(1, 1, 4)), ValueError, "more than one value per channel"),
@@ -67,8 +69,14 @@ def test_layer_constructor_errors():
         TdBNPLIF(4, surrogate="step")
     with pytest.raises(ValueError, match="vth must be positive"):
         TdBNPLIF(4, vth=0)
-    with pytest.raises(ValueError, match="kappa0 must be positive"):
-        TdBNPLIF(4, kappa0=-1)
+    with pytest.raises(ValueError, match="kappa0 must be a positive"):
+        TdBNPLIF(4, width_rule="fixed", kappa0=-1)
+    for rule in ("mpdagl", "lsg"):  # an option that would do nothing
+        with pytest.raises(ValueError, match=f"width_rule='{rule}' computes its own"):
+            TdBNPLIF(4, width_rule=rule, kappa0=0.5)
+        with pytest.raises(ValueError, match=f"width_rule='{rule}' computes its own"):
+            M.PLIF(width_rule=rule, kappa0=0.5)
+    assert TdBNPLIF(4, width_rule="fixed").kappa0 == 1.0
     with pytest.raises(ValueError, match="strictly in"):
         TdBNPLIF(4, tau=1.0)
     with pytest.raises(ValueError, match="channels must be >= 1"):

@@ -173,7 +173,9 @@ def _color(x: Tensor, p: Tensor) -> Tensor:
 
 def _contrast(x: Tensor, p: Tensor) -> Tensor:
     # the degenerate image is the grey level's mean, rounded half up (ImageStat's mean in double)
-    mean = torch.floor(_grey(x).double().mean(dim=(1, 2, 3), keepdim=True) + 0.5)
+    total = _grey(x).double().sum(dim=(1, 2, 3), keepdim=True)  # integers: exact in any order
+    # a true division (t / number may multiply by the reciprocal on a GPU)
+    mean = torch.floor(total / torch.full_like(total, x.shape[-2] * x.shape[-1]) + 0.5)
     return _blend(mean.to(x.dtype), x, p[:, 0])
 
 
@@ -205,7 +207,7 @@ def _sharpness(x: Tensor, p: Tensor) -> Tensor:
 
 
 def _posterize(x: Tensor, p: Tensor) -> Tensor:
-    step = torch.exp2(8 - p[:, 0]).to(x.dtype).view(-1, 1, 1, 1)  # keep the top ``bits`` bits
+    step = p[:, 0].to(x.dtype).view(-1, 1, 1, 1)  # 2 ** (8 - bits): keep the top ``bits`` bits
     return torch.floor(x / step) * step
 
 
@@ -342,6 +344,8 @@ def operation_parameters(name: str, magnitudes: Tensor, height: int, width: int)
         rows = [[float(v) for v in _pil_rotation(s, height, width)] for s in m]
     elif name in ("Color", "Contrast", "Sharpness", "Brightness"):
         rows = [[float(np.float32(1 + s))] for s in m]  # C's float alpha
+    elif name == "Posterize":
+        rows = [[2.0 ** (8 - int(s))] for s in m]  # the step between the levels kept
     elif name in MAGNITUDES:
         rows = [[s] for s in m]
     else:

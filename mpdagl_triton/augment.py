@@ -371,6 +371,12 @@ def apply_operation(name: str, images: Tensor, magnitudes: Tensor) -> Tensor:
 
     Returns:
         float ``[n, C, H, W]`` holding uint8 values, on ``images``' device.
+
+    Example:
+        >>> x = torch.tensor([[[[0.0, 100.0], [200.0, 255.0]]]])  # one grey 2x2 image
+        >>> apply_operation("Solarize", x, torch.tensor([128.0], dtype=torch.float64))
+        tensor([[[[  0., 100.],
+                  [ 55.,   0.]]]])
     """
     params = operation_parameters(name, magnitudes, images.shape[-2], images.shape[-1])
     return _APPLY[name](images, params.to(images.device, non_blocking=True))

@@ -83,7 +83,7 @@ PIL_OPS = {  # (image, signed magnitude) -> image, with PIL
     "invert": lambda im, m: ImageOps.invert(im),
 }
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else [])
 
 
 def fixed_batch() -> np.ndarray:
@@ -154,8 +154,9 @@ def test_the_operations_take_a_magnitude_per_image():
 
 
 def pil_policy(images: torch.Tensor, seed: int) -> torch.Tensor:
-    """The whole augmentation with PIL (before ``ToTensor``'s division by 255), replaying ``ImageAugment``'s documented draws: sub-policy,
-    crop and flip, whether each step applies, the sign of each."""
+    """The whole augmentation with PIL, as uint8 levels (before ``ToTensor`` divides by 255),
+    replaying ``ImageAugment``'s documented draws: sub-policy, crop and flip, whether each step
+    applies, the sign of each."""
     gen = torch.Generator().manual_seed(seed)
     n = len(images)
     choice = torch.randint(25, (n,), generator=gen)
@@ -171,7 +172,7 @@ def pil_policy(images: torch.Tensor, seed: int) -> torch.Tensor:
                 sign = -1 if (op in RANDOM_SIGN and negative[i, k]) else 1
                 image = PIL_OPS[op](image, sign * RANGES[op][bin_])
         out.append(np.asarray(image))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()  # uint8 levels
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -402,17 +402,16 @@ class ImageAugment(nn.Module):
         self.size, self.padding = size, padding
         self.policy = CIFAR10_POLICY if autoaugment else None
         self.groups: list[tuple[int, str]] = []  # (step, operation) in the order they run
-        if self.policy is not None:
-            names = list(MAGNITUDES)
-            table = [[(names.index(s.operation), s.probability, MAGNITUDES[s.operation][s.bin],
-                       s.operation in SIGNED) for s in sub] for sub in self.policy]
-            self._operation = torch.tensor([[t[0] for t in sub] for sub in table])
-            self._probability = torch.tensor([[t[1] for t in sub] for sub in table], dtype=torch.float64)
-            self._magnitude = torch.tensor([[t[2] for t in sub] for sub in table], dtype=torch.float64)
-            self._signed = torch.tensor([[t[3] for t in sub] for sub in table])
-            self.groups = [(k, name) for k in (0, 1) for name in names
+        self._code = {name: i for i, name in enumerate(MAGNITUDES)}
+        if self.policy is not None:  # the table as [sub-policy, step] tensors, indexed by the draws
+            steps = [step for sub in self.policy for step in sub]
+            self._operation = torch.tensor([self._code[s.operation] for s in steps]).view(-1, 2)
+            self._probability = torch.tensor([s.probability for s in steps], dtype=torch.float64).view(-1, 2)
+            self._magnitude = torch.tensor([MAGNITUDES[s.operation][s.bin] for s in steps],
+                                           dtype=torch.float64).view(-1, 2)
+            self._signed = torch.tensor([s.operation in SIGNED for s in steps]).view(-1, 2)
+            self.groups = [(k, name) for k in (0, 1) for name in MAGNITUDES
                            if any(sub[k].operation == name for sub in self.policy)]
-            self._names = names
         self.pieces = 1 + len(self.groups)
 
     def forward(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -433,7 +432,7 @@ class ImageAugment(nn.Module):
         operation = self._operation[choice]
         for k, name in self.groups:  # both steps' images known on the host: no sync
             yield
-            picked = (fires[:, k] & (operation[:, k] == self._names.index(name))).nonzero().flatten()
+            picked = (fires[:, k] & (operation[:, k] == self._code[name])).nonzero().flatten()
             if len(picked):
                 on_device = picked.to(x.device, non_blocking=True)
                 x.index_copy_(0, on_device, apply_operation(name, x[on_device], magnitude[picked, k]))

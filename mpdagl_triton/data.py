@@ -11,7 +11,6 @@ whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import math
@@ -395,9 +394,9 @@ class Loader:
         self.workers, self.rank, self.world = workers, rank, world
         self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave
         self._ahead: _EpochPlan | None = None  # the next epoch, its first chunk started in this one's last
-        # not moved to the device: kornia's samplers stay on the CPU, so its random parameters are
-        # drawn there and shipped without a sync, and nothing is read back from the device
-        # (tests/test_data.py checks it): the host augments the next chunk while the GPU trains
+        # its random choices are drawn on the CPU and shipped without a sync, and nothing is read
+        # back from the device (tests/test_data.py checks it): the host augments the next chunk
+        # while the GPU trains
         self.augment = augmentations.build(dataset.augmentation, dataset.input_size) if train else None
         shape = (1, 1, -1, 1, 1) if dataset.is_events else (1, -1, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).reshape(shape)
@@ -462,8 +461,7 @@ class Loader:
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         # one batch's indices as they are: a cat of one would copy them (a device kernel per batch)
         indices = [chunk[0] if len(chunk) == 1 else torch.cat(chunk) for chunk in chunks]
-        kornia = _KorniaDraws(epoch_seed(seed, epoch) + self.rank)
-        prepared = (_InPieces(self._prepare(images, labels, gen), kornia) for images, labels in self._gather(indices))
+        prepared = (_InPieces(self._prepare(images, labels, gen)) for images, labels in self._gather(indices))
         return _EpochPlan((seed, epoch), chunks, prepared)
 
     def _batches_per_chunk(self, batch_size: int) -> int:
@@ -506,42 +504,21 @@ class _EpochPlan:
     first: _InPieces | None = None  # the first chunk's, when started during the previous epoch
 
 
-class _KorniaDraws:
-    """torch's global CPU generator, from which kornia draws its augmentation parameters, as a
-    stream of its own per (seed, epoch, rank): the global generator holds this stream's state
-    only while a piece of augmentation runs, so the draws do not depend on what runs between the
-    pieces (the training steps interleaved with them)."""
-
-    def __init__(self, seed: int):
-        self.state = torch.Generator().manual_seed(seed).get_state()
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        outside = torch.get_rng_state()
-        torch.set_rng_state(self.state)
-        try:
-            yield
-        finally:
-            self.state = torch.get_rng_state()
-            torch.set_rng_state(outside)
-
-
 class _InPieces:
-    """One chunk's preparation (``Loader._prepare``), run a few pieces at a time with kornia's draws."""
+    """One chunk's preparation (``Loader._prepare``), run a few pieces at a time."""
 
-    def __init__(self, work: Generator, draws: _KorniaDraws):
-        self.work, self.draws, self.done, self.result = work, draws, False, None
+    def __init__(self, work: Generator):
+        self.work, self.done, self.result = work, False, None
 
     def advance(self, pieces: int) -> None:
         if self.done:  # an exhausted generator would return None
             return
-        with self.draws.active():
-            for _ in range(pieces):
-                try:
-                    next(self.work)
-                except StopIteration as stop:
-                    self.done, self.result = True, stop.value
-                    return
+        for _ in range(pieces):
+            try:
+                next(self.work)
+            except StopIteration as stop:
+                self.done, self.result = True, stop.value
+                return
 
     def finish(self):
         """The rest of the work; its result."""

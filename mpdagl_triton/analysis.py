@@ -1,4 +1,4 @@
-"""What the paper measures, for your own runs (docs/method.md#theorems, #energy).
+"""What the paper measures, for your own runs (docs/method.md#theorems, #energy-estimate).
 
 - :func:`probe` runs a fixed batch through the model once (training-mode statistics, running
   statistics left untouched) and measures, per spiking layer: tau, the surrogate widths, the mean
@@ -140,9 +140,9 @@ def ann_energy(macs: float) -> float:
 
 
 def energy(synapses: list[dict], timesteps: int) -> dict:
-    """The paper's energy estimate (docs/method.md#energy): #Add = sum_n r_n T MACs_n over spiking layers (r_n their input rate);
-    #Mult = T (MACs of the encoding layer + MACs of the readout); E = 0.9 pJ #Add + 4.6 pJ #Mult,
-    against the iso-ANN's 4.6 pJ per MAC."""
+    """The paper's energy estimate (docs/method.md#energy-estimate): #Add = sum_n r_n T MACs_n
+    over spiking layers (r_n their input rate); #Mult = T (MACs of the encoding layer + MACs of
+    the readout); E = 0.9 pJ #Add + 4.6 pJ #Mult, against the iso-ANN's 4.6 pJ per MAC."""
     adds = sum(s["input_rate"] * timesteps * s["macs"] for s in synapses if s["role"] == "spiking")
     mults = timesteps * sum(s["macs"] for s in synapses if s["role"] != "spiking")
     ann_macs = sum(s["macs"] for s in synapses)

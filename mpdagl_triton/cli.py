@@ -198,7 +198,7 @@ def _energy_parser(sub) -> None:
     p = sub.add_parser("energy", help="the paper's energy estimate for a training folder",
                        description="#Add = sum over spiking layers of input rate x T x MACs; #Mult = T x "
                                    "(encoding + readout MACs); E = 0.9 pJ #Add + 4.6 pJ #Mult, against "
-                                   "the iso-ANN's 4.6 pJ per MAC (docs/method.md#energy). Rates come "
+                                   "the iso-ANN's 4.6 pJ per MAC (docs/method.md#energy-estimate). Rates come "
                                    "from the last epoch's probe.")
     p.add_argument("folder", metavar="DIR", help="a training output folder")
 

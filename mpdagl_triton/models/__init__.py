@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from .blocks import init_weights
 from .network import ARCHITECTURES, NEURON_OPTIONS, SpikingNetwork, load_state_strict
 
 
@@ -26,4 +27,5 @@ def create(name: str, num_classes: int, T: int, *, in_channels: int = 3, input_s
                           dataset=dataset)
 
 
-__all__ = ["ARCHITECTURES", "NEURON_OPTIONS", "SpikingNetwork", "available", "create", "load_state_strict"]
+__all__ = ["ARCHITECTURES", "NEURON_OPTIONS", "SpikingNetwork", "available", "create", "init_weights",
+           "load_state_strict"]

@@ -15,6 +15,7 @@ from mpdagl_triton.checkpoint import (CONFIG_NAME, LIBRARY, WEIGHTS_NAME, Checkp
                                       load_tensors, save_tensors)
 from mpdagl_triton.layers import TdBNPLIF
 
+from .blocks import init_weights
 from .resnet import resnet18, resnet19
 from .tiny import tiny
 from .vgg import vgg13, vggsnn
@@ -78,8 +79,9 @@ class SpikingNetwork(
         self.arch, self.num_classes, self.timesteps = arch, num_classes, timesteps
         self.in_channels, self.input_size = in_channels, input_size
         self.label_names, self.normalization, self.dataset = label_names, normalization, dataset
-        self.body = ARCHITECTURES[arch](num_classes, timesteps, in_channels=in_channels,
-                                        input_size=input_size, **neuron)
+        # convs initialised as the authors' code does (see models/blocks.py)
+        self.body = init_weights(ARCHITECTURES[arch](num_classes, timesteps, in_channels=in_channels,
+                                                     input_size=input_size, **neuron))
 
     def forward(self, x: Tensor, return_timesteps: bool = False) -> Tensor:
         """``x`` ``[B, C, H, W]`` (image) or ``[B, T, C, H, W]`` (event frames) -> ``[B, classes]``.

@@ -114,7 +114,8 @@ def is_known(name: str) -> bool:
 
 
 def load(name: str, *, path: str | None = None, timesteps: int | None = None,
-         image_column: str | None = None, label_column: str | None = None) -> Dataset:
+         image_column: str | None = None, label_column: str | None = None,
+         dvs_split: str | None = None, dvs_frames: str | None = None) -> Dataset:
     """Load a dataset by name, Hub id or local folder.
 
     Args:
@@ -124,6 +125,8 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
             the folder of per-class ``.aedat`` folders, required).
         timesteps: frames per sample (``cifar10-dvs`` only).
         image_column, label_column: override the columns (required when they can't be guessed).
+        dvs_split, dvs_frames: ``cifar10-dvs`` only: the train/test split and the frame rule
+            (``events.SPLITS``, ``events.FRAME_RULES``; None: their defaults).
     """
     if name == "digits":
         if path is not None:  # likely meant: train on that folder
@@ -131,7 +134,7 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
                              f"a local folder pass it as the dataset: --dataset {path}")
         return _from_hub_layout("digits", _digits_source(), "image", "label", "test", "none", None, None)
     if name == "cifar10-dvs":
-        return _cifar10_dvs(path, timesteps)
+        return _cifar10_dvs(path, timesteps, dvs_split, dvs_frames)
     spec = HUB_DATASETS.get(name)
     if spec is None and not is_known(name):
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, "
@@ -319,7 +322,8 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
     return Split(images, labels)
 
 
-def _cifar10_dvs(path: str | None, timesteps: int | None) -> Dataset:
+def _cifar10_dvs(path: str | None, timesteps: int | None, split: str | None = None,
+                 frame_rule: str | None = None) -> Dataset:
     from mpdagl_triton import events
 
     if path is None:
@@ -328,7 +332,8 @@ def _cifar10_dvs(path: str | None, timesteps: int | None) -> Dataset:
             ".aedat files) and pass --data-path DIR; see the README's data section")
     if not timesteps or timesteps < 1:
         raise ValueError("cifar10-dvs needs the number of frames (T >= 1)")
-    frames = events.build_frames_dataset(path, timesteps)
+    frames = events.build_frames_dataset(path, timesteps, rule=frame_rule or events.DEFAULT_FRAME_RULE,
+                                         split=split or events.DEFAULT_SPLIT)
     names = frames.features["label"].names
     columns = frames.with_format("numpy", columns=["label", "train"])[:]
     is_train = torch.from_numpy(columns["train"].astype(bool))

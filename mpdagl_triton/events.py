@@ -1,4 +1,4 @@
-"""CIFAR10-DVS: AEDAT event files -> T equal-count frames -> a ``datasets.Dataset`` on disk.
+"""CIFAR10-DVS: AEDAT event files -> T count frames -> a ``datasets.Dataset`` on disk.
 
 The original release (Li et al., 2017, figshare) is one folder per class, ``<root>/<class>/*.aedat``,
 each file a jAER "AER-DAT2.0" recording of a DVS128 sensor:
@@ -7,18 +7,43 @@ each file a jAER "AER-DAT2.0" recording of a DVS128 sensor:
     events   pairs of big-endian uint32: address, timestamp (microseconds)
     address  bit 0 polarity, bits 1-7 x, bits 8-14 y (128 x 128 pixels)
 
-Each recording is cut into T slices with equal event counts; each slice becomes a 2 x 128 x 128
-count frame (channel 0 = ON events), rotated upright (row = 127 - x, col = 127 - y, the
-orientation common tools use), and area-resized to 48 x 48. Classes are the sorted folder names
-(alphabetical order is CIFAR-10's label order); within a class files are sorted by their numeric
-suffix and the first 90% train, the rest test. The converted frames are stored next to the
-recordings and reused while the recordings are unchanged.
+Each recording becomes T frames of 2 x 128 x 128 event counts (channel 0 = ON events), rotated
+upright (row = 127 - x, col = 127 - y: SpikingJelly's CIFAR10DVS orientation, the one common tools
+use), area-resized to 48 x 48. Classes are the sorted folder names (alphabetical order is
+CIFAR-10's label order).
+
+Frame rules (how events are cut into T frames), :data:`FRAME_RULES`:
+
+- ``spikingjelly`` (default): SpikingJelly's ``integrate_events_by_fixed_frames_number`` with
+  ``split_by="number"``, which made the frames TET and the MPD-AGL authors train on. Events stay
+  in file order; frame i takes events ``[i * (N // T), (i + 1) * (N // T))`` and the last frame
+  also takes the ``N % T`` left over; with fewer events than frames (N < T) the first T - 1
+  frames are empty and the last holds them all.
+- ``even``: events sorted by timestamp (stably), frame i takes ``[N i // T, N (i + 1) // T)``, so
+  frame sizes differ by at most one; a recording with fewer events than frames is refused.
+
+Train/test splits (the release has none), :data:`SPLITS`; files within a class ordered by the
+number at the end of their name unless said otherwise:
+
+- ``first90`` (default): the first 90% of each class train (``int(0.9 n)``: files 0-899 of
+  1000), the rest test (900-999).
+- ``tebn``: the first 10% test (files 0-99), the rest train (100-999): the split of TEBN (Duan et
+  al., NeurIPS 2022), implemented by SpikingJelly's ``CIFAR10DVSTEBNSplit`` and widely reused; its
+  note warns that test accuracy on it is typically much higher than on other splits.
+- ``spikingjelly``: SpikingJelly's ``split_to_train_test_set(0.9, CIFAR10DVS(...), 10)`` (no
+  random split): the first ``ceil(0.9 n)`` files of each class in the dataset's order train.
+  That order is torchvision's ``DatasetFolder``: file names sorted as strings (``_0, _1, _10,
+  _100, _101, ...``), so of 1000 files the test set is 909, 91, 910-919, 92, ..., 99, 990-999.
+
+The converted frames are stored next to the recordings, one folder per (T, size, frame rule,
+split), and reused while the recordings are unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import shutil
 from pathlib import Path
@@ -33,6 +58,10 @@ from mpdagl_triton.errors import InvalidInput
 SENSOR = 128
 FRAME_SIZE = 48
 FINGERPRINT_NAME = "recordings.sha256"  # in the converted dataset's folder: what it was made from
+FRAME_RULES: tuple[str, ...] = ("spikingjelly", "even")
+SPLITS: tuple[str, ...] = ("first90", "tebn", "spikingjelly")
+DEFAULT_FRAME_RULE = "spikingjelly"
+DEFAULT_SPLIT = "first90"
 
 
 class EventFileError(InvalidInput):
@@ -71,17 +100,36 @@ def write_aedat(path: str | Path, t, x, y, p) -> None:
     Path(path).write_bytes(header + words.tobytes())
 
 
-def to_frames(events: dict[str, np.ndarray], timesteps: int, size: int = FRAME_SIZE) -> torch.Tensor:
-    """``[T, 2, size, size]`` float frames: event counts of T equal-count slices, area-resized."""
+def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidInput(f"unknown CIFAR10-DVS {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def frame_bounds(n: int, timesteps: int, rule: str = DEFAULT_FRAME_RULE) -> list[int]:
+    """Event index bounds of the T frames: frame i holds events ``[b[i], b[i + 1])`` (in file
+    order for ``spikingjelly``, in time order for ``even``)."""
+    _check("frame rule", rule, FRAME_RULES)
+    if rule == "even":
+        if n < timesteps:
+            raise EventFileError(f"{n} events cannot fill {timesteps} frames evenly; use the "
+                                 "spikingjelly frame rule, which puts them all in the last frame")
+        return [n * i // timesteps for i in range(timesteps + 1)]
+    per_frame = n // timesteps
+    return [per_frame * i for i in range(timesteps)] + [n]  # the last frame takes the remainder
+
+
+def to_frames(events: dict[str, np.ndarray], timesteps: int, size: int = FRAME_SIZE,
+              rule: str = DEFAULT_FRAME_RULE) -> torch.Tensor:
+    """``[T, 2, size, size]`` float frames: event counts of T slices cut by ``rule``
+    (:data:`FRAME_RULES`), area-resized."""
     n = len(events["t"])
-    if n < timesteps:
-        raise EventFileError(f"{n} events cannot fill {timesteps} frames")
-    order = np.argsort(events["t"], kind="stable")
+    bounds = frame_bounds(n, timesteps, rule)
+    # "even" cuts by time; SpikingJelly keeps the file's order, as the recordings' own
+    order = np.argsort(events["t"], kind="stable") if rule == "even" else slice(None)
     row = SENSOR - 1 - events["x"][order]
     col = SENSOR - 1 - events["y"][order]
     channel = 1 - events["p"][order]  # channel 0 = ON (polarity 1)
     frames = np.zeros((timesteps, 2 * SENSOR * SENSOR), dtype=np.float32)
-    bounds = [n * i // timesteps for i in range(timesteps + 1)]
     flat = (channel * SENSOR + row) * SENSOR + col
     for i in range(timesteps):
         frames[i] = np.bincount(flat[bounds[i]:bounds[i + 1]], minlength=2 * SENSOR * SENSOR)
@@ -96,8 +144,25 @@ def _numeric_key(path: Path) -> tuple:
     return (int(digits[-1]) if digits else -1, path.name)
 
 
-def list_recordings(root: str | Path) -> tuple[list[str], list[tuple[Path, int, bool]]]:
-    """(class names, [(file, label, is_train)]) of a CIFAR10-DVS folder."""
+def train_mask(files: list[Path], split: str = DEFAULT_SPLIT) -> list[bool]:
+    """Which of one class's recordings train under ``split`` (:data:`SPLITS`); ``files`` in
+    numeric order (:func:`_numeric_key`)."""
+    _check("split", split, SPLITS)
+    n = len(files)
+    if split == "spikingjelly":  # torchvision's DatasetFolder order: names sorted as strings
+        by_name = sorted(range(n), key=lambda i: files[i].name)
+        train = set(by_name[:math.ceil(n * 0.9)])
+        return [i in train for i in range(n)]
+    n_train = int(0.9 * n)
+    if split == "tebn":
+        return [i >= n - n_train for i in range(n)]
+    return [i < n_train for i in range(n)]
+
+
+def list_recordings(root: str | Path, split: str = DEFAULT_SPLIT
+                    ) -> tuple[list[str], list[tuple[Path, int, bool]]]:
+    """(class names, [(file, label, is_train)]) of a CIFAR10-DVS folder under ``split``."""
+    _check("split", split, SPLITS)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"CIFAR10-DVS folder {root} does not exist; expected <root>/<class>/*.aedat")
@@ -109,8 +174,7 @@ def list_recordings(root: str | Path) -> tuple[list[str], list[tuple[Path, int, 
         files = sorted((root / name).glob("*.aedat"), key=_numeric_key)
         if not files:
             raise FileNotFoundError(f"class folder {root / name} has no .aedat files")
-        n_train = int(0.9 * len(files))
-        items += [(f, label, i < n_train) for i, f in enumerate(files)]
+        items += [(f, label, is_train) for f, is_train in zip(files, train_mask(files, split))]
     return classes, items
 
 
@@ -143,25 +207,33 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def build_frames_dataset(root: str | Path, timesteps: int, size: int = FRAME_SIZE):
+def frames_folder_name(timesteps: int, size: int = FRAME_SIZE, rule: str = DEFAULT_FRAME_RULE,
+                       split: str = DEFAULT_SPLIT) -> str:
+    """Where :func:`build_frames_dataset` keeps frames: every setting that changes them is in it."""
+    return f".mpdagl-frames-T{timesteps}-{size}-{rule}-{split}"
+
+
+def build_frames_dataset(root: str | Path, timesteps: int, size: int = FRAME_SIZE,
+                         rule: str = DEFAULT_FRAME_RULE, split: str = DEFAULT_SPLIT):
     """The converted dataset (``frames`` float16 ``[T, 2, size, size]``, ``label``, ``train``),
-    saved under ``<root>/.mpdagl-frames-T{T}-{size}`` and loaded from there while the recordings
-    are unchanged (:func:`recordings_fingerprint`); converted again when they change."""
+    saved under ``<root>/`` :func:`frames_folder_name` and loaded from there while the
+    recordings are unchanged (:func:`recordings_fingerprint`); converted again when they change."""
     import datasets
 
+    _check("frame rule", rule, FRAME_RULES)
     root = Path(root)
-    target = root / f".mpdagl-frames-T{timesteps}-{size}"
-    classes, items = list_recordings(root)
+    target = root / frames_folder_name(timesteps, size, rule, split)
+    classes, items = list_recordings(root, split)
     fingerprint = recordings_fingerprint(root, items)
     with _exclusive(root / ".mpdagl-frames.lock"):
         stored = target / FINGERPRINT_NAME
         if stored.is_file() and stored.read_text().strip() == fingerprint:
             return datasets.load_from_disk(str(target))
-        return _convert(classes, items, timesteps, size, target, fingerprint)
+        return _convert(classes, items, timesteps, size, rule, target, fingerprint)
 
 
 def _convert(classes: list[str], items: list[tuple[Path, int, bool]], timesteps: int, size: int,
-             target: Path, fingerprint: str):
+             rule: str, target: Path, fingerprint: str):
     import datasets
 
     root = target.parent
@@ -169,7 +241,7 @@ def _convert(classes: list[str], items: list[tuple[Path, int, bool]], timesteps:
     def generate():
         for path, label, is_train in items:
             try:
-                frames = to_frames(read_aedat(path), timesteps, size)
+                frames = to_frames(read_aedat(path), timesteps, size, rule)
             except EventFileError as exc:
                 raise EventFileError(f"{path}: {exc}") from exc
             yield {"frames": frames.to(torch.float16).numpy(), "label": label, "train": is_train}

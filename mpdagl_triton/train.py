@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from filelock import FileLock, Timeout
 
-from mpdagl_triton import analysis, data, models
+from mpdagl_triton import analysis, data, events, models
 from mpdagl_triton._version import __version__
 from mpdagl_triton.errors import InvalidInput, Unavailable
 from mpdagl_triton.runtime import cpu_threads, resolve_device
@@ -104,6 +104,12 @@ class TrainConfig:
                                    resumable=True)
     image_column: str | None = option(None, "image column of a Hub / local dataset")
     label_column: str | None = option(None, "label column of a Hub / local dataset")
+    # which CIFAR10-DVS recordings train and which test (the release has no split); what each
+    # choice is and where it comes from: the mpdagl_triton.events docstring
+    dvs_split: str = option(events.DEFAULT_SPLIT, "cifar10-dvs train/test split: first90 (first 90% of "
+                            "each class by file number train), tebn (files 0-99 test) or spikingjelly "
+                            "(its split_to_train_test_set, 0.9 per class in file-name order)",
+                            choices=events.SPLITS)
     sync_bn: bool = option(False, "under torchrun: tdBN batch statistics over all processes")
     check_finite: bool = option(False, "stop with a clear error when an input holds NaN/Inf",
                                 resumable=True)
@@ -663,7 +669,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     dataset = data.load(cfg.dataset, path=cfg.data_path, timesteps=cfg.timesteps,
-                        image_column=cfg.image_column, label_column=cfg.label_column)
+                        image_column=cfg.image_column, label_column=cfg.label_column,
+                        dvs_split=cfg.dvs_split)
     model = build_model(cfg, dataset).to(device)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(model, cfg.threads))

@@ -176,14 +176,14 @@ def test_aedat_round_trip_and_equal_count_frames(tmp_path):
     read = events.read_aedat(tmp_path / "a.aedat")
     assert read["t"].tolist() == t.tolist() and read["x"].tolist() == x.tolist()
     assert read["y"].tolist() == y.tolist() and read["p"].tolist() == p.tolist()
-    frames = events.to_frames(read, timesteps=2, size=128)
+    frames = events.to_frames(read, timesteps=2, size=128, rule="even")
     assert frames.shape == (2, 2, 128, 128)
     assert frames.sum().item() == 6 and frames[0].sum() == 3 and frames[1].sum() == 3  # equal counts
     # earliest three by time: t=1 (x=1, y=11, p=0), t=2 (x=127, y=0, p=0), t=3 (x=2, y=12, p=1)
     assert frames[0, 1, 127 - 1, 127 - 11] == 1  # OFF -> channel 1, row 127-x, col 127-y
     assert frames[0, 1, 0, 127] == 1
     assert frames[0, 0, 127 - 2, 127 - 12] == 1
-    small = events.to_frames(read, timesteps=2)
+    small = events.to_frames(read, timesteps=2, rule="even")
     assert small.shape == (2, 2, 48, 48)
     # area resize: each output pixel is the mean of its (overlapping) window of input pixels
     torch.testing.assert_close(small, torch.nn.functional.adaptive_avg_pool2d(frames, 48))
@@ -209,7 +209,7 @@ def test_cifar10_dvs_split_and_cache(tmp_path):
     assert ds.test.labels.tolist() == [0, 1]  # file 9 of each class
     expected = events.to_frames(events.read_aedat(root / "automobile" / "cifar10_automobile_9.aedat"), 3)
     torch.testing.assert_close(ds.test.images[1].float(), expected, atol=1e-2, rtol=1e-2)
-    assert (root / ".mpdagl-frames-T3-48").is_dir()
+    assert (root / ".mpdagl-frames-T3-48-spikingjelly-first90").is_dir()
     with pytest.raises(data.DataUnavailableError, match="no Hub copy"):
         data.load("cifar10-dvs", timesteps=3)
 
@@ -245,8 +245,9 @@ def test_cifar10_dvs_frames_are_reused_until_the_recordings_change(tmp_path, mon
     (moved / "airplane" / "cifar10_airplane_0.aedat").unlink()
     fewer = data.load("cifar10-dvs", path=str(moved), timesteps=3)
     assert len(fewer.train) + len(fewer.test) == 19
-    assert sorted(p.name for p in moved.iterdir()) == [".mpdagl-frames-T3-48", ".mpdagl-frames.lock",
-                                                       "airplane", "automobile"]  # one copy, no scratch
+    assert sorted(p.name for p in moved.iterdir()) == [".mpdagl-frames-T3-48-spikingjelly-first90",
+                                                       ".mpdagl-frames.lock", "airplane",
+                                                       "automobile"]  # one copy, no scratch
 
 
 CONVERT_COUNTING = """

@@ -106,7 +106,7 @@ class TrainConfig:
     label_column: str | None = option(None, "label column of a Hub / local dataset")
     # which CIFAR10-DVS recordings train and which test (the release has no split); what each
     # choice is and where it comes from: the mpdagl_triton.events docstring
-    dvs_split: str = option(events.DEFAULT_SPLIT, "cifar10-dvs train/test split: first90 (first 90% of "
+    dvs_split: str = option(events.DEFAULT_SPLIT, "cifar10-dvs train/test split: first90 (first 90 percent of "
                             "each class by file number train), tebn (files 0-99 test) or spikingjelly "
                             "(its split_to_train_test_set, 0.9 per class in file-name order)",
                             choices=events.SPLITS)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fake_data import fake_dvs
+from support.fake_data import fake_dvs
 from mpdagl_triton import data, events
 from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.train import TrainConfig, validate

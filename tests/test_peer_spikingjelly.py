@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import mpdagl_triton as M
-from oracle import DEVICE
+from support.oracle import DEVICE
 
 if os.environ.get("CI"):
     from spikingjelly.activation_based import neuron as sj_neuron, surrogate as sj_surrogate
@@ -78,7 +78,8 @@ def ours(inputs: dict, rule: str, backend: str) -> dict:
     spikes = M.tdbn_plif(leaves["x"], leaves["gamma"], leaves["beta"], leaves["rho"],
                          running_mean=running_mean, running_var=running_var, training=True,
                          momentum=MOMENTUM, eps=EPS, vth=inputs["vth"], alpha=inputs["alpha"],
-                         surrogate="rect", width_rule=rule, kappa0=inputs["kappa0"], backend=backend)
+                         surrogate="rect", width_rule=rule,
+                         kappa0=inputs["kappa0"] if rule == "fixed" else None, backend=backend)
     grads = torch.autograd.grad(spikes, list(leaves.values()), inputs["grad"].to(spikes.device))
     return {"spikes": spikes.detach().cpu(), **{k: g.cpu() for k, g in zip(leaves, grads)},
             "running_mean": running_mean.cpu(), "running_var": running_var.cpu()}

@@ -15,7 +15,7 @@ CIFAR-10's label order).
 Frame rules (how events are cut into T frames), :data:`FRAME_RULES`:
 
 - ``spikingjelly`` (default): SpikingJelly's ``integrate_events_by_fixed_frames_number`` with
-  ``split_by="number"``, which made the frames TET and the MPD-AGL authors train on. Events stay
+  ``split_by="number"``, as its ``CIFAR10DVS(frames_number=T, split_by="number")``. Events stay
   in file order; frame i takes events ``[i * (N // T), (i + 1) * (N // T))`` and the last frame
   also takes the ``N % T`` left over; with fewer events than frames (N < T) the first T - 1
   frames are empty and the last holds them all.
@@ -34,6 +34,13 @@ number at the end of their name unless said otherwise:
   random split): the first ``ceil(0.9 n)`` files of each class in the dataset's order train.
   That order is torchvision's ``DatasetFolder``: file names sorted as strings (``_0, _1, _10,
   _100, _101, ...``), so of 1000 files the test set is 909, 91, 910-919, 92, ..., 99, 990-999.
+
+Resizing: the MPD-AGL authors' loader (taken from TET) resizes each stored 128 x 128 frame with
+torchvision's ``ToPILImage -> Resize((48, 48)) -> ToTensor``. On a float tensor ToPILImage casts
+``255 * value`` to uint8, which wraps for counts (a count c in 1..255 becomes (256 - c) / 255,
+about 1: a count frame turns into an event-presence map), then PIL resizes the two-channel "LA"
+image bilinearly (antialiased) with the ON channel premultiplied by the OFF one. We area-resize
+the counts themselves.
 
 The converted frames are stored next to the recordings, one folder per (T, size, frame rule,
 split), and reused while the recordings are unchanged.
@@ -124,7 +131,7 @@ def to_frames(events: dict[str, np.ndarray], timesteps: int, size: int = FRAME_S
     (:data:`FRAME_RULES`), area-resized."""
     n = len(events["t"])
     bounds = frame_bounds(n, timesteps, rule)
-    # "even" cuts by time; SpikingJelly keeps the file's order, as the recordings' own
+    # "even" cuts by time; "spikingjelly" takes the events in file order
     order = np.argsort(events["t"], kind="stable") if rule == "even" else slice(None)
     row = SENSOR - 1 - events["x"][order]
     col = SENSOR - 1 - events["y"][order]

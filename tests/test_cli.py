@@ -56,6 +56,7 @@ def test_ctrl_c_at_any_moment_is_a_quiet_130(delay, tmp_path):
     time.sleep(delay)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=120)
-    assert run.returncode == 130, (out, err)
+    # 130, or killed by SIGINT itself, which Python does on purpose so that a shell sees 130 too
+    assert run.returncode in (130, -signal.SIGINT), (out, err)
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(("mpdagl: interrupted", "mpdagl train: interrupted")), err

@@ -18,7 +18,7 @@ def test_available():
 def test_resnet19_parameter_count():
     net = models.create("resnet19", num_classes=10, T=2)
     n = sum(p.numel() for p in net.parameters())
-    assert 12.6e6 < n < 12.8e6, n  # SPEC.md: about 12.7 M
+    assert 12.6e6 < n < 12.8e6, n  # the authors' ResNet-19: about 12.7 M
     assert len(list(net.neurons())) == 20  # stem + 8 blocks x 2 + 2 shortcuts + head
 
 
@@ -185,7 +185,7 @@ def test_compiled_fused_model_matches_the_reference(parameters):
 
 @pytest.mark.parametrize("stride,out_channels", [(1, 4), (2, 6)])
 def test_resnet_block_adds_the_shortcut_after_the_second_neuron(stride, out_channels):
-    """SPEC section 6: out = neuron2(tdBN2(conv2(neuron1(tdBN1(conv1(x)))))) + shortcut(x). The
+    """The authors' BasicBlock: out = neuron2(tdBN2(conv2(neuron1(tdBN1(conv1(x)))))) + shortcut(x). The
     block hands the shortcut to the second neuron (added as its spikes are written); the result
     must be the separate addition's, values and gradients."""
     from mpdagl_triton.models.resnet import BasicBlock

@@ -116,7 +116,7 @@ class Stem(nn.Module):
     with it every activation after it: a convolution's output follows its input's memory format.
     Inductor runs a compiled model's convolutions channels-last whatever the model's format, and an
     NCHW activation reaching a fused layer is then copied to NCHW and back around it (``python -m
-    bench.launches --nchw``; run 6: ResNet-19 T=2 B=128 NCHW at 1.31x the ANN floor's step).
+    bench.launches --nchw``: a ResNet-19 T=2 B=128 NCHW step measured 1.31x the ANN floor's).
     ``channels_last`` (True/False) overrides the choice.
     """
 

@@ -1,6 +1,6 @@
 """Spiking ResNets: ``resnet19`` (the MPD-AGL authors' layout) and ``resnet18``.
 
-BasicBlock (SPEC.md section 6): ``out = neuron2(tdBN2(conv2(neuron1(tdBN1(conv1(x)))))) + shortcut(x)``,
+BasicBlock (docs/method.md#architectures): ``out = neuron2(tdBN2(conv2(neuron1(tdBN1(conv1(x)))))) + shortcut(x)``,
 the addition after the neuron, so block outputs are small integers rather than spikes. The
 shortcut is the identity, or conv1x1(stride) -> tdBN -> PLIF when width or stride changes.
 """

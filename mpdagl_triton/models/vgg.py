@@ -1,7 +1,7 @@
 """Spiking VGGs: ``vggsnn`` (CIFAR10-DVS, 2x48x48) and ``vgg13`` (Tiny-ImageNet, 3x64x64).
 
 "P" marks 2x2 average pooling (spikes averaged keep a useful gradient, unlike max pooling).
-Heads: ``vggsnn`` flattens 512x3x3 into one linear layer with bias (SPEC.md section 6);
+Heads: ``vggsnn`` flattens 512x3x3 into one linear layer with bias (docs/method.md#architectures);
 ``vgg13`` flattens its 512x2x2 map into one linear layer with bias, our choice: it keeps the
 spatial layout and avoids VGG's 4096-wide dense layers, which dominate memory and overfit here.
 """

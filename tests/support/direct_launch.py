@@ -77,7 +77,7 @@ def layer(shape, dtype=torch.float32, channels_last=False, offset=0, residual=Fa
                                     dtype=dtype)
     if not training:
         extra.update(running_mean=torch.zeros(C), running_var=torch.ones(C), training=False)
-    spikes = ops.tdbn_plif(x, gamma, beta, rho, learn_tau=learn_tau, tau=0.2, backend="triton",
+    spikes = ops.tdbn_plif(x, gamma, beta, rho, learn_tau=learn_tau, tau=None if learn_tau else 0.2, backend="triton",
                            timesteps=timesteps, surrogate=surrogate, **extra)
     spikes.backward(torch.randn_like(spikes))
 

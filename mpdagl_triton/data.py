@@ -327,29 +327,35 @@ def _from_hub_layout(name: str, source, spec: HubDataset | None, image_column: s
 
 
 def _measured(train: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the training images scaled to [0, 1]."""
-    scaled = train.images.float().div_(255)
-    return (tuple(round(v, 4) for v in scaled.mean(dim=(0, 2, 3)).tolist()),
-            tuple(round(v, 4) for v in scaled.std(dim=(0, 2, 3)).tolist()))
+    """Per-channel mean and std of the training images scaled to [0, 1]; from sums over chunks of
+    images, not a float copy of the whole split."""
+    channels = train.images.shape[1]
+    sums = torch.zeros(2, channels, dtype=torch.float64)
+    for chunk in train.images.split(1024):
+        pixels = chunk.float()
+        sums += torch.stack([pixels.sum(dim=(0, 2, 3)), pixels.square_().sum(dim=(0, 2, 3))]).double()
+    n = train.images.numel() // channels
+    mean = sums[0] / n
+    std = ((sums[1] - n * mean.square()) / (n - 1)).sqrt()  # unbiased, as torch.std
+    return (tuple(round(v, 4) for v in (mean / 255).tolist()), tuple(round(v, 4) for v in (std / 255).tolist()))
 
 
 def _image_shape(name: str, split, column: str, channels: int | None) -> tuple[int, int, int]:
     """(C, H, W): the size of the first image; ``channels`` when the dataset's are known, else 3 if
-    any image of the split is in colour (1 when all are greyscale): not what the first ones are.
-    Only the images' headers are read, up to the first colour one."""
+    any image of the split is in colour (1 when all are greyscale), whatever the first ones are.
+    The modes come from the images' headers, read once and cached by ``datasets``."""
     from PIL import Image
 
     undecoded = split.cast_column(column, _undecoded()).select_columns([column])
     width, height = _open(undecoded[0][column], name, "train", 0, Image).size
     if channels is None:
-        channels, offset = 1, 0
-        for batch in undecoded.iter(batch_size=1024):
-            modes = [_open(item, name, "train", offset + i, Image, load=False).mode
-                     for i, item in enumerate(batch[column])]
-            offset += len(modes)
-            if any(mode not in GREY_MODES for mode in modes):
-                channels = 3
-                break
+        def modes(batch, indices):
+            return {"mode": [_open(item, name, "train", i, Image, load=False).mode
+                             for item, i in zip(batch[column], indices)]}
+
+        found = undecoded.map(modes, batched=True, with_indices=True, remove_columns=[column],
+                              desc=f"reading {name} train image modes (once)").unique("mode")
+        channels = 1 if set(found) <= set(GREY_MODES) else 3
     return channels, height, width
 
 
@@ -404,9 +410,19 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
     )
     if len(decoded) != len(split):  # never train on a silently shortened split
         raise DataUnavailableError(f"{name} {split_name}: decoded {len(decoded)} of {len(split)} images")
-    images = torch.from_numpy(decoded.with_format("numpy", dtype=np.uint8)[:]["pixels"])
-    labels = torch.from_numpy(decoded.with_format("numpy", dtype=np.int64)[:]["label"])
-    return Split(images, labels)
+    return Split(*_tensors(decoded, shape))
+
+
+def _tensors(decoded, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """The decoded images and labels, copied once out of the memory-mapped Arrow cache (numpy
+    formatting of an Array3D column goes through Python lists: ~10x the split in memory)."""
+    table = decoded.with_format("arrow")[:]
+    images = torch.empty((len(table), *shape), dtype=torch.uint8)
+    start, out = 0, images.numpy()
+    for chunk in table.column("pixels").chunks:  # list<list<list<uint8>>>, one image a row
+        out[start:start + len(chunk)] = chunk.storage.flatten().flatten().flatten().to_numpy().reshape(-1, *shape)
+        start += len(chunk)
+    return images, torch.tensor(table.column("label").to_numpy(), dtype=torch.int64)
 
 
 def _cifar10_dvs(path: str | None, timesteps: int | None) -> Dataset:

@@ -239,3 +239,33 @@ def test_the_model_card_names_the_split_evaluated(tmp_path):
     assert (result.dataset_type, result.dataset_split) == ("zh-plus/tiny-imagenet", "valid")
     assert result.metric_value == round(100 * row["test_acc"], 2)
     assert "| valid accuracy (epoch 1) |" in card.text and "test accuracy" not in card.text
+
+
+LOAD_AND_REPORT_PEAK = """
+import sys
+import datasets, PIL.Image  # imported before the measure: the load imports them
+from mpdagl_triton import data
+
+def kib(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
+
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) restarts from here
+before = kib("VmRSS:")
+ds = data.load("tiny-imagenet", path=sys.argv[1])
+print((kib("VmHWM:") - before) * 1024, ds.train.images.numel() + ds.test.images.numel())  # the peak's rise, bytes
+"""
+
+
+def test_a_decoded_split_is_read_back_in_about_its_own_memory(tmp_path):
+    """The decoded images are copied once out of the Arrow cache: reading them back through
+    numpy formatting (an Array3D column goes through nested Python lists) peaks at ~13x the split."""
+    import subprocess
+    import sys
+
+    root = tiny_imagenet(tmp_path / "tiny", n_train=3000, n_valid=200)
+    first = data.load("tiny-imagenet", path=str(root))  # decodes and caches
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_REPORT_PEAK, str(root)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    grown, pixels = int(out[-2]), int(out[-1])
+    assert pixels == first.train.images.numel() + first.test.images.numel() == 3200 * 3 * 64 * 64
+    assert grown < 3 * pixels, f"reading {pixels / 2**20:.0f} MiB of images raised the peak by {grown / 2**20:.0f} MiB"

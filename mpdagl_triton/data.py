@@ -86,8 +86,9 @@ class Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class HubDataset:
-    """What is known of a named dataset: columns, held-out split (as its repo names it) and
-    channels are defaults a local copy's own README cannot change; mean and std None: measured."""
+    """What is known of a named dataset, whatever a local copy's README says: its columns (unless
+    --image-column / --label-column), its held-out split as its repo names it, its channels, its
+    augmentation, and its mean and std (None: measured on the training images)."""
 
     repo: str
     image_column: str
@@ -137,7 +138,7 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
     if name == "digits":
         if path is not None:  # likely meant: train on that folder
             raise InvalidInput(f"digits ships with the package and reads no --data-path ({path}); to train on "
-                             f"a local folder pass it as the dataset: --dataset {path}")
+                               f"a local folder pass it as the dataset: --dataset {path}")
         return _from_hub_layout("digits", _digits_source(), DIGITS, None, None)
     if name == "cifar10-dvs":
         return _cifar10_dvs(path, timesteps)
@@ -242,8 +243,10 @@ def _is_class_label(feature) -> bool:
 
 def _pick_column(split, given: str | None, default: str | None, kind: str, is_kind,
                  fallbacks: tuple[str, ...]) -> str:
-    """``given`` (``--{kind}-column``), else the dataset's ``default`` where the copy has it, else
-    the only column of its kind, else the first of ``fallbacks`` present."""
+    """``given`` (``--{kind}-column``), else the named dataset's ``default`` where the copy has it,
+    else the first of the usual names in ``fallbacks``; for any other dataset the only column of
+    its kind comes before those names (a named dataset's other columns of that kind, such as
+    CIFAR-100's coarse labels, are never taken by type)."""
     columns = list(split.features)
     if given is not None:
         if given not in columns:
@@ -251,7 +254,7 @@ def _pick_column(split, given: str | None, default: str | None, kind: str, is_ki
         return given
     if default in columns:
         return default
-    typed = [c for c, f in split.features.items() if is_kind(f)]
+    typed = [] if default else [c for c, f in split.features.items() if is_kind(f)]
     named = [c for c in fallbacks if c in columns]
     if len(typed) == 1:
         return typed[0]
@@ -415,7 +418,7 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
 
 def _tensors(decoded, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
     """The decoded images and labels, copied once out of the memory-mapped Arrow cache (numpy
-    formatting of an Array3D column goes through Python lists: ~10x the split in memory)."""
+    formatting of an Array3D column goes through Python lists: 10x the split in memory or more)."""
     table = decoded.with_format("arrow")[:]
     images = torch.empty((len(table), *shape), dtype=torch.uint8)
     start, out = 0, images.numpy()
@@ -495,7 +498,7 @@ class Loader:
             raise InvalidInput(f"batch size {batch_size} does not split evenly over {world} processes")
         if train and world > 1 and len(split) < batch_size:  # one short batch: uneven or empty shares
             raise InvalidInput(f"the training split has {len(split)} images, fewer than the global batch "
-                             f"size {batch_size} that {world} processes share; lower --batch-size")
+                               f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
         self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave

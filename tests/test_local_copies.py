@@ -167,6 +167,18 @@ def test_a_label_column_named_labels_is_picked_up(tmp_path):
     assert ds.train.labels.tolist() == [2, 0, 1, 2] and ds.label_names == ["0", "1", "2"]
     with pytest.raises(InvalidInput, match="^no label column 'label'; available columns: img, labels$"):
         data.load("cifar10", path=str(root), label_column="label")
+    # a named dataset never takes another class column by its type: CIFAR-100 without fine labels
+    coarse = cifar100(tmp_path / "coarse")
+    import pyarrow.parquet as pq
+
+    for shard in (coarse / "cifar100").glob("*.parquet"):
+        pq.write_table(pq.read_table(shard).drop_columns(["fine_label"]), shard)
+    readme = (coarse / "README.md").read_text()
+    (coarse / "README.md").write_text("---\n" + readme[readme.index("configs:"):])  # no dataset_info
+    with pytest.raises(InvalidInput, match=r"cannot tell which column holds the labels; pass --label-column "
+                                           r"\(available columns: img, coarse_label\)"):
+        data.load("cifar100", path=str(coarse))
+    assert data.load("cifar100", path=str(coarse), label_column="coarse_label").num_classes == 20
 
 
 def test_an_image_column_written_by_plain_pyarrow(tmp_path):
@@ -225,7 +237,7 @@ def test_the_model_card_names_the_split_evaluated(tmp_path):
     model-index say so."""
     from huggingface_hub import ModelCard
 
-    from mpdagl_triton import hub
+    from mpdagl_triton import publish
     from mpdagl_triton.train import TrainConfig, train
 
     root = tiny_imagenet(tmp_path / "tiny", n_train=8, n_valid=4)
@@ -234,7 +246,7 @@ def test_the_model_card_names_the_split_evaluated(tmp_path):
                       device="cpu", probe_size=4, out=str(out)))
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["test_split"] == "valid"
-    card = ModelCard(hub.model_card(out, "me/tiny"))
+    card = ModelCard(publish.model_card(out, "me/tiny"))
     (result,) = card.data.eval_results
     assert (result.dataset_type, result.dataset_split) == ("zh-plus/tiny-imagenet", "valid")
     assert result.metric_value == round(100 * row["test_acc"], 2)

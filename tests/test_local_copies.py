@@ -229,7 +229,8 @@ def test_bad_data_is_invalid_input_with_the_fix(tmp_path, capsys):
     capsys.readouterr()
     argv = ["train", "--dataset", str(odd), "--epochs", "1", "--out", str(tmp_path / "run")]
     assert cli.main(argv) == 2
-    assert capsys.readouterr().err.splitlines()[-1].startswith(f"mpdagl train: error: dataset '{odd}' has no test split")
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith(f"mpdagl train: error: dataset '{odd}' has no test split")
 
 
 def test_the_model_card_names_the_split_evaluated(tmp_path):

@@ -61,6 +61,7 @@ class Dataset:
     mean: tuple[float, ...]  # per channel, of images scaled to [0, 1] (0 and 1 for event counts)
     std: tuple[float, ...]
     augmentation: str = "none"  # see augment.build
+    test_split: str = "test"  # the split ``test`` holds, as the dataset's repo names it
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +86,18 @@ class Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class HubDataset:
+    """What is known of a named dataset, whatever a local copy's README says: its columns (unless
+    --image-column / --label-column), its held-out split as its repo names it, its channels, its
+    augmentation, and its mean and std (None: measured on the training images)."""
+
     repo: str
     image_column: str
     label_column: str
     test_split: str
     augmentation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    channels: int = 3
 
 
 HUB_DATASETS = {
@@ -100,8 +106,12 @@ HUB_DATASETS = {
     "tiny-imagenet": HubDataset("zh-plus/tiny-imagenet", "image", "label", "valid", "crop-flip",
                                 IMAGENET_MEAN, IMAGENET_STD),
 }
+DIGITS = HubDataset("", "image", "label", "test", "none", None, None, channels=1)
 NAMED = ("digits", "cifar10", "cifar100", "tiny-imagenet", "cifar10-dvs")
 TEST_SPLITS = ("test", "valid", "validation")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # decoded as one channel; any other mode as RGB
+#: what ``hf download --local-dir`` leaves at the top of a dataset's copy
+COPY_MARKERS = ("README.md", ".gitattributes", ".cache/huggingface")
 
 
 def available() -> list[str]:
@@ -130,35 +140,31 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
     """
     if name == "digits":
         if path is not None:  # likely meant: train on that folder
-            raise ValueError(f"digits ships with the package and reads no --data-path ({path}); to train on "
-                             f"a local folder pass it as the dataset: --dataset {path}")
-        return _from_hub_layout("digits", _digits_source(), "image", "label", "test", "none", None, None)
+            raise InvalidInput(f"digits ships with the package and reads no --data-path ({path}); to train on "
+                               f"a local folder pass it as the dataset: --dataset {path}")
+        return _from_hub_layout("digits", _digits_source(), DIGITS, None, None)
     if name == "cifar10-dvs":
         return _cifar10_dvs(path, timesteps, dvs_split, dvs_frames)
     spec = HUB_DATASETS.get(name)
     if spec is None and not is_known(name):
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, "
-                         "or a Hub id (user/name) or a local folder")
+        raise InvalidInput(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, "
+                           "or a Hub id (user/name) or a local folder")
     source = _fetch(name, spec.repo if spec else name, path)
-    if spec is None:
-        return _from_hub_layout(name, source, image_column, label_column, None, "crop-flip", None, None)
-    return _from_hub_layout(name, source, image_column or spec.image_column,
-                            label_column or spec.label_column, spec.test_split, spec.augmentation,
-                            spec.mean, spec.std)
+    return _from_hub_layout(name, source, spec, image_column, label_column)
 
 
 def _fetch(name: str, repo: str, path: str | None):
     import datasets
 
     source = path or repo
-    local = os.path.isdir(source)
+    if os.path.isdir(source):
+        return datasets.load_dataset(source, data_files=_local_data_files(source))
+    if path is not None:
+        raise InvalidInput(f"--data-path {path} is not a folder; pass the folder that "
+                           f"`hf download {repo} --repo-type dataset --local-dir DIR` made")
     try:
-        if local:
-            return datasets.load_dataset(source, data_files=_local_data_files(source))
         return datasets.load_dataset(source)
-    except Exception as exc:  # offline, missing, unreadable: one clear message
-        if path is not None or local:  # a local folder: no Hub advice
-            raise DataUnavailableError(f"could not read dataset {name!r} from {source}: {exc}") from exc
+    except Exception as exc:  # offline, missing, unreachable: one clear message
         raise DataUnavailableError(
             f"could not fetch dataset {repo!r} ({name}) from the Hugging Face Hub, and there is no "
             f"cached copy: {type(exc).__name__}: {exc}. To use a local copy, download it where you "
@@ -167,17 +173,40 @@ def _fetch(name: str, repo: str, path: str | None):
         ) from exc
 
 
-def _local_data_files(folder: str) -> dict[str, list[str]] | None:
+def _local_data_files(folder: str) -> dict[str, list[str]]:
     """The folder's data files by split, as ``datasets`` resolves them.
 
     ``datasets`` names its cache of a local folder whose README lists ``configs:`` after the
     README alone, so shards replaced in place would load the old copy; files passed by name are
-    keyed on their modification times too. None where it resolves none (its own error then).
+    keyed on their modification times too. A folder holding several copies (each with its own
+    README) would be read as one dataset of every copy's shards: refused, naming the copies.
     """
     import datasets
+    from datasets.data_files import EmptyDatasetError
+    from datasets.exceptions import DataFilesNotFoundError
 
-    resolved = datasets.load_dataset_builder(folder).config.data_files or {}
-    return {split: list(files) for split, files in resolved.items()} or None
+    try:
+        resolved = datasets.load_dataset_builder(folder).config.data_files
+    except (EmptyDatasetError, DataFilesNotFoundError) as exc:
+        raise InvalidInput(f"{folder} holds no data files; pass the folder that `hf download REPO --repo-type "
+                           "dataset --local-dir DIR` made, or a folder of split/class/image files") from exc
+    files = {split: list(paths) for split, paths in resolved.items()}
+    copies = sorted({_copy_root(folder, path) for paths in files.values() for path in paths} - {None})
+    if len(copies) > 1:
+        raise InvalidInput(f"{folder} holds {len(copies)} datasets ({', '.join(copies)}), read as one; "
+                           f"pass one of them: {' or '.join(os.path.join(folder, c) for c in copies)}")
+    return files
+
+
+def _copy_root(folder: str, path: str) -> str | None:
+    """The outermost subfolder of ``folder`` above ``path`` that is a downloaded copy of its own
+    (``COPY_MARKERS``), relative to ``folder``; None when there is none."""
+    top = os.path.abspath(folder)
+    relative = os.path.relpath(os.path.abspath(path), top).split(os.sep)[:-1]
+    for depth in range(1, len(relative) + 1):
+        if any(os.path.exists(os.path.join(top, *relative[:depth], m)) for m in COPY_MARKERS):
+            return os.path.join(*relative[:depth])
+    return None
 
 
 def _digits_source():
@@ -199,48 +228,95 @@ def _digits_source():
     })
 
 
-def _pick_column(split, given: str | None, kind: str, feature_type, fallbacks: tuple[str, ...]) -> str:
+def _is_images(feature) -> bool:
+    """An Image column, or the struct of bytes and path that plain pyarrow writes for one (its
+    ``path`` of type null when every path is None), which ``datasets`` casts to Image."""
+    import datasets
+
+    return isinstance(feature, datasets.Image) or (
+        isinstance(feature, dict) and set(feature) == {"bytes", "path"}
+        and getattr(feature["bytes"], "dtype", None) in ("binary", "large_binary"))
+
+
+def _is_class_label(feature) -> bool:
+    import datasets
+
+    return isinstance(feature, datasets.ClassLabel)
+
+
+def _pick_column(split, given: str | None, default: str | None, kind: str, is_kind,
+                 fallbacks: tuple[str, ...]) -> str:
+    """``given`` (``--{kind}-column``), else the named dataset's ``default`` where the copy has it,
+    else the first of the usual names in ``fallbacks``; for any other dataset the only column of
+    its kind comes before those names (a named dataset's other columns of that kind, such as
+    CIFAR-100's coarse labels, are never taken by type)."""
     columns = list(split.features)
     if given is not None:
         if given not in columns:
-            raise ValueError(f"no {kind} column {given!r}; available columns: {', '.join(columns)}")
+            raise InvalidInput(f"no {kind} column {given!r}; available columns: {', '.join(columns)}")
         return given
-    typed = [c for c, f in split.features.items() if isinstance(f, feature_type)]
+    if default in columns:
+        return default
+    typed = [] if default else [c for c, f in split.features.items() if is_kind(f)]
     named = [c for c in fallbacks if c in columns]
     if len(typed) == 1:
         return typed[0]
     if named:
         return named[0]
-    raise ValueError(f"cannot tell which column holds the {kind}s; pass --{kind}-column "
-                     f"(available columns: {', '.join(columns)})")
+    raise InvalidInput(f"cannot tell which column holds the {kind}s; pass --{kind}-column "
+                       f"(available columns: {', '.join(columns)})")
 
 
-def _from_hub_layout(name, source, image_column, label_column, test_split, augmentation,
-                     mean, std) -> Dataset:
+def _test_split(name: str, source, spec: HubDataset | None) -> tuple[str, str]:
+    """(the key of the held-out split in ``source``, its name in the dataset's repo).
+
+    A named dataset's split is found under its repo's name or under the one ``datasets`` gives a
+    shard of that name when no README ``configs:`` lists it (``valid-*.parquet``: ``validation``);
+    any other dataset's is the first of ``TEST_SPLITS`` it has.
+    """
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    if spec is None:
+        found = next((s for s in TEST_SPLITS if s in source), None)
+        if found is None:
+            raise InvalidInput(f"dataset {name!r} has no test split ({' / '.join(TEST_SPLITS)}); splits: "
+                               f"{', '.join(source)}: name the held-out shards test-*.parquet")
+        return found, found
+    inferred = [str(split) for split, keywords in SPLIT_KEYWORDS.items() if spec.test_split in keywords]
+    for key in (spec.test_split, *inferred):
+        if key in source:
+            return key, spec.test_split
+    raise InvalidInput(f"dataset {name!r} has no {spec.test_split!r} split (splits: {', '.join(source)}); "
+                       f"pass the folder that `hf download {spec.repo} --repo-type dataset --local-dir DIR` made")
+
+
+def _from_hub_layout(name: str, source, spec: HubDataset | None, image_column: str | None,
+                     label_column: str | None) -> Dataset:
     import datasets
 
     if "train" not in source:
-        raise ValueError(f"dataset {name!r} has no 'train' split (splits: {', '.join(source)})")
-    test_split = test_split or next((s for s in TEST_SPLITS if s in source), None)
-    if test_split not in source:
-        raise ValueError(f"dataset {name!r} has no test split ({' / '.join(TEST_SPLITS)}); "
-                         f"splits: {', '.join(source)}")
+        raise InvalidInput(f"dataset {name!r} has no 'train' split (splits: {', '.join(source)}): "
+                           "name the training shards train-*.parquet")
+    test_key, test_split = _test_split(name, source, spec)
     train_raw = source["train"]
-    image_column = _pick_column(train_raw, image_column, "image", datasets.Image, ("img", "image"))
-    label_column = _pick_column(train_raw, label_column, "label", datasets.ClassLabel,
+    if not len(train_raw):
+        raise InvalidInput(f"dataset {name!r}: the train split is empty")
+    image_column = _pick_column(train_raw, image_column, spec and spec.image_column, "image", _is_images,
+                                ("img", "image"))
+    label_column = _pick_column(train_raw, label_column, spec and spec.label_column, "label", _is_class_label,
                                 ("label", "labels", "fine_label"))
-    if not isinstance(train_raw.features[image_column], datasets.Image):
-        raise ValueError(f"column {image_column!r} of {name!r} holds {train_raw.features[image_column]}, "
-                         f"not images; available columns: {', '.join(train_raw.features)}")
-    shape = _image_shape(name, train_raw, image_column)
+    if not _is_images(train_raw.features[image_column]):
+        raise InvalidInput(f"column {image_column!r} of {name!r} holds {train_raw.features[image_column]}, "
+                           f"not images; available columns: {', '.join(train_raw.features)}")
+    shape = _image_shape(name, train_raw, image_column, spec.channels if spec else None)
     label_feature = train_raw.features[label_column]
     label_index = None
     if isinstance(label_feature, datasets.Value) and label_feature.dtype in ("string", "large_string"):
         # class names as text: classes in sorted order, as ClassLabel and folder layouts have them
-        names = sorted(set(train_raw.unique(label_column)) | set(source[test_split].unique(label_column)))
+        names = sorted(set(train_raw.unique(label_column)) | set(source[test_key].unique(label_column)))
         label_index = {label: i for i, label in enumerate(names)}
     train = _decode(name, "train", train_raw, image_column, label_column, shape, label_index)
-    test = _decode(name, test_split, source[test_split], image_column, label_column, shape, label_index)
+    test = _decode(name, test_split, source[test_key], image_column, label_column, shape, label_index)
     if isinstance(label_feature, datasets.ClassLabel):
         label_names = list(label_feature.names)
     elif label_index is not None:
@@ -249,22 +325,43 @@ def _from_hub_layout(name, source, image_column, label_column, test_split, augme
         label_names = [str(i) for i in range(int(max(train.labels.max(), test.labels.max())) + 1)]
     for split_name, split in (("train", train), (test_split, test)):
         if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(label_names)):
-            raise ValueError(f"{name} {split_name}: labels outside [0, {len(label_names)})")
-    if mean is None:  # measured on the training images
-        scaled = train.images.float().div_(255)
-        mean = tuple(round(v, 4) for v in scaled.mean(dim=(0, 2, 3)).tolist())
-        std = tuple(round(v, 4) for v in scaled.std(dim=(0, 2, 3)).tolist())
-    return Dataset(name, train, test, label_names, tuple(mean), tuple(std), augmentation)
+            raise InvalidInput(f"{name} {split_name}: labels outside [0, {len(label_names)}); "
+                               f"is {label_column!r} the label column? (--label-column)")
+    mean, std = (spec.mean, spec.std) if spec and spec.mean else _measured(train)
+    augmentation = spec.augmentation if spec else "crop-flip"
+    return Dataset(name, train, test, label_names, tuple(mean), tuple(std), augmentation, test_split)
 
 
-def _image_shape(name: str, split, column: str) -> tuple[int, int, int]:
-    """(C, H, W) from the first images: RGB unless every sampled image is greyscale."""
+def _measured(train: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the training images scaled to [0, 1]; from sums over chunks of
+    images, not a float copy of the whole split."""
+    channels = train.images.shape[1]
+    sums = torch.zeros(2, channels, dtype=torch.float64)
+    for chunk in train.images.split(1024):
+        pixels = chunk.float()
+        sums += torch.stack([pixels.sum(dim=(0, 2, 3)), pixels.square_().sum(dim=(0, 2, 3))]).double()
+    n = train.images.numel() // channels
+    mean = sums[0] / n
+    std = ((sums[1] - n * mean.square()) / (n - 1)).sqrt()  # unbiased, as torch.std
+    return (tuple(round(v, 4) for v in (mean / 255).tolist()), tuple(round(v, 4) for v in (std / 255).tolist()))
+
+
+def _image_shape(name: str, split, column: str, channels: int | None) -> tuple[int, int, int]:
+    """(C, H, W): the size of the first image; ``channels`` when the dataset's are known, else 3 if
+    any image of the split is in colour (1 when all are greyscale), whatever the first ones are.
+    The modes come from the images' headers, read once and cached by ``datasets``."""
     from PIL import Image
 
-    sample = split.cast_column(column, _undecoded()).select(range(min(16, len(split))))[column]
-    images = [_open(item, name, "train", i, Image) for i, item in enumerate(sample)]
-    channels = 1 if all(im.mode in ("L", "1", "I", "I;16") for im in images) else 3
-    width, height = images[0].size
+    undecoded = split.cast_column(column, _undecoded()).select_columns([column])
+    width, height = _open(undecoded[0][column], name, "train", 0, Image).size
+    if channels is None:
+        def modes(batch, indices):
+            return {"mode": [_open(item, name, "train", i, Image, load=False).mode
+                             for item, i in zip(batch[column], indices)]}
+
+        found = undecoded.map(modes, batched=True, with_indices=True, remove_columns=[column],
+                              desc=f"reading {name} train image modes (once)").unique("mode")
+        channels = 1 if set(found) <= set(GREY_MODES) else 3
     return channels, height, width
 
 
@@ -274,13 +371,15 @@ def _undecoded():
     return datasets.Image(decode=False)
 
 
-def _open(item: dict, name: str, split: str, index: int, image_module):
+def _open(item: dict, name: str, split: str, index: int, image_module, load: bool = True):
+    """The image of an undecoded Image cell; with ``load`` False only its header is read."""
     try:
         if item.get("bytes"):
             image = image_module.open(io.BytesIO(item["bytes"]))
         else:
             image = image_module.open(item["path"])
-        image.load()
+        if load:
+            image.load()
         return image
     except Exception as exc:
         raise CorruptImageError(f"{name} {split}: image {index} cannot be decoded: {exc}") from exc
@@ -317,9 +416,19 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
     )
     if len(decoded) != len(split):  # never train on a silently shortened split
         raise DataUnavailableError(f"{name} {split_name}: decoded {len(decoded)} of {len(split)} images")
-    images = torch.from_numpy(decoded.with_format("numpy", dtype=np.uint8)[:]["pixels"])
-    labels = torch.from_numpy(decoded.with_format("numpy", dtype=np.int64)[:]["label"])
-    return Split(images, labels)
+    return Split(*_tensors(decoded, shape))
+
+
+def _tensors(decoded, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """The decoded images and labels, copied once out of the memory-mapped Arrow cache (numpy
+    formatting of an Array3D column goes through Python lists: 10x the split in memory or more)."""
+    table = decoded.with_format("arrow")[:]
+    images = torch.empty((len(table), *shape), dtype=torch.uint8)
+    start, out = 0, images.numpy()
+    for chunk in table.column("pixels").chunks:  # list<list<list<uint8>>>, one image a row
+        out[start:start + len(chunk)] = chunk.storage.flatten().flatten().flatten().to_numpy().reshape(-1, *shape)
+        start += len(chunk)
+    return images, torch.tensor(table.column("label").to_numpy(), dtype=torch.int64)
 
 
 def _cifar10_dvs(path: str | None, timesteps: int | None, split: str | None = None,
@@ -389,12 +498,12 @@ class Loader:
                  train: bool, workers: int = 0, rank: int = 0, world: int = 1,
                  augment_chunk_elements: int = AUGMENT_CHUNK_ELEMENTS, interleave: bool = True):
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
         if train and batch_size % world:
-            raise ValueError(f"batch size {batch_size} does not split evenly over {world} processes")
+            raise InvalidInput(f"batch size {batch_size} does not split evenly over {world} processes")
         if train and world > 1 and len(split) < batch_size:  # one short batch: uneven or empty shares
-            raise ValueError(f"the training split has {len(split)} images, fewer than the global batch "
-                             f"size {batch_size} that {world} processes share; lower --batch-size")
+            raise InvalidInput(f"the training split has {len(split)} images, fewer than the global batch "
+                               f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
         self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave

@@ -118,11 +118,12 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
     arch, T = config["arch"], config["timesteps"]
     neuron = {"vth": 0.5, "tau": 0.2, "learn_tau": True, "surrogate": "rect", "width_rule": "mpdagl",
               **config.get("neuron", {})}
+    split = last.get("test_split", "test")  # the held-out split evaluated, as the dataset names it
     eval_results = None
     if "test_acc" in last:
         eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification",
                                    dataset_type=dataset_id or Path(dataset).name, dataset_name=dataset_name,
-                                   dataset_split="test", metric_type="accuracy", metric_name="Top-1 accuracy",
+                                   dataset_split=split, metric_type="accuracy", metric_name="Top-1 accuracy",
                                    metric_value=round(100 * last["test_acc"], 2))]
     data = ModelCardData(
         library_name=LIBRARY, license=license, model_name=repo_id.split("/")[-1],
@@ -162,10 +163,10 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
         lines += ["| schedule | cosine to 0, per epoch |", ""]
     if last:
         lines += ["## Results", "", "| metric | value |", "|---|---|",
-                  f"| test accuracy (epoch {last['epoch']}) | {100 * last['test_acc']:.2f} % |",
-                  f"| best test accuracy | {100 * max(r['test_acc'] for r in rows):.2f} % |",
+                  f"| {split} accuracy (epoch {last['epoch']}) | {100 * last['test_acc']:.2f} % |",
+                  f"| best {split} accuracy | {100 * max(r['test_acc'] for r in rows):.2f} % |",
                   f"| train accuracy | {100 * last['train_acc']:.2f} % |",
-                  f"| test loss | {last['test_loss']:.4f} |",
+                  f"| {split} loss | {last['test_loss']:.4f} |",
                   f"| paper, same setting | {paper + ' %' if paper else 'not reported'} |", ""]
         if last.get("layers"):
             lines += ["Per spiking layer at the last epoch (firing rate on a probe batch of test images):", "",

@@ -17,18 +17,38 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class SpikeFunction(torch.autograd.Function):
-    """S = [u >= 0] forward; dS/du = h(u; kappa) backward. kappa gets no gradient."""
+    """S = [u >= 0] with u = V - Vth forward; dS/dV = h(u; kappa) backward. kappa gets no gradient.
+
+    V is kept for the backward, not u: the next step keeps V anyway (for its decay), and u is
+    recomputed from it, bit for bit.
+    """
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, kappa: torch.Tensor, surrogate: str) -> torch.Tensor:
-        ctx.save_for_backward(u, kappa)
-        ctx.surrogate = surrogate
-        return (u >= 0).to(u.dtype)
+    def forward(ctx, v: torch.Tensor, vth: float, kappa: torch.Tensor, surrogate: str) -> torch.Tensor:
+        ctx.save_for_backward(v, kappa)
+        ctx.vth, ctx.surrogate = vth, surrogate
+        return (v - vth >= 0).to(v.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        u, kappa = ctx.saved_tensors
-        return grad * surrogate_derivative(u, kappa, ctx.surrogate), None, None
+        v, kappa = ctx.saved_tensors
+        return grad * surrogate_derivative(v - ctx.vth, kappa, ctx.surrogate), None, None, None
+
+
+class Reset(torch.autograd.Function):
+    """``w * (1 - S)``: the decayed potential, zeroed where the neuron fired (S is 0 or 1), with
+    autograd's gradients of that product (the reset is not detached); S is kept as booleans, one
+    byte an element, not the float ``1 - S`` autograd would keep."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w, s.bool())
+        return w * (1 - s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, fired = ctx.saved_tensors
+        return grad * (~fired).to(grad.dtype), -(grad * w)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -120,12 +140,12 @@ def plif(
     ``V_t = tau * V_{t-1} * (1 - S_{t-1}) + y_t``, ``S_t = [V_t >= Vth]``, V_0 = S_0 = 0. The reset
     is not detached. ``tau`` is a 0-d tensor (it may require grad), the kappas 0-d tensors.
     """
-    v = torch.zeros_like(y[0])
-    s = torch.zeros_like(y[0])
+    # V_0 = S_0 = 0 as scalars: the first step's decay keeps nothing per element for the backward
+    v = s = torch.zeros((), dtype=y.dtype, device=y.device)
     spikes = []
     for t in range(y.shape[0]):
-        v = tau * v * (1 - s) + y[t]
-        s = SpikeFunction.apply(v - vth, kappa_first if t == 0 else kappa_rest, surrogate)
+        v = Reset.apply(tau * v, s) + y[t]
+        s = SpikeFunction.apply(v, vth, kappa_first if t == 0 else kappa_rest, surrogate)
         spikes.append(s)
     return torch.stack(spikes)
 

@@ -715,7 +715,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     row = history[-1] if history else {}
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "lr": lr}
+        row = {"epoch": epoch, "lr": lr, "test_split": dataset.test_split}
         row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
                                    epoch, dist))
         scheduler.step()

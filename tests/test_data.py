@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from support.fake_data import fake_cifar, fake_dvs, write_hub_dataset, random_images
 from mpdagl_triton import augment, cli, data, events
 from mpdagl_triton.augment import EventAugment, ImageAugment, random_crop_flip
+from mpdagl_triton.errors import InvalidInput
 
 
 class Dispatches(TorchDispatchMode):
@@ -149,13 +150,16 @@ def test_offline_without_a_cached_copy():
         data.load("cifar10")
 
 
-def test_an_unreadable_local_folder_is_named_without_hub_advice(tmp_path):
+def test_a_local_folder_without_data_is_bad_input_without_hub_advice(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for name, path in ((str(empty), None), ("cifar10", str(empty))):  # --dataset DIR, --data-path DIR
-        with pytest.raises(data.DataUnavailableError, match=f"could not read dataset .* from {empty}: ") as err:
+        with pytest.raises(InvalidInput, match=f"^{empty} holds no data files; pass the folder that `hf download") \
+                as err:
             data.load(name, path=path)
         assert "Hugging Face Hub" not in str(err.value)
+    with pytest.raises(InvalidInput, match="--data-path .*missing is not a folder"):
+        data.load("cifar10", path=str(tmp_path / "missing"))
 
 
 def test_unknown_dataset_lists_the_names(capsys, tmp_path):

@@ -87,6 +87,7 @@ def test_push_uploads_exactly_the_model_files_and_a_card(trained, tmp_path, monk
     last = (trained / "metrics.jsonl").read_text().splitlines()[-1]
     accuracy = round(100 * __import__("json").loads(last)["test_acc"], 2)
     assert card.data.eval_results[0].metric_value == accuracy
+    assert card.data.eval_results[0].dataset_split == "test"  # digits: its test split
     assert "| `body.stem.neuron` |" in card.text and 'mpdagl_triton.load("me/digits-snn")' in card.text
     assert "@inproceedings{jiang2025mpdagl" in card.text
 

@@ -1,5 +1,6 @@
-"""Fake datasets on disk, laid out as the Hugging Face Hub lays them out (parquet shards plus a
-README whose YAML front matter declares the configs), and fake CIFAR10-DVS AEDAT folders."""
+"""Fake datasets on disk, laid out as ``hf download`` leaves a Hub dataset (parquet shards, a
+README whose YAML front matter describes them, .gitattributes, .cache/huggingface/), and fake
+CIFAR10-DVS AEDAT folders."""
 
 from __future__ import annotations
 
@@ -8,36 +9,67 @@ from pathlib import Path
 import numpy as np
 
 
-def random_images(n: int, size: int, seed: int, grey_every: int = 0):
+def random_images(n: int, size: int, seed: int, grey_every: int = 0, grey_first: int = 0):
+    """RGB images but every ``grey_every``-th and the first ``grey_first``, greyscale (mode L)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     images = []
     for i in range(n):
-        if grey_every and i % grey_every == 0:
+        if (grey_every and i % grey_every == 0) or i < grey_first:
             images.append(Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L"))
         else:
             images.append(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), mode="RGB"))
     return images
 
 
-def write_hub_dataset(root: Path, config: str, splits: dict, image_column: str, label_columns: dict,
-                      extra_columns: dict | None = None) -> Path:
-    """``splits``: split -> (PIL images, {label column: values}); ``label_columns``: column -> names."""
+def write_hub_dataset(root: Path, config: str, splits: dict, image_column: str, label_columns: dict) -> Path:
+    """``splits``: split -> (PIL images, {label column: values}); ``label_columns``: column -> names.
+    Shards ``{config}/{split}-00000-of-00001.parquet``, listed in the README's ``configs:``."""
     import datasets
 
     features = {image_column: datasets.Image()}
     features.update({c: datasets.ClassLabel(names=names) for c, names in label_columns.items()})
-    features = datasets.Features(features)
-    (root / config).mkdir(parents=True, exist_ok=True)
-    yaml = ["---", "configs:", f"- config_name: {config}", "  data_files:"]
-    for split, (images, labels) in splits.items():
-        table = {image_column: images, **labels}
-        datasets.Dataset.from_dict(table, features=features).to_parquet(
-            str(root / config / f"{split}-00000-of-00001.parquet"))
-        yaml += [f"  - split: {split}", f"    path: {config}/{split}-*"]
-    yaml += ["---", "", "A fake dataset for tests."]
-    (root / "README.md").write_text("\n".join(yaml) + "\n")
+    shards = {f"{config}/{split}-00000-of-00001.parquet": {image_column: images, **labels}
+              for split, (images, labels) in splits.items()}
+    return hf_download(root, shards, datasets.Features(features), config=config,
+                       splits={split: f"{config}/{split}-*" for split in splits})
+
+
+def hf_download(root: Path, shards: dict, features, *, splits: dict | None = None,
+                configs: bool = True, config: str = "default") -> Path:
+    """A dataset as ``hf download REPO --repo-type dataset --local-dir ROOT`` leaves it.
+
+    ``shards``: path inside the repo (``data/valid-00000-of-00001.parquet``) -> rows, a dict of
+    columns; ``splits``: split name -> shard path pattern for the README's ``configs:`` (default:
+    the shards' name prefixes), left out with ``configs=False`` as in repos whose README only
+    describes ``dataset_info``. Beside the shards: README.md with YAML front matter,
+    .gitattributes, and the download metadata that huggingface_hub keeps under .cache/huggingface/.
+    """
+    import datasets
+    import yaml
+
+    counts = {}
+    for path, rows in shards.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        table = datasets.Dataset.from_dict(rows, features=features)
+        table.to_parquet(str(root / path))
+        counts[path] = len(table)
+        metadata = root / ".cache" / "huggingface" / "download" / f"{path}.metadata"
+        metadata.parent.mkdir(parents=True, exist_ok=True)
+        metadata.write_text(f"{'0' * 40}\n{'1' * 64}\n1700000000.0\n")
+    (root / ".cache" / "huggingface" / ".gitignore").write_text("*\n")
+    splits = splits or {Path(path).name.split("-")[0]: path for path in shards}
+    card = {"dataset_info": {
+        "features": features._to_yaml_list(),
+        "splits": [{"name": split, "num_examples": sum(n for path, n in counts.items()
+                                                       if Path(path).match(pattern))}
+                   for split, pattern in splits.items()]}}
+    if configs:
+        card["configs"] = [{"config_name": config,
+                            "data_files": [{"split": split, "path": pattern} for split, pattern in splits.items()]}]
+    (root / "README.md").write_text("---\n" + yaml.safe_dump(card, sort_keys=False) + "---\n\n# A fake dataset\n")
+    (root / ".gitattributes").write_text("*.parquet filter=lfs diff=lfs merge=lfs -text\n")
     return root
 
 

@@ -11,10 +11,12 @@ whether or not the run was interrupted before it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import math
 import os
+import sys
 from importlib import resources
 from typing import Generator, Iterator
 
@@ -119,8 +121,39 @@ def available() -> list[str]:
     return list(NAMED)
 
 
-def is_known(name: str) -> bool:
-    return name in NAMED or "/" in name or os.path.isdir(name)
+def check_name(name: str) -> None:
+    """Refuse, in one line, a dataset that is neither a named one, an existing folder nor a Hub id.
+
+    A name that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``) must exist: a missing
+    folder would otherwise be sent to the Hub as a repo id.
+
+    Example:
+        >>> check_name("cifar10"), check_name("user/name")
+        (None, None)
+    """
+    if name in NAMED or os.path.isdir(os.path.expanduser(name)):
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise InvalidInput(f"dataset folder {name} does not exist; check the path (a Hub dataset is "
+                           "named user/name)")
+    if "/" not in name:
+        raise InvalidInput(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, or a Hub id "
+                           "(user/name) or a local folder")
+
+
+@contextlib.contextmanager
+def _progress_bars(show: bool) -> Iterator[None]:
+    """``datasets``' progress bars on or off for a while (a log file gets no bars)."""
+    import datasets
+
+    shown = datasets.is_progress_bar_enabled()
+    if shown and not show:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown and not show:
+            datasets.enable_progress_bars()
 
 
 def load(name: str, *, path: str | None = None, timesteps: int | None = None,
@@ -138,6 +171,12 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
         dvs_split, dvs_frames: ``cifar10-dvs`` only: the train/test split and the frame rule
             (``events.SPLITS``, ``events.FRAME_RULES``; None: their defaults).
     """
+    with _progress_bars(sys.stderr.isatty()):
+        return _load(name, path, timesteps, image_column, label_column, dvs_split, dvs_frames)
+
+
+def _load(name, path, timesteps, image_column, label_column, dvs_split, dvs_frames) -> Dataset:
+    check_name(name)
     if name == "digits":
         if path is not None:  # likely meant: train on that folder
             raise InvalidInput(f"digits ships with the package and reads no --data-path ({path}); to train on "
@@ -146,9 +185,6 @@ def load(name: str, *, path: str | None = None, timesteps: int | None = None,
     if name == "cifar10-dvs":
         return _cifar10_dvs(path, timesteps, dvs_split, dvs_frames)
     spec = HUB_DATASETS.get(name)
-    if spec is None and not is_known(name):
-        raise InvalidInput(f"unknown dataset {name!r}; available: {', '.join(NAMED)}, "
-                           "or a Hub id (user/name) or a local folder")
     source = _fetch(name, spec.repo if spec else name, path)
     return _from_hub_layout(name, source, spec, image_column, label_column)
 
@@ -409,11 +445,12 @@ def _decode(name: str, split_name: str, split, image_column: str, label_column: 
 
     features = datasets.Features({"pixels": datasets.Array3D((channels, height, width), "uint8"),
                                   "label": datasets.Value("int64")})
-    once = " (once)" if split.cache_files else ""  # an in-memory split (digits) has no cache to keep
-    decoded = split.cast_column(image_column, _undecoded()).map(
-        decode, batched=True, with_indices=True, remove_columns=split.column_names,
-        features=features, desc=f"decoding {name} {split_name}{once}",
-    )
+    # an in-memory split (digits) is decoded at every load in a blink: no bar for it
+    with _progress_bars(bool(split.cache_files)):
+        decoded = split.cast_column(image_column, _undecoded()).map(
+            decode, batched=True, with_indices=True, remove_columns=split.column_names,
+            features=features, desc=f"decoding {name} {split_name} (once)",
+        )
     if len(decoded) != len(split):  # never train on a silently shortened split
         raise DataUnavailableError(f"{name} {split_name}: decoded {len(decoded)} of {len(split)} images")
     return Split(*_tensors(decoded, shape))

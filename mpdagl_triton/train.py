@@ -149,9 +149,7 @@ def validate(cfg: TrainConfig) -> None:
     """Reject a configuration before any work starts, naming the bad field."""
     if cfg.arch not in models.available():
         raise InvalidInput(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
-    if not data.is_known(cfg.dataset):
-        raise InvalidInput(f"unknown dataset {cfg.dataset!r}; available: {', '.join(data.available())}, "
-                           "or a Hub id (user/name) or a local folder")
+    data.check_name(cfg.dataset)
     for name in ("timesteps", "epochs", "batch_size", "probe_size"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or value < 1:

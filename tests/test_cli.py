@@ -60,3 +60,21 @@ def test_ctrl_c_at_any_moment_is_a_quiet_130(delay, tmp_path):
     assert run.returncode in (130, -signal.SIGINT), (out, err)
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith(("mpdagl: interrupted", "mpdagl train: interrupted")), err
+
+
+def test_a_missing_local_folder_is_named_not_sent_to_the_hub(tmp_path, capsys):
+    for missing in ("./nope-folder", str(tmp_path / "nope"), "a/b/c"):
+        assert cli.main(["train", "--dataset", missing, "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"mpdagl train: error: dataset folder {missing} does not exist; check the path "
+                       "(a Hub dataset is named user/name)\n"), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_piped_log_gets_no_progress_bars(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mpdagl_triton.cli", "train", "--epochs", "1",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr  # no bars, no warnings
+    assert done.stdout.splitlines()[-1].startswith("final test accuracy")

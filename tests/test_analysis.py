@@ -103,6 +103,7 @@ def two_runs(tmp_path_factory):
     return base / "mpdagl", base / "fixed"
 
 
+@pytest.mark.slow
 def test_analyze_writes_valid_figures_and_a_true_summary(two_runs, capsys):
     run, other = two_runs
     assert cli.main(["analyze", str(run), "--compare", str(other)]) == 0
@@ -125,6 +126,9 @@ def test_analyze_writes_valid_figures_and_a_true_summary(two_runs, capsys):
     # the fixed rule keeps kappa at kappa0 = 1; mpdagl follows gamma and tau
     fixed_layers = json.loads((other / "metrics.jsonl").read_text().splitlines()[-1])["layers"]
     assert all(layer["kappa_first"] == 1.0 and layer["kappa_rest"] == 1.0 for layer in fixed_layers)
+
+
+@pytest.mark.slow
 
 
 def test_a_one_epoch_run_is_drawn(two_runs, tmp_path):

@@ -22,6 +22,7 @@ def bench(name: str, *args: str, json_out: Path) -> dict:
     return json.loads(json_out.read_text())
 
 
+@pytest.mark.slow
 def test_layer_benchmark(tmp_path):
     rows = bench("layer", "--shapes", "2x2x3x4x4", "--dtypes", "fp32", "--impls", "reference", "fused",
                  "--warmup", "0", "--repeats", "1", json_out=tmp_path / "l.json")["rows"]
@@ -29,6 +30,7 @@ def test_layer_benchmark(tmp_path):
     assert rows[1]["note"] == "needs CUDA" or rows[1]["fwd_bwd_ms"] > 0
 
 
+@pytest.mark.slow
 def test_layer_benchmark_compiles_in_processes_of_their_own(tmp_path):
     """--jobs: a process per compiled implementation, shape and dtype compiles, then measures in
     its turn; eager rows are measured in the parent. Here the compiled reference, on the CPU."""
@@ -39,6 +41,7 @@ def test_layer_benchmark_compiles_in_processes_of_their_own(tmp_path):
     assert all(r["fwd_bwd_ms"] > 0 for r in payload["rows"])
 
 
+@pytest.mark.slow
 def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypatch):
     """A failed CUDA graph capture poisons its process, so each SpikingJelly row comes
     from a child process: here the parent's `measure` refuses SpikingJelly, and the row still
@@ -71,6 +74,7 @@ def test_layer_measures_spikingjelly_in_processes_of_its_own(tmp_path, monkeypat
     assert rows[1]["fwd_bwd_ms"] > 0
 
 
+@pytest.mark.slow
 def test_layer_benchmark_as_a_stem(tmp_path):
     """--stem: one input timestep at every step (timesteps=T for ours)."""
     rows = bench("layer", "--shapes", "3x2x3x4x4", "--dtypes", "fp32", "--impls", "reference",
@@ -78,6 +82,7 @@ def test_layer_benchmark_as_a_stem(tmp_path):
     assert rows[0]["fwd_bwd_ms"] > 0 and rows[0]["shape"] == "3x2x3x4x4"
 
 
+@pytest.mark.slow
 def test_train_step_benchmark(tmp_path):
     rows = bench("train_step", "--settings", "t2b128", "--batch", "2", "--dtype", "fp32", "--no-compile",
                  "--impls", "mpdagl", "ann", "--warmup", "0", "--repeats", "1", "--profile", "1",
@@ -131,6 +136,7 @@ Path(out).write_text(json.dumps({"rows": [{"index": int(index)}]}))
 """
 
 
+@pytest.mark.slow
 def test_compile_then_measure_times_nothing_beside_a_compile(tmp_path, monkeypatch, capsys):
     """Processes compile `jobs` at a time, at most `waiting` alive; each measures only once none
     is compiling, one at a time, in the commands' order; a process that dies says how."""
@@ -185,6 +191,7 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # exited, not yet reaped
 
 
+@pytest.mark.slow
 def test_waiting_processes_end_with_their_parent(tmp_path, monkeypatch):
     """A process waiting for its turn must not outlive the benchmark that started it, holding its
     GPU memory: the parent kills them when it fails, and an orphan ends by itself."""
@@ -277,6 +284,7 @@ def test_train_step_gives_every_step_a_process_with_jobs(monkeypatch):
         ("channels_last", "bf16"), ("channels_last", "fp32"), ("nchw", "bf16"), ("nchw", "fp32")]
 
 
+@pytest.mark.slow
 def test_train_step_process_waits_for_its_turn_before_timing(tmp_path):
     """A process started by --jobs's parent compiles its step, says so, and times nothing until
     its turn (given here before it starts)."""
@@ -430,6 +438,7 @@ def test_host_profile_families(monkeypatch):
     assert host["top"][0] == {"event": "_backward_kernel_1", "ms": 0.45, "per_step": 3}
 
 
+@pytest.mark.slow
 def test_data_and_probe_benchmarks(tmp_path):
     rows = bench("data", "--synthetic", "256", "--batch-size", "64", "--epochs", "1", json_out=tmp_path / "d.json")["rows"]
     assert rows[0]["images"] == 256 and rows[0]["augmentation"] == "cifar" and rows[-1]["split"] == "test"
@@ -455,6 +464,7 @@ def test_data_overlap_share(monkeypatch):
     assert overlap(5.0, 2.0, 6.0) == 0.5 and overlap(4.0, 4.0, 6.0) == 0.5
 
 
+@pytest.mark.slow
 def test_register_report(tmp_path):
     rows = bench("registers", "--timesteps", "4", "--layers", "head", json_out=tmp_path / "r.json")["rows"]
     assert {r["kernel"] for r in rows} == {"stats", "finalize", "forward", "backward sums", "backward dx",
@@ -464,6 +474,7 @@ def test_register_report(tmp_path):
     assert all(r["static_launch"] == "yes" for r in rows)
 
 
+@pytest.mark.slow
 def test_dispatch_benchmark(tmp_path):
     """Triton's launch path against the direct launcher, kernels compiled for sm_90 and their
     launchers recording (no GPU): one variant per kernel launch of the layer (the backward
@@ -474,6 +485,7 @@ def test_dispatch_benchmark(tmp_path):
     assert rows[1]["variants"] == 6
 
 
+@pytest.mark.slow
 def test_host_cost_benchmark(tmp_path):
     rows = bench("host", "--depth", "2", json_out=tmp_path / "h.json")["rows"]
     assert [r["mode"] for r in rows] == ["eager", "torch.compile"]
@@ -512,6 +524,7 @@ def test_suite_runs_every_part_and_times_it(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "suite.json").read_text())["rows"] == rows
 
 
+@pytest.mark.slow
 def test_tune_calls_the_launchers_as_they_are(monkeypatch):
     """`bench.tune` runs only on a GPU: here its kernel timings and host-cost calls run once each
     through the interpreter (timers stubbed), so a launcher signature change cannot break it unseen."""
@@ -543,6 +556,7 @@ def test_tune_calls_the_launchers_as_they_are(monkeypatch):
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="bench.launches stands in for CUDA: CPU-only torch")
+@pytest.mark.slow
 def test_launches_of_a_compiled_stem_layer(tmp_path):
     """Inductor's generated CUDA code for a neuron whose input is the same at every step, then a
     conv: our six launches and, around them, only the running-statistics update and the conv's
@@ -568,6 +582,7 @@ def test_launches_refuses_a_cuda_build_of_torch(monkeypatch, capsys):
     assert "needs a CPU-only build of torch" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):
     """`python -m bench.graph_breaks`: our ResNet-19 compiles as one graph (here on the CPU, on the
     reference backend); a network that breaks is reported with the break and where it happened."""

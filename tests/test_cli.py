@@ -71,6 +71,9 @@ def test_a_missing_local_folder_is_named_not_sent_to_the_hub(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+
+
 def test_a_piped_log_gets_no_progress_bars(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mpdagl_triton.cli", "train", "--epochs", "1",
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300,

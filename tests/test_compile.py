@@ -51,11 +51,13 @@ def _fwd_variant(variant: str) -> tuple:
 
 @pytest.mark.parametrize("variant", ["plain", "residual", "eval", "channels_last", "fixed_tau",
                                      "one_step"])
+@pytest.mark.slow
 def test_opcheck_forward(variant):
     torch.library.opcheck(_fwd_op, _fwd_variant(variant))
 
 
 @pytest.mark.parametrize("batch_stats,learn_tau", [(True, True), (False, True), (True, False)])
+@pytest.mark.slow
 def test_opcheck_backward(batch_stats, learn_tau):
     x = torch.randn(3, 2, 4, 6, dtype=torch.float64, device=DEVICE)
     _, gamma, beta, rho, *_ = _fwd_args(x, learn_tau=learn_tau)
@@ -92,6 +94,7 @@ def test_opcheck_inductor_ops(variant):
 @pytest.mark.parametrize("channels_last,residual,broadcast,symbolic", [
     (False, False, False, False), (True, True, False, False), (True, False, True, False),
     (True, True, False, True)])
+@pytest.mark.slow
 def test_inductor_route_launches_our_kernels_and_writes_only_outputs(channels_last, residual, broadcast,
                                                                     symbolic):
     """What torch.compile on CUDA hands inductor for one layer's forward + backward, traced on
@@ -140,6 +143,7 @@ class TwoLayer(nn.Module):
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.slow
 def test_compile_fullgraph_equals_eager(backend):
     torch.manual_seed(0)
     eager = TwoLayer(backend).double().to(DEVICE)
@@ -180,6 +184,7 @@ def _compile_worker_setting() -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_compile_options_reach_inductors_compile_workers(monkeypatch):
     """The option decides in inductor's compile workers (other processes, handed only
     use_static_triton_launcher), so compile_options passes it on through the environment they
@@ -242,6 +247,7 @@ def test_compiled_kernel_launchers_counts_our_loaded_kernels(monkeypatch):
     assert ops.compiled_kernel_launchers() == {}
 
 
+@pytest.mark.slow
 def test_compile_inductor_no_graph_breaks():
     """The inductor backend too, counting graphs: one forward graph means no break. With
     compile_options: on CUDA, inductor launches our kernels through its static launcher."""
@@ -278,6 +284,7 @@ def _dynamo_graphs(*args: str) -> list[list[str]]:
     return json.loads(done.stdout.splitlines()[-1])["graphs"]
 
 
+@pytest.mark.slow
 def test_inductor_route_under_dynamic_shapes_compiles_one_graph_pair_per_shape():
     """torch.compile(dynamic=True) through AOTAutograd, two batch sizes in one process (what
     failed on an H200: the traced body got symbolic sizes): each shape gets its own
@@ -285,6 +292,7 @@ def test_inductor_route_under_dynamic_shapes_compiles_one_graph_pair_per_shape()
     assert _dynamo_graphs("2", "3") == [FORWARD_LAUNCHES, BACKWARD_LAUNCHES] * 2
 
 
+@pytest.mark.slow
 def test_compiled_resnet19_launches_every_neuron_from_inductor_across_batch_sizes():
     """The whole channels-last ResNet-19 (stem broadcast over T, shortcuts added by the
     neurons) compiled as on CUDA, with a second batch size turning shapes dynamic: every one of

@@ -271,6 +271,7 @@ events.build_frames_dataset(root, 3)
 """
 
 
+@pytest.mark.slow
 def test_cifar10_dvs_processes_loading_at_once_convert_once(tmp_path):
     """torchrun's processes all load the dataset: one converts, the others wait and read it."""
     import subprocess
@@ -438,6 +439,7 @@ def test_training_batches_are_augmented_several_at_a_time():
     assert not torch.equal(batches[0][0], images[order[:10]].float() / 255 - 0.5)  # augmented
 
 
+@pytest.mark.slow
 def test_the_next_chunk_is_augmented_between_the_batches_of_this_one():
     """One AutoAugment call is ~1,000 dispatches; on a GPU, issued at once behind queued steps,
     they fill CUDA's launch queue and the GPU idles for the rest of the call. The loader spreads
@@ -504,6 +506,7 @@ def test_the_next_epochs_first_chunk_is_augmented_during_this_epochs_last():
 
 
 @pytest.mark.parametrize("augmentation", ["cifar", "crop-flip", "dvs"])
+@pytest.mark.slow
 def test_training_batches_never_wait_for_the_device(augmentation):
     """On a GPU a value read back from the device (`item`, `nonzero`, `bool`) or a blocking copy
     to it waits for every queued training step, so the host could not augment the next chunk

@@ -15,6 +15,7 @@ import mpdagl_triton as M
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_direct_launches_equal_tritons_own():
     """Kernels compiled for sm_90, launchers recorded (tests/support/direct_launch.py): every launch from
     the cache matches Triton's for the same arguments (variant, grid, stream, every argument),

@@ -61,6 +61,7 @@ INTERPRETED = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=INTERPRETED), "torch"])
+@pytest.mark.slow
 def test_sync_bn_equals_one_process_on_the_whole_batch(tmp_path, backend):
     mp.spawn(_sync_worker, args=(str(tmp_path / "store"), backend, str(tmp_path / "out")), nprocs=WORLD)
     x, gamma, beta, grad = _full_batch_case()
@@ -102,6 +103,7 @@ def _ddp_step_worker(rank: int, store: str, result: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     mp.spawn(_ddp_step_worker, args=(str(tmp_path / "store"), str(tmp_path / "w")), nprocs=WORLD)
     saved = load_file(tmp_path / "w")
@@ -118,6 +120,7 @@ def test_ddp_ranks_agree_and_match_one_process(tmp_path):
     torch.testing.assert_close(ranks[0], single, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_train_command(tmp_path, capsys):
     """Batch 400: the 360 test images make one batch, so process 1 evaluates none (evaluating
     through DDP, whose first forward in eval mode broadcasts buffers, hung there). The combined

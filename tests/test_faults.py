@@ -50,6 +50,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         (("replace", "model.safetensors", "2"), 2),  # epoch 2's resume point in place, the model not
     ],
 )
+@pytest.mark.slow
 def test_sigkill_then_resume_loses_nothing(tmp_path, uninterrupted, how, completed):
     out = tmp_path / "run"
     killed = kill_run(out, *how)
@@ -69,6 +70,7 @@ def test_a_full_disk_is_refused_before_training(tmp_path, monkeypatch, capsys):
     assert "MiB free; a checkpoint needs about" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_space_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
     real = train_module.save_tensors
     calls = {"n": 0}

@@ -39,6 +39,7 @@ def hostile_case(draw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=hostile_case(), backend=st.sampled_from(["triton", "torch"]))
+@pytest.mark.slow
 def test_hostile_inputs_never_crash(case, backend):
     x, options = case
     x = x.to(DEVICE)

@@ -269,6 +269,9 @@ print((kib("VmHWM:") - before) * 1024, ds.train.images.numel() + ds.test.images.
 """
 
 
+@pytest.mark.slow
+
+
 def test_a_decoded_split_is_read_back_in_about_its_own_memory(tmp_path):
     """The decoded images are copied once out of the Arrow cache: reading them back through
     numpy formatting (an Array3D column goes through nested Python lists) peaks at ~13x the split."""

@@ -142,6 +142,7 @@ def test_neuron_options_reach_every_layer():
 
 
 @pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.slow
 def test_every_architecture_compiles_fullgraph(arch):
     """The model code traces into one graph (fullgraph=True raises on any break)."""
     torch._dynamo.reset()
@@ -155,6 +156,7 @@ def test_every_architecture_compiles_fullgraph(arch):
 
 
 @pytest.mark.parametrize("parameters", ["channels_last", "nchw"])
+@pytest.mark.slow
 def test_compiled_fused_model_matches_the_reference(parameters):
     """The Triton custom ops inside a compiled network whose activations are channels-last (its
     parameters channels-last, or NCHW with the stem turning the input channels-last, as on CUDA):

@@ -72,6 +72,7 @@ def test_strided_per_channel_tensors(training):
 
 
 @pytest.mark.parametrize("learn_tau,residual", list(itertools.product([True, False], [True, False])))
+@pytest.mark.slow
 def test_learn_tau_and_residual(learn_tau, residual):
     want = check_float64(Case((4, 3, 6, 3, 5), learn_tau=learn_tau, residual=residual, seed=7))
     assert ("rho" in want["grads"]) == learn_tau
@@ -79,6 +80,7 @@ def test_learn_tau_and_residual(learn_tau, residual):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.slow
 def test_eval_mode_uses_running_stats(channels_last):
     case = Case((3, 4, 5, 6, 7), training=False, channels_last=channels_last, seed=3)
     inputs = make_inputs(case)
@@ -102,6 +104,7 @@ def test_running_stats_update_formula():
 
 
 @pytest.mark.parametrize("channels_last,training", [(False, True), (True, True), (True, False)])
+@pytest.mark.slow
 def test_skip_is_added_to_the_spikes(channels_last, training):
     """A ResNet shortcut added by the pass that writes the spikes: the output is spikes + skip,
     skip's gradient is the incoming gradient, and everything else is as without it."""
@@ -119,6 +122,7 @@ def test_skip_is_added_to_the_spikes(channels_last, training):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.slow
 def test_channels_last_5d(channels_last):
     case = Case((3, 4, 6, 5, 7), channels_last=channels_last, residual=True, seed=5)
     check_float64(case)
@@ -135,12 +139,14 @@ def test_channels_last_5d(channels_last):
      ((2, 4, 3, 20, 30), True),  # several row tiles
      ((2, 9, 70), False)],  # several channel blocks
 )
+@pytest.mark.slow
 def test_many_tiles_per_channel(shape, channels_last):
     check_float64(Case(shape, channels_last=channels_last, seed=11))
 
 
 @pytest.mark.parametrize("programs", [1, 32])
 @pytest.mark.parametrize("shape,channels_last", [((3, 5, 4, 5, 7), False), ((3, 5, 6, 4, 5), True)])
+@pytest.mark.slow
 def test_programs_walk_runs_of_row_blocks(shape, channels_last, programs, monkeypatch):
     """Small tiles and few programs: each statistics and backward program walks several row
     blocks (all of them with 1 program per column block; with 32, a few blocks each, the last
@@ -198,6 +204,7 @@ def test_low_precision_matches_float64_reference(dtype, channels_last):
         assert_close_to_max(got["grads"][name], want["grads"][name], storage_rtol, name)
 
 
+@pytest.mark.slow
 def test_strided_inputs_and_gradients():
     """Layouts the tiles can't walk, and residual/grad in other layouts, still give exact results."""
     base = Case((3, 4, 5, 6, 7), residual=True, seed=31)

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "support" / "ptx_compile_check.py")],
@@ -37,6 +38,7 @@ def test_wheel_installs_kernels_and_models_inside_the_package(tmp_path):
     assert not top_level & {"kernels", "models", "tests", "bench"}, top_level
 
 
+@pytest.mark.slow
 def test_the_same_ops_are_registered_with_or_without_a_gpu():
     """Registration does not depend on the hardware: without CUDA (hidden here, if the machine
     has it) and outside the interpreter, importing the ops registers all four; registering again

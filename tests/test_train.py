@@ -30,6 +30,7 @@ def metrics(out) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+@pytest.mark.slow
 def test_default_command_reaches_96_percent(tmp_path, capsys):
     """The README's first command: no options but an output folder."""
     assert cli.main(["train", "--out", str(tmp_path / "digits")]) == 0
@@ -100,6 +101,7 @@ def test_eval_reads_the_dataset_where_the_run_did(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.slow
 def test_a_resume_steps_the_optimizer_as_this_machine_does(tmp_path, monkeypatch, optimizer):
     """CUDA runs step a fused optimizer; a resume, maybe on another device, keeps its own choice
     and the checkpoint's hyperparameters and slots."""
@@ -163,6 +165,7 @@ def test_load_gives_identical_logits(tmp_path):
 
 @pytest.mark.parametrize("changes", [{}, {"optimizer": "adam", "lr": 1e-3, "loss": "tet", "neuron": "lif"},
                                      {"channels_last": True}])
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, changes):
     full = short(tmp_path / "full", **changes)
     train(full)
@@ -186,6 +189,7 @@ def test_channels_last_by_default_on_cuda_only(tmp_path):
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["config"]["channels_last"] is False
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_augmentation(tmp_path):
     """CIFAR's augmentation (crop, flip, AutoAugment) draws per image: a run stopped after epoch 1
     and resumed ends with the same weights and metrics as one that never stopped."""
@@ -206,6 +210,7 @@ def test_resume_is_exact_with_augmentation(tmp_path):
     assert metrics(runs["full"]) == metrics(runs["staged"])
 
 
+@pytest.mark.slow
 def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
     cfg = short(tmp_path)
     train(cfg, stop_after_epoch=1)
@@ -238,6 +243,9 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
     assert cli.main(["train", "--out", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
 
 
 def test_resume_of_a_finished_run_says_there_is_nothing_to_train(tmp_path):
@@ -334,6 +342,7 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, capsys):
     """Seen: a resume started while the first run still trained interleaved metrics.jsonl
     (epochs 12, 16, 13, 17, ...). The running process holds the folder; others fail untouched."""
@@ -373,6 +382,7 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp
     assert (out / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_without_out_a_second_run_gets_a_folder_of_its_own(tmp_path, monkeypatch, capsys):
     """`mpdagl train` twice: the second trains into runs/digits-2 and says so; --resume and
     --overwrite (no --out) mean runs/digits itself."""
@@ -441,6 +451,7 @@ def test_ctrl_c_says_where_the_run_stands(tmp_path, capsys, monkeypatch):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resume_from_python_continues_to_the_new_epochs(tmp_path):
     """``train(cfg, resume=True)`` takes the resumable fields from cfg, as ``--resume --epochs``."""
     train(short(tmp_path, epochs=1))
@@ -462,6 +473,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_small_model_trains_on_one_cpu_thread(tmp_path, monkeypatch):
     """OpenMP's threads spin more than they work on a tiny model, ruinously so on busy cores;
     the run's thread count is its own, and the caller's is restored afterwards."""
@@ -489,6 +501,7 @@ def test_unwritable_output_folder(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@pytest.mark.slow
 def test_compiled_training_epoch(tmp_path, mode):
     """--compile runs the whole model through torch.compile (reference ops on the CPU; CUDA
     graphs, which reduce-overhead adds on a GPU, do not apply there, but the step marking does)."""
@@ -496,6 +509,7 @@ def test_compiled_training_epoch(tmp_path, mode):
     assert result["test_acc"] > 0.5
 
 
+@pytest.mark.slow
 def test_compiled_evaluation_compiles_one_graph_for_a_ragged_split(tmp_path):
     """The test split's last batch (360 digits = 5 x 64 + 40) is padded to the others' size, so a
     compiled model evaluates every batch with one graph, and the metrics equal eager ones."""

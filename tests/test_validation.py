@@ -141,6 +141,7 @@ def test_env_backend_selects_triton(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="about machines without CUDA")
+@pytest.mark.slow
 def test_explicit_triton_without_cuda_or_interpreter_raises():
     code = (
         "import os, torch, mpdagl_triton as M\n"

@@ -7,7 +7,8 @@ Public API:
     TdBNPLIF, TdBN, PLIF                 modules
     reference                            the readable PyTorch reference (test oracle, CPU path)
     load(dir_or_repo)                    a trained model from a training output folder or a Hub repo
-    models                               the model zoo (models.create, models.available)
+    probe(model, images)                 the paper's per-layer quantities of one forward pass
+    models                               the zoo, building blocks, and models.register for your own
 
 Names are imported on first use, so that ``mpdagl --help`` and ``mpdagl --version`` answer at
 once and a Ctrl-C while torch loads ends the command quietly.
@@ -31,6 +32,7 @@ _PUBLIC = {
     "resolve_backend": "mpdagl_triton.ops",
     "tdbn_plif": "mpdagl_triton.ops",
     "load": "mpdagl_triton.hub",
+    "probe": "mpdagl_triton.analysis",
 }
 _SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors")
 

@@ -80,9 +80,19 @@ def _macs(module: nn.Module, output: Tensor) -> int:
 
 @torch.no_grad()
 def probe(model: nn.Module, images: Tensor) -> dict:
-    """Per-layer statistics of one forward pass over ``images`` (see the module docstring).
+    """Per-layer statistics of one forward pass over ``images`` (see the module docstring), for
+    any model whose spiking layers are :class:`~mpdagl_triton.TdBNPLIF` modules.
 
-    Returns ``{"layers": [...], "synapses": [...]}``; the model's mode and buffers are unchanged.
+    Returns ``{"layers": [...], "synapses": [...]}``: one dict per spiking layer (tau, kappas,
+    gamma_bar, beta_bar, firing rate, gradient-available proportions, the theorems' moments) and
+    per conv / linear layer (MACs, input rate); the model's mode and buffers are unchanged.
+
+    Example:
+        >>> from mpdagl_triton import models
+        >>> net = models.create("tiny", 10, T=2, in_channels=1, input_size=8)
+        >>> stats = probe(net, torch.rand(16, 1, 8, 8))
+        >>> [row["layer"] for row in stats["layers"]]
+        ['body.stem.neuron', 'body.features.1.neuron']
     """
     neurons = [(n, m) for n, m in model.named_modules() if isinstance(m, TdBNPLIF)]
     synapses = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -343,6 +353,29 @@ def plot_compare(runs: list[tuple[str, list[dict]]], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_gradients(runs: list[tuple[str, list[dict]]], path: Path) -> None:
+    """Mean |gradient| of each conv / linear weight: the first run's layers over epochs, and
+    every run's layers at its last epoch (the width rules' gradients side by side)."""
+    fig, (ax_epochs, ax_layers) = _figure(2, width=6.0)
+    label, rows = runs[0]
+    names = [g["layer"] for g in rows[-1]["gradients"]]
+    epochs = [r["epoch"] for r in rows]
+    for index, (name, color) in enumerate(zip(names, _colors(len(names)))):
+        values = [r["gradients"][index]["mean_abs_grad"] for r in rows]
+        _over_epochs(ax_epochs, epochs, values, color=color, label=_short(name))
+    for (run_label, run_rows), color in zip(runs, _colors(len(runs))):
+        last = run_rows[-1]["gradients"]
+        ax_layers.plot(range(1, len(last) + 1), [g["mean_abs_grad"] for g in last], marker="o",
+                       markersize=3, color=color, label=run_label)
+    ax_epochs.set(xlabel="epoch", ylabel="mean |dL/dw|", yscale="log", title=f"Per layer over epochs ({label})")
+    ax_layers.set(xlabel="layer (input to output)", ylabel="mean |dL/dw|, last epoch", yscale="log",
+                  title="Per layer, last epoch")
+    _epoch_axis(ax_epochs)
+    ax_epochs.legend(fontsize=6, ncol=2, frameon=False)
+    ax_layers.legend(fontsize=7, frameon=False)
+    _save(fig, path)
+
+
 def _over_epochs(ax, epochs: list[int], values: list[float], **style) -> None:
     """A quantity over epochs: a line, with a marker on each point of a short run (a line
     through one epoch draws nothing)."""
@@ -385,8 +418,12 @@ def analyze(folder: str | Path, compare: list[str | Path] = (), out: str | Path 
     plot_theorems(rows, out / files["theorems"])
     summary = summarize(rows, config)
     summary["run"] = str(folder)
+    runs = [(folder.name, rows)] + [(Path(c).name, read_run(c)[0]) for c in compare]
+    recorded = [run for run in runs if run[1][-1].get("gradients")]
+    if recorded and recorded[0][0] == folder.name:
+        plot_gradients(recorded, out / "grad_norms.png")
+        files["grad_norms"] = "grad_norms.png"
     if compare:
-        runs = [(folder.name, rows)] + [(Path(c).name, read_run(c)[0]) for c in compare]
         plot_compare(runs, out / "compare.png")
         files["compare"] = "compare.png"
         summary["compare"] = {name: summarize(r, {})["final"] for name, r in runs}

@@ -38,12 +38,16 @@ def _add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
     for field in dataclasses.fields(config_class):
         meta = field.metadata
         kind = hints[field.name]
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        names = [f"--{field.name.replace('_', '-')}"] + ([meta["short"]] if meta.get("short") else [])
-        shown = "" if field.default is None else f" (default: {field.default})"
-        extra = {"help": meta["help"] + shown, "default": None}
+        optional = type(None) in typing.get_args(kind)  # X | None: X
+        base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
+        flag = meta.get("flag") or f"--{field.name.replace('_', '-')}"
+        names = [flag] + ([meta["short"]] if meta.get("short") else [])
+        shown = "" if field.default in (None, ()) else f" (default: {field.default})"
+        extra = {"help": meta["help"] + shown, "default": None, "dest": field.name}
         if base is bool:
             extra["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:  # several values: --import a b
+            extra.update(nargs="+", type=typing.get_args(base)[0], metavar="NAME")
         else:
             extra["type"] = base
             if meta.get("choices"):
@@ -116,6 +120,8 @@ def _eval_parser(sub) -> None:
     p.add_argument("--label-column", help="label column (default: the training run's, or guessed)")
     p.add_argument("--batch-size", type=int, default=256, help="test images per batch (default 256)")
     p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default: cuda when available)")
+    p.add_argument("--import", dest="imports", nargs="+", default=[], metavar="NAME",
+                   help="Python modules to import first: those that register your own architectures")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -123,8 +129,9 @@ def _eval(args: argparse.Namespace) -> int:
     from mpdagl_triton.errors import InvalidInput
     from mpdagl_triton.hub import load, local_folder
     from mpdagl_triton.runtime import resolve_device
-    from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate
+    from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate, import_modules
 
+    import_modules(args.imports)
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     name = args.dataset or model.dataset

@@ -85,6 +85,30 @@ class Dataset:
     def normalization(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 
+    def batches(self, split: str = "train", batch_size: int = 64, *, device: str | torch.device = "cpu",
+                seed: int = 0, epoch: int = 1, time_major: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of ``(inputs, labels)`` for a training loop of your own, as ``mpdagl train``
+        feeds its models: float inputs normalized by the dataset's mean and std, labels int64
+        ``[B]``, on ``device``.
+
+        ``split="train"``: shuffled by (seed, epoch), with the dataset's training augmentation,
+        full batches only; ``split="test"``: in order, unchanged. Images come as ``[B, C, H, W]``,
+        event frames as ``[B, T, C, H, W]`` (what :class:`~mpdagl_triton.models.SpikingNetwork`
+        takes), or ``[T, B, C, H, W]`` with ``time_major=True``.
+
+        Example:
+            >>> digits = load("digits")
+            >>> images, labels = next(digits.batches("train", 32))
+            >>> images.shape, images.dtype, labels.shape
+            (torch.Size([32, 1, 8, 8]), torch.float32, torch.Size([32]))
+        """
+        if split not in ("train", "test"):
+            raise InvalidInput(f"split must be 'train' or 'test', got {split!r}")
+        loader = Loader(self.train if split == "train" else self.test, self, batch_size,
+                        torch.device(device), train=split == "train")
+        for inputs, labels in loader.epoch(seed, epoch):
+            yield (inputs.transpose(0, 1) if time_major and inputs.dim() == 5 else inputs), labels
+
 
 @dataclasses.dataclass(frozen=True)
 class HubDataset:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -47,11 +48,12 @@ LOCK_NAME = ".mpdagl-run.lock"  # held by a training run (hold_output_dir)
 
 
 def option(default, help: str, *, choices: tuple = (), short: str | None = None,
-           resumable: bool = False):
+           flag: str | None = None, resumable: bool = False):
     """A :class:`TrainConfig` field and its ``mpdagl train`` option in one place: ``help`` and
-    ``choices`` feed the command line and validation, ``resumable`` marks what a resume may change."""
+    ``choices`` feed the command line and validation, ``flag`` names the option when the field's
+    name would not do, ``resumable`` marks what a resume may change."""
     return dataclasses.field(default=default, metadata={
-        "help": help, "choices": tuple(choices), "short": short, "resumable": resumable})
+        "help": help, "choices": tuple(choices), "short": short, "flag": flag, "resumable": resumable})
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -70,7 +72,11 @@ class TrainConfig:
 
     dataset: str = option("digits", "digits (embedded), cifar10, cifar100, tiny-imagenet, cifar10-dvs, "
                                     "a Hub id (user/name) or a local folder; a named dataset brings its recipe")
-    arch: str = option("tiny", "architecture (see `mpdagl_triton.models.available()`)")
+    arch: str = option("tiny", "architecture: resnet19, resnet18, vggsnn, vgg13, tiny, or one of your own "
+                               "registered by an --import module")
+    imports: tuple[str, ...] = option((), "Python modules to import first: those that register your own "
+                                          "architectures (models.register)", flag="--import",
+                                      resumable=True)
     timesteps: int = option(2, "simulation timesteps T", short="-T")
     epochs: int = option(12, "epochs; the cosine schedule spans them", resumable=True)
     batch_size: int = option(64, "images per step (the global batch under torchrun)")
@@ -148,7 +154,7 @@ class TrainingDiverged(Unavailable):
 def validate(cfg: TrainConfig) -> None:
     """Reject a configuration before any work starts, naming the bad field."""
     if cfg.arch not in models.available():
-        raise InvalidInput(f"unknown architecture {cfg.arch!r}; available: {', '.join(models.available())}")
+        raise InvalidInput(models.unknown_architecture(cfg.arch))
     data.check_name(cfg.dataset)
     for name in ("timesteps", "epochs", "batch_size", "probe_size"):
         value = getattr(cfg, name)
@@ -167,6 +173,22 @@ def validate(cfg: TrainConfig) -> None:
         if valid and getattr(cfg, field.name) not in valid:
             raise InvalidInput(f"unknown {field.name} {getattr(cfg, field.name)!r}; expected one of "
                                f"{', '.join(valid)}")
+
+
+def import_modules(names: tuple[str, ...] | list[str]) -> None:
+    """Import the modules that register a run's own architectures (``--import``), from the Python
+    path or the current folder; only these are ever imported by name, and only because the user
+    named them."""
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: a module of the folder the user runs in
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # the module exists; something it imports does not: its own traceback
+            raise InvalidInput(f"--import {name}: no module {exc.name!r} on the Python path (run from the "
+                               "folder that holds it, or install its package)") from None
 
 
 def writes_outputs() -> bool:
@@ -530,6 +552,7 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     readout = LaggedReadout(device)
+    gradients = GradientMagnitudes(model)
     for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
         if cfg.check_finite and not bool(torch.isfinite(images).all()):
             raise InvalidInput(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
@@ -542,10 +565,13 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # the gradients' own magnitudes, for the record below
+            gradients.add()
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            gradients.add()
             optimizer.step()
         total_loss += loss.detach() * len(labels)
         correct += (per_timestep.detach().mean(0).argmax(1) == labels).sum()
@@ -571,7 +597,35 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
     if not math.isfinite(loss_sum):
         raise TrainingDiverged(f"loss became {loss_sum} during epoch {epoch}")
     return {"train_loss": loss_sum / count, "train_acc": right / count,
-            "seconds": seconds, "images_per_s": count / seconds}
+            "seconds": seconds, "images_per_s": count / seconds, "gradients": gradients.means()}
+
+
+class GradientMagnitudes:
+    """The mean |gradient| of every conv and linear weight, averaged over an epoch's steps: what
+    the paper's argument about vanishing gradients is about. One foreach kernel and one add per
+    step on the device; read back once, at the epoch's end."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.layers = [(name, module.weight) for name, module in model.named_modules()
+                       if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
+        self.total: torch.Tensor | None = None
+        self.steps = 0
+
+    def add(self) -> None:
+        grads = [w.grad if w.grad is not None else torch.zeros_like(w) for _, w in self.layers]
+        if not grads:
+            return
+        l1 = torch.stack(torch._foreach_norm(grads, 1)).float()
+        self.total = l1 if self.total is None else self.total.add_(l1)
+        self.steps += 1
+
+    def means(self) -> list[dict]:
+        """``[{"layer": name, "mean_abs_grad": value}]`` in forward order."""
+        if self.total is None:
+            return []
+        sums = self.total.tolist()
+        return [{"layer": name, "mean_abs_grad": total / (weight.numel() * self.steps)}
+                for (name, weight), total in zip(self.layers, sums)]
 
 
 def autocast(cfg: TrainConfig, device: torch.device):
@@ -632,6 +686,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ex
         raise InvalidInput("--resume continues the run in the output folder and --overwrite replaces it: pick one")
     if explicit is None:
         explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
+    import_modules(cfg.imports)
     if not resume:
         validate(cfg)  # before the folder is made
     with hold_output_dir(out, create=not resume), _restored_threads():

@@ -63,7 +63,7 @@ def test_train_options_are_the_config_fields():
     cli._train_parser(commands)
     taken = {option for action in commands.choices["train"]._actions for option in action.option_strings
              if option.startswith("--") and option != "--help"}
-    fields = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)}
+    fields = {f.metadata["flag"] or f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)}
     negated = {f"--no-{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
                if f.type in ("bool", "bool | None")}
     assert taken == fields | negated | {f"--{name}" for name in cli.RUN_OPTIONS}

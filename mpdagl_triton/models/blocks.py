@@ -79,8 +79,16 @@ def pooled_size(arch: str, input_size: int, pools: int) -> int:
 
 
 class ConvSpike(nn.Module):
-    """conv (no bias) -> tdBN -> PLIF on ``[T, B, C, H, W]``; an optional residual enters before
-    firing, an optional skip is added to the spikes."""
+    """conv (no bias) -> tdBN -> PLIF: ``[T, B, C_in, H, W] -> [T, B, C_out, H / stride, W / stride]``.
+
+    The convolution sees time folded into the batch; ``neuron_options`` go to its
+    :class:`~mpdagl_triton.TdBNPLIF` (width_rule, surrogate, vth, ...). ``forward(x, residual,
+    skip)``: a residual (the output's shape) enters before firing, a skip is added to the spikes.
+
+    Example:
+        >>> ConvSpike(3, 8, stride=2)(torch.rand(2, 4, 3, 16, 16)).shape
+        torch.Size([2, 4, 8, 8, 8])
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  **neuron_options):
@@ -94,7 +102,13 @@ class ConvSpike(nn.Module):
 
 
 class Pool(nn.Module):
-    """2x2 average pooling per timestep."""
+    """Average pooling per timestep: ``[T, B, C, H, W] -> [T, B, C, H / k, W / k]`` (spikes averaged
+    keep a useful gradient, unlike max pooling).
+
+    Example:
+        >>> Pool(2)(torch.rand(2, 4, 3, 8, 8)).shape
+        torch.Size([2, 4, 3, 4, 4])
+    """
 
     def __init__(self, kernel_size: int = 2):
         super().__init__()
@@ -118,6 +132,12 @@ class Stem(nn.Module):
     NCHW activation reaching a fused layer is then copied to NCHW and back around it (``python -m
     bench.launches --nchw``: a ResNet-19 T=2 B=128 NCHW step measured 1.31x the ANN floor's).
     ``channels_last`` (True/False) overrides the choice.
+
+    Shapes: images ``[B, C_in, H, W]`` or frames ``[B, T, C_in, H, W]`` -> spikes ``[T, B, C_out, H, W]``.
+
+    Example:
+        >>> Stem(1, 8, timesteps=4)(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([4, 2, 8, 8, 8])
     """
 
     channels_last: bool | None = None  # None: on CUDA
@@ -140,7 +160,12 @@ class Stem(nn.Module):
 
 
 class SpikingLinear(nn.Module):
-    """linear (no bias) -> tdBN -> PLIF on ``[T, B, features]``."""
+    """linear (no bias) -> tdBN -> PLIF: ``[T, B, in_features] -> [T, B, out_features]``.
+
+    Example:
+        >>> SpikingLinear(16, 4)(torch.rand(2, 3, 16)).shape
+        torch.Size([2, 3, 4])
+    """
 
     def __init__(self, in_features: int, out_features: int, **neuron_options):
         super().__init__()

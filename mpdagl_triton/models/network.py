@@ -29,6 +29,59 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 #: a training folder's record of how the model was trained, which its model card reports
 RESULTS_FILES = ("metrics.jsonl", "trainer_state.json")
+ZOO = frozenset(ARCHITECTURES)
+
+
+def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> Callable[..., nn.Module]:
+    """Make ``name`` an architecture like the zoo's: ``TrainConfig(arch=name)``, ``mpdagl train
+    --arch name --import your.module``, checkpoints, resume, the probe, ``analyze``, ``push`` and
+    ``load`` then take it (``load`` once the module that registers it has been imported: loading
+    never imports code by itself).
+
+    ``builder(num_classes, timesteps, in_channels=..., input_size=..., **neuron_options)`` returns
+    a body mapping images ``[B, C, H, W]`` (or event frames ``[B, T, C, H, W]``) to the readout at
+    every timestep ``[T, B, classes]``; :class:`SpikingNetwork` wraps it (input checks, the mean
+    over T, config.json, the authors' initialisation of its convolutions). A body whose classifier
+    needs one input size says so with a class attribute ``fixed_input_size = True``. Returns
+    ``builder``; registering the same builder again is a no-op, another one under a taken name
+    needs ``replace=True``; the zoo's names cannot be replaced.
+
+    Example:
+        >>> from torch import nn
+        >>> from mpdagl_triton.models import ConvSpike, Stem, fold, register, create
+        >>> class Two(nn.Module):
+        ...     def __init__(self, num_classes, timesteps, in_channels=1, input_size=8, **neuron):
+        ...         super().__init__()
+        ...         self.stem = Stem(in_channels, 8, timesteps, **neuron)
+        ...         self.conv = ConvSpike(8, 8, **neuron)
+        ...         self.head = nn.Linear(8, num_classes)
+        ...     def forward(self, x):                                   # [B, C, H, W]
+        ...         h = self.conv(self.stem(x))                         # [T, B, 8, H, W]
+        ...         return self.head(h.mean((-2, -1)))                  # [T, B, classes]
+        >>> _ = register("two-layers", Two)
+        >>> create("two-layers", 10, T=2, in_channels=1, input_size=8)(torch.rand(3, 1, 8, 8)).shape
+        torch.Size([3, 10])
+    """
+    if not isinstance(name, str) or not name or name != name.strip() or "/" in name:
+        raise InvalidInput(f"an architecture name is a non-empty word without '/', got {name!r}")
+    if not callable(builder):
+        raise InvalidInput(f"the builder of {name!r} must be callable, got {type(builder).__name__}")
+    if name in ZOO:
+        raise InvalidInput(f"{name!r} is an architecture of the zoo; register yours under another name")
+    if ARCHITECTURES.get(name, builder) is not builder and not replace:
+        raise InvalidInput(f"{name!r} is already registered (by {ARCHITECTURES[name].__module__}); pass "
+                           "replace=True to replace it")
+    ARCHITECTURES[name] = builder
+    return builder
+
+
+def unknown_architecture(arch: str) -> str:
+    """The message for an architecture nobody registered."""
+    return (f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}. An "
+            "architecture of your own must be registered before use (mpdagl_triton.models.register): "
+            "import the module that registers it (mpdagl train --import MODULE)")
+
+
 NEURON_OPTIONS = ("vth", "tau", "learn_tau", "surrogate", "width_rule", "alpha", "kappa0", "backend")
 
 
@@ -63,7 +116,7 @@ class SpikingNetwork(
                  dataset: str | None = None):
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise InvalidInput(f"unknown architecture {arch!r}; available: {', '.join(ARCHITECTURES)}")
+            raise InvalidInput(unknown_architecture(arch))
         if not isinstance(timesteps, int) or timesteps < 1:
             raise InvalidInput(f"timesteps (T) must be an integer >= 1, got {timesteps!r}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels),
@@ -95,13 +148,18 @@ class SpikingNetwork(
             raise InvalidInput(f"expected [B, C, H, W] images or [B, T, C, H, W] frames, got {list(x.shape)}")
         if x.shape[-3] != self.in_channels:
             raise InvalidInput(f"input has {x.shape[-3]} channels, the model expects {self.in_channels}")
-        if self.body.fixed_input_size and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+        if (getattr(self.body, "fixed_input_size", False)
+                and tuple(x.shape[-2:]) != (self.input_size, self.input_size)):
             raise InvalidInput(f"input is {x.shape[-2]}x{x.shape[-1]}; {self.arch} takes {self.input_size}x"
                              f"{self.input_size} only (its classifier flattens the last feature map)")
         if not x.is_floating_point():
             raise TypeError(f"input must be floating point (pixels in [0, 1], normalized as config.json's "
                             f"normalization says), got {x.dtype}")
         out = self.body(x)
+        if out.dim() != 3 or out.shape[0] != self.timesteps or out.shape[2] != self.num_classes:
+            raise InvalidInput(f"the {self.arch} body returned {list(out.shape)}; a body maps its input to "
+                               f"the readout at every timestep, [T, B, classes] = [{self.timesteps}, "
+                               f"{x.shape[0]}, {self.num_classes}]")
         return out if return_timesteps else out.mean(0)
 
     def set_runtime_options(self, *, sync_stats: bool | None = None, check_finite: bool | None = None) -> None:

@@ -13,6 +13,17 @@ from .blocks import ConvSpike, SpikingLinear, Stem, fold, unfold
 
 
 class BasicBlock(nn.Module):
+    """The residual block of our ResNets: two :class:`ConvSpike` with the shortcut added to the
+    second one's spikes (after the neuron, so block outputs are small integers, as the authors'
+    ResNet-19 has it). The shortcut is the identity, or a 1x1 :class:`ConvSpike` when the width or
+    the stride changes. ``[T, B, C_in, H, W] -> [T, B, C_out, H / stride, W / stride]``.
+
+    Example:
+        >>> import torch
+        >>> BasicBlock(8, 16, stride=2)(torch.rand(2, 3, 8, 8, 8)).shape
+        torch.Size([2, 3, 16, 4, 4])
+    """
+
     def __init__(self, in_channels: int, out_channels: int, stride: int, **neuron_options):
         super().__init__()
         self.branch1 = ConvSpike(in_channels, out_channels, 3, stride, **neuron_options)

@@ -69,7 +69,7 @@ def test_the_dispatch_table_in_the_docs_is_the_one_in_the_code():
 def test_readme_is_a_guide_of_at_most_250_lines_and_links_the_docs():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250
-    for doc in ("docs/method.md", "docs/design.md", "docs/benchmarks.md"):
+    for doc in ("docs/method.md", "docs/design.md", "docs/benchmarks.md", "docs/custom-models.md"):
         assert (ROOT / doc).is_file() and f"]({doc}" in readme, doc
 
 

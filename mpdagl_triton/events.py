@@ -248,9 +248,10 @@ def _convert(classes: list[str], items: list[tuple[Path, int, bool]], timesteps:
     def generate():
         for path, label, is_train in items:
             try:
-                frames = to_frames(read_aedat(path), timesteps, size, rule)
+                events = read_aedat(path)  # its errors name the file
+                frames = to_frames(events, timesteps, size, rule)
             except EventFileError as exc:
-                raise EventFileError(f"{path}: {exc}") from exc
+                raise EventFileError(f"{path}: {exc}") if str(path) not in str(exc) else exc
             yield {"frames": frames.to(torch.float16).numpy(), "label": label, "train": is_train}
 
     features = datasets.Features({
@@ -260,7 +261,14 @@ def _convert(classes: list[str], items: list[tuple[Path, int, bool]], timesteps:
     })
     scratch = root / ".mpdagl-cache"
     shutil.rmtree(scratch, ignore_errors=True)  # a crashed conversion's cache knows no file times
-    ds = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(scratch))
+    try:
+        ds = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(scratch))
+    except datasets.exceptions.DatasetGenerationError as exc:
+        # datasets wraps what the generator raised; a bad recording is the user's to fix: its own line
+        cause = exc.__cause__
+        if isinstance(cause, EventFileError):
+            raise cause from None
+        raise
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.save_to_disk(str(tmp))

@@ -176,3 +176,20 @@ def test_spikingjelly_split_equals_split_to_train_test_set(sj):
         mask = events.train_mask(files, "spikingjelly")
         assert sorted(listed[i] for i in train) == numbers(mask, True)
         assert sorted(listed[i] for i in test) == numbers(mask, False)
+
+
+def test_a_truncated_recording_is_one_line_naming_the_file(tmp_path, capsys):
+    from mpdagl_triton import cli
+    from support.fake_data import fake_dvs
+
+    root = fake_dvs(tmp_path / "dvs", files_per_class=3)
+    broken = root / "airplane" / "cifar10_airplane_1.aedat"
+    broken.write_bytes(broken.read_bytes()[:-3])
+    argv = ["train", "--dataset", "cifar10-dvs", "--data-path", str(root), "--arch", "tiny", "-T", "2",
+            "--epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{broken}: " in err and "not a whole number of 8-byte events (truncated file?)" in err
+    assert err.count(str(broken)) == 1
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ prints what it says."""
 from __future__ import annotations
 
 import doctest
+import os
 import re
 import importlib
 import inspect
@@ -88,3 +89,26 @@ def test_every_link_into_the_docs_lands_on_a_heading():
             if not target.is_file() or anchor not in anchors(target.read_text()):
                 broken.append(f"{path.relative_to(ROOT)}: {doc}#{anchor}")
     assert not broken, broken
+
+
+@pytest.mark.slow
+def test_the_readme_quick_start_runs_as_written(tmp_path):
+    """Every command of the README's quick start, in a fresh folder, in order, except the two that
+    need what a test machine lacks: the Hub (push) and CIFAR-10 (a download)."""
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quick start")[1].split("```bash")[1].split("```")[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    offline = [c for c in commands if not c.startswith(("mpdagl push", "mpdagl train --recipe cifar10"))]
+    assert len(offline) == len(commands) - 2 and any("--compare" in c for c in offline)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for command in offline:
+        argv = shlex.split(command)
+        assert argv[0] == "mpdagl", command
+        done = subprocess.run([sys.executable, "-m", "mpdagl_triton.cli", *argv[1:]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (command, done.stderr[-2000:])
+    assert (tmp_path / "runs" / "digits" / "analysis" / "compare.png").is_file()

@@ -8,6 +8,8 @@ Public API:
     reference                            the readable PyTorch reference (test oracle, CPU path)
     load(dir_or_repo)                    a trained model from a training output folder or a Hub repo
     models                               the model zoo (models.create, models.available)
+    to_nir(model), from_nir(graph)       a trained model as a NIR graph, and back (docs/deploy.md)
+    export                               NIR files, torch.export and AOTInductor packages
 
 Names are imported on first use, so that ``mpdagl --help`` and ``mpdagl --version`` answer at
 once and a Ctrl-C while torch loads ends the command quietly.
@@ -31,8 +33,11 @@ _PUBLIC = {
     "resolve_backend": "mpdagl_triton.ops",
     "tdbn_plif": "mpdagl_triton.ops",
     "load": "mpdagl_triton.hub",
+    "to_nir": "mpdagl_triton.export",
+    "from_nir": "mpdagl_triton.export",
 }
-_SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors")
+_SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors",
+               "export")
 
 __all__ = sorted([*_PUBLIC, "reference", "__version__"])
 

@@ -161,10 +161,33 @@ class TdBNPLIF(_NeuronOptions):
             >>> w.shape, b.shape
             (torch.Size([4, 2, 3, 3]), torch.Size([4]))
         """
+        key = self._fold_key(weight)
+        cached = getattr(self, "_folded", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         scale, shift = self.affine(torch.float64)
         with torch.no_grad():
             folded = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-        return folded.to(weight.dtype), shift.to(weight.dtype)
+        result = folded.to(weight.dtype), shift.to(weight.dtype)
+        if key is not None:  # kept until a tensor it came from changes (each forward would refold)
+            self._folded = (key, result)
+        return result
+
+    def _fold_key(self, weight: Tensor) -> tuple | None:
+        """What a fold of ``weight`` depends on: the tensors' identities and version counters (any
+        in-place change, an optimizer step or ``load_state_dict``, bumps them) and the options.
+        None where nothing may be cached: while torch.compile or torch.export traces, or for
+        inference tensors, which have no version counter."""
+        if torch.compiler.is_compiling():
+            return None
+        tensors = [weight, self.gamma, self.beta, self.running_mean, self.running_var]
+        if self.learn_tau:
+            tensors.append(self.rho)
+        try:
+            versions = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        except RuntimeError:
+            return None
+        return versions + (self.alpha, self.vth, self.eps)
 
     def decay(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """tau as the 0-d tensor the reference multiplies by: ``sigmoid(rho)`` worked out in

@@ -109,6 +109,27 @@ def test_inference_path_gives_the_spikes_of_the_eval_forward(arch, channels, siz
     assert logits.grad_fn is None
 
 
+def test_folded_weights_follow_the_parameters():
+    """The fold is kept between calls until a tensor it came from changes in place (an optimizer
+    step, load_state_dict)."""
+    net = random_model("tiny", 1, 8)
+    x = images(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(2):
+        with torch.no_grad():
+            fast = net(x)
+        assert torch.equal(fast, net(x).detach())
+        net.train()
+        net(x).sum().backward()
+        optimizer.step()
+        net.eval()
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    with torch.no_grad():
+        fast = net(x)
+    assert torch.equal(fast, net(x).detach())
+
+
 def test_inference_path_is_taken_only_in_eval_without_gradients():
     net = random_model("tiny", 1, 8, dtype=torch.float32)
     x = images(net)

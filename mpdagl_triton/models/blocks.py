@@ -106,7 +106,7 @@ def folding(neuron: TdBNPLIF, x: Tensor) -> bool:
     """Whether the block feeding ``neuron`` folds its tdBN into its convolution (or linear layer)
     for this call: the layer's inference path (eval, no gradients, reference backend) with
     ``layers.INFERENCE_PATH == "fold"``."""
-    return layers.INFERENCE_PATH == "fold" and neuron.inference(x)
+    return layers.INFERENCE_PATH == "fold" and isinstance(neuron, TdBNPLIF) and neuron.inference(x)
 
 
 def folded_conv(conv: nn.Conv2d, neuron: TdBNPLIF, x: Tensor) -> Tensor:

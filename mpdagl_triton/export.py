@@ -257,7 +257,14 @@ def write_nir(model: SpikingNetwork, path: str | os.PathLike) -> Path:
 
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or InvalidInput when no file can be written there (checked before any
-    work, so that a long export does not end in a refusal)."""
+    work, so that a long export does not end in a refusal).
+
+    Example:
+        >>> check_writable("/no/such/folder/model.nir")
+        Traceback (most recent call last):
+        ...
+        mpdagl_triton.errors.InvalidInput: cannot write /no/such/folder/model.nir: its folder /no/such/folder does not exist
+    """
     path = Path(path)
     if path.is_dir():
         raise InvalidInput(f"{path} is a folder; name the file to write")
@@ -298,7 +305,13 @@ class NIRNetwork(nn.Module):
     ``forward(x) -> logits [B, classes]`` (mean over T of the output node), as
     ``SpikingNetwork.forward``. ``x``: an image ``[B, C, H, W]`` (the input at every step) or
     frames ``[B, T, C, H, W]``. After a forward, ``spikes`` maps each LIF node to its spikes
-    ``[T, B, ...]``."""
+    ``[T, B, ...]``. Build it with :func:`from_nir`.
+
+    Example:
+        >>> net = from_nir(to_nir(SpikingNetwork("tiny", 10, 2, in_channels=1, input_size=8).eval()))
+        >>> net(torch.rand(3, 1, 8, 8)).shape, sorted(net.spikes)
+        (torch.Size([3, 10]), ['features.1.neuron', 'stem.neuron'])
+    """
 
     def __init__(self, graph, dtype: torch.dtype = torch.float32, dt: float | None = None,
                  timesteps: int | None = None):
@@ -452,7 +465,12 @@ def from_nir(graph, *, dtype: torch.dtype = torch.float32, dt: float | None = No
 
 
 def example_input(model: SpikingNetwork, batch: int = 2) -> Tensor:
-    """Zeros shaped as the model's input ``[batch, C, H, W]``, on its device and in its dtype."""
+    """Zeros shaped as the model's input ``[batch, C, H, W]``, on its device and in its dtype.
+
+    Example:
+        >>> example_input(SpikingNetwork("tiny", 10, 2, in_channels=1, input_size=8)).shape
+        torch.Size([2, 1, 8, 8])
+    """
     param = next(model.parameters())
     return torch.zeros(batch, model.in_channels, model.input_size, model.input_size, dtype=param.dtype,
                        device=param.device)

@@ -131,7 +131,13 @@ class TdBNPLIF(_NeuronOptions):
         """Whether a call on ``x`` takes the inference path: eval mode, gradients off
         (``torch.no_grad()`` / ``torch.inference_mode()``), the reference backend, and
         :data:`INFERENCE_PATH` not ``"op"``. The Triton backend's eval route already reads the
-        running statistics in one forward kernel and, without gradients, saves nothing."""
+        running statistics in one forward kernel and, without gradients, saves nothing.
+
+        Example:
+            >>> layer, x = TdBNPLIF(2).eval(), torch.zeros(2, 1, 2)
+            >>> layer.inference(x), torch.no_grad()(layer.inference)(x)
+            (False, True)
+        """
         return (not self.training and not torch.is_grad_enabled() and INFERENCE_PATH != "op"
                 and resolve_backend(self.backend, x.device) == "torch")
 
@@ -191,14 +197,24 @@ class TdBNPLIF(_NeuronOptions):
 
     def decay(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """tau as the 0-d tensor the reference multiplies by: ``sigmoid(rho)`` worked out in
-        ``dtype`` (or the fixed tau in ``dtype``)."""
+        ``dtype`` (or the fixed tau in ``dtype``).
+
+        Example:
+            >>> round(float(TdBNPLIF(1, tau=0.2).decay()), 6)
+            0.2
+        """
         if self.learn_tau:
             return torch.sigmoid(self.rho.detach().to(dtype))
         return torch.full((), self.tau_init, dtype=dtype, device=self.gamma.device)
 
     def fire(self, y: Tensor, skip: Tensor | None = None, timesteps: int | None = None) -> Tensor:
         """Forward-only LIF on the normalized input ``y`` ``[T, B, C, *S]`` (or one timestep with
-        ``timesteps``): spikes in y's dtype, plus ``skip`` (:func:`reference.lif_inference`)."""
+        ``timesteps``): spikes in y's dtype, plus ``skip`` (:func:`reference.lif_inference`).
+
+        Example:
+            >>> TdBNPLIF(1).fire(torch.full((2, 1, 1), 0.6)).flatten().tolist()   # V >= 0.5: fires, resets
+            [1.0, 1.0]
+        """
         dtype = reference.compute_dtype(y.dtype)
         spikes = reference.lif_inference(y.to(dtype), self.decay(dtype), self.vth, steps=timesteps, skip=skip)
         return spikes.to(y.dtype)

@@ -105,13 +105,25 @@ class ConvSpike(nn.Module):
 def folding(neuron: TdBNPLIF, x: Tensor) -> bool:
     """Whether the block feeding ``neuron`` folds its tdBN into its convolution (or linear layer)
     for this call: the layer's inference path (eval, no gradients, reference backend) with
-    ``layers.INFERENCE_PATH == "fold"``."""
+    ``layers.INFERENCE_PATH == "fold"``. ``x``: the block's input, any shape.
+
+    Example:
+        >>> layer = TdBNPLIF(4).eval()
+        >>> folding(layer, torch.zeros(2, 1, 4)), torch.no_grad()(folding)(layer, torch.zeros(2, 1, 4))
+        (False, True)
+    """
     return layers.INFERENCE_PATH == "fold" and isinstance(neuron, TdBNPLIF) and neuron.inference(x)
 
 
 def folded_conv(conv: nn.Conv2d, neuron: TdBNPLIF, x: Tensor) -> Tensor:
     """``conv(x)`` with ``neuron``'s eval-mode tdBN folded into its weight and bias: the tdBN'd
-    input of the neuron, ``[N, C, H, W]`` for ``x`` ``[N, C_in, H_in, W_in]``."""
+    input of the neuron, ``[N, C, H, W]`` for ``x`` ``[N, C_in, H_in, W_in]``.
+
+    Example:
+        >>> conv, layer = nn.Conv2d(2, 4, 3, padding=1, bias=False), TdBNPLIF(4).eval()
+        >>> folded_conv(conv, layer, torch.zeros(5, 2, 6, 6)).shape
+        torch.Size([5, 4, 6, 6])
+    """
     weight, bias = neuron.fold(conv.weight)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 

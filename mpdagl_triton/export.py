@@ -153,7 +153,8 @@ def to_nir(model: SpikingNetwork, *, dtype: torch.dtype | None = None):
 
     Args:
         model: a zoo model (``models.create`` or ``load``) in eval mode.
-        dtype: the arrays' dtype (default: the model's, float32 or float64).
+        dtype: the arrays' dtype, float32 or float64 (default: float64 for a float64 model, else
+            float32).
 
     Returns:
         ``nir.NIRGraph`` with nodes ``input`` (``[C, H, W]``: at each step, the normalized image,
@@ -176,7 +177,9 @@ def to_nir(model: SpikingNetwork, *, dtype: torch.dtype | None = None):
     if not isinstance(model, SpikingNetwork):
         raise InvalidInput(f"to_nir takes a SpikingNetwork (models.create or load), not {type(model).__name__}")
     _check_eval(model)
-    dtype = dtype or next(model.parameters()).dtype
+    if dtype is None:  # the model's, float32 for a half-precision model
+        dtype = next(model.parameters()).dtype
+        dtype = dtype if dtype == torch.float64 else torch.float32
     if dtype not in (torch.float32, torch.float64):
         raise InvalidInput(f"NIR arrays are float32 or float64, not {dtype}")
     g = _GraphBuilder(nir, np.float64 if dtype == torch.float64 else np.float32)

@@ -171,6 +171,14 @@ def test_nir_round_trip_is_exact(arch, channels, size, dtype, tmp_path):
         assert torch.equal(back.spikes[name], spikes), name
 
 
+def test_nir_round_trip_with_event_frames():
+    """Event frames [B, T, C, H, W]: frame t is the input at step t, in the graph as in the model."""
+    net = random_model("vggsnn", 2, 16)
+    frames = torch.rand(3, net.timesteps, 2, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(from_nir(to_nir(net), dtype=torch.float64)(frames), net(frames))
+
+
 def test_nir_graph_holds_the_model():
     net = random_model("resnet19", 3, 8, torch.float32)
     net.label_names = [f"c{i}" for i in range(10)]

@@ -356,7 +356,7 @@ def test_torch_export_traces_the_custom_op():
         def forward(self, x):
             n = self.neuron
             spikes, *_ = ops._fwd_op(x, n.gamma, n.beta, n.rho, None, None, n.running_mean, n.running_var,
-                                     False, 0.0, n.eps, n.vth, n.alpha, n.surrogate, n.width_rule, n.kappa0,
+                                     False, 0.0, n.eps, n.vth, n.alpha, "rect", "mpdagl", 1.0,
                                      False, x.shape[0])
             return spikes
 

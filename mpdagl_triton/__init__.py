@@ -9,6 +9,8 @@ Public API:
     load(dir_or_repo)                    a trained model from a training output folder or a Hub repo
     probe(model, images)                 the paper's per-layer quantities of one forward pass
     models                               the zoo, building blocks, and models.register for your own
+    to_nir(model), from_nir(graph)       a trained model as a NIR graph, and back (docs/deploy.md)
+    export                               NIR files, torch.export and AOTInductor packages
 
 Names are imported on first use, so that ``mpdagl --help`` and ``mpdagl --version`` answer at
 once and a Ctrl-C while torch loads ends the command quietly.
@@ -33,8 +35,11 @@ _PUBLIC = {
     "tdbn_plif": "mpdagl_triton.ops",
     "load": "mpdagl_triton.hub",
     "probe": "mpdagl_triton.analysis",
+    "to_nir": "mpdagl_triton.export",
+    "from_nir": "mpdagl_triton.export",
 }
-_SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors")
+_SUBMODULES = ("reference", "models", "data", "train", "analysis", "hub", "ops", "layers", "errors",
+               "export")
 
 __all__ = sorted([*_PUBLIC, "reference", "__version__"])
 

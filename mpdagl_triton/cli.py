@@ -17,6 +17,7 @@ Spiking neural networks trained with MPD-AGL, on fused Triton kernels.
   mpdagl analyze DIR [--compare DIR2 ...]   figures of the paper's quantities
   mpdagl energy DIR               the paper's energy estimate
   mpdagl push DIR --repo-id NAME  upload a training folder with a model card to the Hub
+  mpdagl export DIR --format nir|pt2 --out FILE   a NIR graph or an AOTInductor package
 """
 
 #: the options of ``mpdagl train`` that are not TrainConfig fields
@@ -227,9 +228,43 @@ def _energy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a trained model as a NIR graph or an AOTInductor package",
+                       description="nir: a NIR graph (HDF5) that SpikingJelly, snnTorch, Norse, Sinabs, "
+                                   "Rockpool or Lava import (tdBN folded into the convolutions, each "
+                                   "neuron an nir.LIF; needs `pip install mpdagl-triton[nir]`). pt2: "
+                                   "torch.export + AOTInductor, loaded with "
+                                   "torch._inductor.aoti_load_package (minutes of compiling on a CPU). "
+                                   "See docs/deploy.md.")
+    p.add_argument("folder", metavar="DIR", help="a training output folder, or a Hub model repo (user/name)")
+    p.add_argument("--format", required=True, choices=["nir", "pt2"], help="nir or pt2")
+    p.add_argument("--out", required=True, metavar="FILE", help="the file to write (replaced atomically)")
+    p.add_argument("--device", default="cpu",
+                   help="pt2 only: compile for cpu or cuda (default cpu); the package runs on that device")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mpdagl_triton.export import check_writable, write_nir, write_pt2
+    from mpdagl_triton.hub import load
+
+    check_writable(args.out)
+    device = args.device if args.format == "pt2" else "cpu"
+    model = load(args.folder, device=device)
+    if args.format == "nir":
+        write_nir(model, args.out)
+        print(f"wrote {args.out}: NIR graph of {args.folder} ({model.arch}, T = {model.timesteps}); "
+              "logits = mean over T of its output")
+    else:
+        write_pt2(model, args.out)
+        print(f"wrote {args.out}: AOTInductor package of {args.folder} for {device}; load it with "
+              "mpdagl_triton.export.load_pt2 (or import mpdagl_triton.ops, then "
+              "torch._inductor.aoti_load_package)")
+    return 0
+
+
 COMMANDS = {"train": (_train_parser, _train), "eval": (_eval_parser, _eval),
             "analyze": (_analyze_parser, _analyze), "energy": (_energy_parser, _energy),
-            "push": (_push_parser, _push)}
+            "push": (_push_parser, _push), "export": (_export_parser, _export)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,10 +34,15 @@ def load(source: str | Path, *, revision: str | None = None,
     config, HubError for a repo or revision the Hub does not have, ValueError for a ``revision``
     of a local folder or a ``device`` this machine lacks (``"auto"``: CUDA when available).
 
+    The model is in eval mode: under ``torch.no_grad()`` (as ``mpdagl eval`` runs it) it takes the
+    inference path, tdBN folded into the convolutions (docs/deploy.md); with gradients on, the
+    fused op with its surrogate gradients.
+
     Example (after ``mpdagl train``; tested in tests/test_train.py and tests/test_hub.py):
         >>> model = load("runs/digits")            # doctest: +SKIP
         >>> model = load("user/mpdagl-resnet19-cifar10")   # doctest: +SKIP
-        >>> logits = model(images)                 # [B, classes]  # doctest: +SKIP
+        >>> with torch.no_grad():                  # doctest: +SKIP
+        ...     logits = model(images)             # [B, classes]
     """
     device = resolve_device(device)
     folder = local_folder(source)

@@ -8,8 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from mpdagl_triton import reference
-from mpdagl_triton.ops import BACKENDS, fixed_width, tdbn_plif, validate
+from mpdagl_triton.ops import BACKENDS, fixed_width, resolve_backend, tdbn_plif, validate
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES, check_choice, kappas
+
+
+#: how an eval-mode layer runs under ``torch.no_grad()`` on the reference backend: ``"fold"``
+#: (tdBN folded into the preceding convolution or linear layer, then a forward-only LIF),
+#: ``"affine"`` (per-channel scale and shift, then the forward-only LIF) or ``"op"`` (the fused op's
+#: eval route, as with gradients). The benchmark (``bench/inference.py``) sets it to compare them.
+INFERENCE_PATH = "fold"
 
 
 def _logit(p: float) -> float:
@@ -102,6 +109,12 @@ class TdBNPLIF(_NeuronOptions):
         """Spikes ``[T, B, C, *S]`` of ``x [T, B, C, *S]``; with ``timesteps``, x is one timestep
         ``[1, B, C, *S]`` that is the input at every step (``ops.tdbn_plif``)."""
         _check_channels(x, self.channels)
+        if self.inference(x):  # per-channel scale and shift, then the forward-only LIF
+            scale, shift = self.affine(reference.compute_dtype(x.dtype))
+            y = reference.per_channel(scale, x) * x + reference.per_channel(shift, x)
+            if residual is not None:
+                y = y + residual.to(y.dtype)
+            return self.fire(y, skip, timesteps).to(x.dtype)
         return tdbn_plif(
             x, self.gamma, self.beta, self.rho, residual=residual, skip=skip,
             running_mean=self.running_mean, running_var=self.running_var, training=self.training,
@@ -111,6 +124,100 @@ class TdBNPLIF(_NeuronOptions):
             sync_stats=self.sync_stats, check_finite=self.check_finite, backend=self.backend,
             timesteps=timesteps,
         )
+
+    # -- inference: eval mode, no gradients --------------------------------------------------
+
+    def inference(self, x: Tensor) -> bool:
+        """Whether a call on ``x`` takes the inference path: eval mode, gradients off
+        (``torch.no_grad()`` / ``torch.inference_mode()``), the reference backend, and
+        :data:`INFERENCE_PATH` not ``"op"``. The Triton backend's eval route already reads the
+        running statistics in one forward kernel and, without gradients, saves nothing.
+
+        Example:
+            >>> layer, x = TdBNPLIF(2).eval(), torch.zeros(2, 1, 2)
+            >>> layer.inference(x), torch.no_grad()(layer.inference)(x)
+            (False, True)
+        """
+        return (not self.training and not torch.is_grad_enabled() and INFERENCE_PATH != "op"
+                and resolve_backend(self.backend, x.device) == "torch")
+
+    def affine(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The eval-mode tdBN as ``y = scale * x + shift``: ``scale = gamma * alpha * Vth /
+        sqrt(running_var + eps)``, ``shift = beta - scale * running_mean``, each ``[C]``, worked out
+        in float64 and returned in ``dtype``.
+
+        Example:
+            >>> scale, shift = TdBNPLIF(3).affine()
+            >>> [round(v, 4) for v in scale.tolist()], shift.tolist()   # alpha * Vth / sqrt(1 + eps)
+            ([0.5, 0.5, 0.5], [0.0, 0.0, 0.0])
+        """
+        with torch.no_grad():
+            scale = (self.gamma.double() * (self.alpha * self.vth)
+                     / torch.sqrt(self.running_var.double() + self.eps))
+            shift = self.beta.double() - scale * self.running_mean.double()
+        return scale.to(dtype), shift.to(dtype)
+
+    def fold(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The preceding convolution's or linear layer's ``weight`` ``[C, ...]`` (no bias) with this
+        eval-mode tdBN folded in: ``(weight * scale, shift)`` in the weight's dtype, so that
+        ``conv(x, *fold(conv.weight))`` is the tdBN of ``conv(x)``.
+
+        Example:
+            >>> w, b = TdBNPLIF(4).fold(torch.ones(4, 2, 3, 3))
+            >>> w.shape, b.shape
+            (torch.Size([4, 2, 3, 3]), torch.Size([4]))
+        """
+        key = self._fold_key(weight)
+        cached = getattr(self, "_folded", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        scale, shift = self.affine(torch.float64)
+        with torch.no_grad():
+            folded = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+        result = folded.to(weight.dtype), shift.to(weight.dtype)
+        if key is not None:  # kept until a tensor it came from changes (each forward would refold)
+            self._folded = (key, result)
+        return result
+
+    def _fold_key(self, weight: Tensor) -> tuple | None:
+        """What a fold of ``weight`` depends on: the tensors' identities and version counters (any
+        in-place change, an optimizer step or ``load_state_dict``, bumps them) and the options.
+        None where nothing may be cached: while torch.compile or torch.export traces, or for
+        inference tensors, which have no version counter."""
+        if torch.compiler.is_compiling():
+            return None
+        tensors = [weight, self.gamma, self.beta, self.running_mean, self.running_var]
+        if self.learn_tau:
+            tensors.append(self.rho)
+        try:
+            versions = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        except RuntimeError:
+            return None
+        return versions + (self.alpha, self.vth, self.eps)
+
+    def decay(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """tau as the 0-d tensor the reference multiplies by: ``sigmoid(rho)`` worked out in
+        ``dtype`` (or the fixed tau in ``dtype``).
+
+        Example:
+            >>> round(float(TdBNPLIF(1, tau=0.2).decay()), 6)
+            0.2
+        """
+        if self.learn_tau:
+            return torch.sigmoid(self.rho.detach().to(dtype))
+        return torch.full((), self.tau_init, dtype=dtype, device=self.gamma.device)
+
+    def fire(self, y: Tensor, skip: Tensor | None = None, timesteps: int | None = None) -> Tensor:
+        """Forward-only LIF on the normalized input ``y`` ``[T, B, C, *S]`` (or one timestep with
+        ``timesteps``): spikes in y's dtype, plus ``skip`` (:func:`reference.lif_inference`).
+
+        Example:
+            >>> TdBNPLIF(1).fire(torch.full((2, 1, 1), 0.6)).flatten().tolist()   # V >= 0.5: fires, resets
+            [1.0, 1.0]
+        """
+        dtype = reference.compute_dtype(y.dtype)
+        spikes = reference.lif_inference(y.to(dtype), self.decay(dtype), self.vth, steps=timesteps, skip=skip)
+        return spikes.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, " + self.neuron_extra_repr()

@@ -181,7 +181,14 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
         (f"logits = model(frames)   # event frames [B, {T}, 2, H, W] (see the library's README) -> [B, classes]"
          if dataset == "cifar10-dvs" else
          "logits = model(images)   # images [B, C, H, W] normalized as above -> [B, classes]"),
-        "```", "", "## Citation", "", "```bibtex", CITATION, "```", "",
+        "```", "",
+        "## Export", "",
+        "To run the model outside PyTorch training code: `mpdagl export DIR --format nir --out model.nir` "
+        "writes a NIR graph (tdBN folded into the convolutions, each neuron an `nir.LIF`; "
+        "`pip install mpdagl-triton[nir]`) that SpikingJelly, snnTorch, Norse, Sinabs, Rockpool or Lava "
+        "import; `--format pt2` writes an AOTInductor package for `torch._inductor.aoti_load_package`. "
+        "`DIR` is a training folder or this repo's id; see the library's docs/deploy.md.", "",
+        "## Citation", "", "```bibtex", CITATION, "```", "",
     ]
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content
 

@@ -150,6 +150,34 @@ def plif(
     return torch.stack(spikes)
 
 
+def lif_inference(y: torch.Tensor, tau: torch.Tensor | float, vth: float, *, steps: int | None = None,
+                  skip: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward-only hard-reset LIF: the spikes of :func:`plif`, bit for bit, with no autograd.
+
+    ``y`` is the neuron input ``[T, B, ...]``, or one timestep ``[1, B, ...]`` that is the input at
+    every one of ``steps`` steps (direct encoding). ``V_t = tau * V_{t-1} + y_t`` where no spike was
+    fired at t-1 and ``y_t`` where one was (the hard reset to 0: the same rounding as
+    ``tau * V * (1 - S) + y``), ``S_t = [V_t >= Vth]``. ``skip`` ``[T, B, ...]`` is added to the
+    spikes. Nothing is saved for a backward pass; the loop over T unrolls under torch.export.
+
+    Example:
+        >>> lif_inference(torch.full((3, 1, 1), 0.3), 0.2, 0.5).flatten().tolist()
+        [0.0, 0.0, 0.0]
+        >>> lif_inference(torch.full((1, 1, 1), 0.6), 0.2, 0.5, steps=2).flatten().tolist()
+        [1.0, 1.0]
+    """
+    steps = y.shape[0] if steps is None else steps
+    spikes = []
+    v = fired = None
+    for t in range(steps):
+        y_t = y[t] if y.shape[0] > 1 else y[0]
+        v = y_t if v is None else torch.where(fired, y_t, tau * v + y_t)
+        fired = v >= vth
+        spikes.append(fired.to(y.dtype))
+    out = torch.stack(spikes)
+    return out if skip is None else out + skip.to(out.dtype)
+
+
 def tdbn_plif(
     x: torch.Tensor,
     gamma: torch.Tensor,

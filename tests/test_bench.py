@@ -606,3 +606,10 @@ def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):
     assert row["graphs"] == 2 and row["breaks"] == 1
     assert "builtin operator `print`" in row["reasons"][0]["reason"]
     assert any("test_bench.py" in frame for frame in row["reasons"][0]["where"])
+
+
+def test_inference_benchmark(tmp_path):
+    rows = bench("inference", "--size", "8", "--batch-size", "2", "--warmup", "0", "--repeats", "1",
+                 json_out=tmp_path / "i.json")["rows"]
+    assert [r["impl"] for r in rows] == ["fold", "affine", "op-eval", "train-fwd", "ann-eval"]
+    assert all(r["images_per_s"] > 0 for r in rows) and rows[-1]["vs_ann"] == 1.0

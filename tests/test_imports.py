@@ -15,7 +15,7 @@ LEVELS = {
     "ops": 3,
     "layers": 4,
     "models": 5,
-    "augment": 6, "events": 6, "data": 6,
+    "augment": 6, "events": 6, "data": 6, "export": 6,
     "analysis": 7, "train": 7,
     "hub": 8,
     "cli": 9,

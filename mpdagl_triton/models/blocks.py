@@ -24,10 +24,14 @@ as 1 / ||w||^2, so PyTorch's default conv init (std 1 / sqrt(3 fan_in), 2.45x sm
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.nn import functional as F
 
+from mpdagl_triton import layers
 from mpdagl_triton.errors import InvalidInput
 from mpdagl_triton.layers import TdBNPLIF
 
@@ -98,7 +102,38 @@ class ConvSpike(nn.Module):
         self.neuron = TdBNPLIF(out_channels, **neuron_options)
 
     def forward(self, x: Tensor, residual: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+        if folding(self.neuron, x):  # eval without gradients: tdBN folded into the convolution
+            y = unfold(folded_conv(self.conv, self.neuron, fold(x)), x.shape[0])
+            if residual is not None:
+                y = y + residual
+            return self.neuron.fire(y, skip)
         return self.neuron(unfold(self.conv(fold(x)), x.shape[0]), residual, skip)
+
+
+def folding(neuron: TdBNPLIF, x: Tensor) -> bool:
+    """Whether the block feeding ``neuron`` folds its tdBN into its convolution (or linear layer)
+    for this call: the layer's inference path (eval, no gradients, reference backend) with
+    ``layers.INFERENCE_PATH == "fold"``. ``x``: the block's input, any shape.
+
+    Example:
+        >>> layer = TdBNPLIF(4).eval()
+        >>> folding(layer, torch.zeros(2, 1, 4)), torch.no_grad()(folding)(layer, torch.zeros(2, 1, 4))
+        (False, True)
+    """
+    return layers.INFERENCE_PATH == "fold" and isinstance(neuron, TdBNPLIF) and neuron.inference(x)
+
+
+def folded_conv(conv: nn.Conv2d, neuron: TdBNPLIF, x: Tensor) -> Tensor:
+    """``conv(x)`` with ``neuron``'s eval-mode tdBN folded into its weight and bias: the tdBN'd
+    input of the neuron, ``[N, C, H, W]`` for ``x`` ``[N, C_in, H_in, W_in]``.
+
+    Example:
+        >>> conv, layer = nn.Conv2d(2, 4, 3, padding=1, bias=False), TdBNPLIF(4).eval()
+        >>> folded_conv(conv, layer, torch.zeros(5, 2, 6, 6)).shape
+        torch.Size([5, 4, 6, 6])
+    """
+    weight, bias = neuron.fold(conv.weight)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class Pool(nn.Module):
@@ -149,10 +184,12 @@ class Stem(nn.Module):
         self.neuron = TdBNPLIF(out_channels, **neuron_options)
 
     def forward(self, x: Tensor) -> Tensor:
+        conv = partial(folded_conv, self.conv, self.neuron) if folding(self.neuron, x) else self.conv
+        neuron = self.neuron.fire if conv is not self.conv else self.neuron
         if x.dim() == 4:
-            return self.neuron(self.conv(self._in_format(x)).unsqueeze(0), timesteps=self.timesteps)
+            return neuron(conv(self._in_format(x)).unsqueeze(0), timesteps=self.timesteps)
         frames = x.transpose(0, 1)  # [T, B, C, H, W]
-        return self.neuron(unfold(self.conv(self._in_format(fold(frames))), frames.shape[0]))
+        return neuron(unfold(conv(self._in_format(fold(frames))), frames.shape[0]))
 
     def _in_format(self, x: Tensor) -> Tensor:
         channels_last = x.is_cuda if self.channels_last is None else self.channels_last
@@ -173,4 +210,6 @@ class SpikingLinear(nn.Module):
         self.neuron = TdBNPLIF(out_features, **neuron_options)
 
     def forward(self, x: Tensor) -> Tensor:
+        if folding(self.neuron, x):
+            return self.neuron.fire(F.linear(x, *self.neuron.fold(self.linear.weight)))
         return self.neuron(self.linear(x))

@@ -29,7 +29,10 @@ class CheckpointError(InvalidInput):
     """A checkpoint is missing, corrupt, or does not match what it claims to hold."""
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, previous: str | os.PathLike | None = None) -> None:
+    """Replace ``path`` by ``data`` atomically; with ``previous``, the file it replaces moves
+    there first, once ``data`` is safely on disk (a crash between the two renames leaves
+    ``previous`` and no ``path``, never a torn file)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -37,6 +40,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -65,10 +70,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as safetensors, atomically."""
+                 metadata: dict[str, str] | None = None, previous: str | os.PathLike | None = None) -> None:
+    """Write ``tensors`` as safetensors, atomically (``previous``: see :func:`atomic_write_bytes`)."""
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    atomic_write_bytes(path, save_safetensors_bytes(plain, metadata=metadata))
+    atomic_write_bytes(path, save_safetensors_bytes(plain, metadata=metadata), previous)
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -68,15 +68,18 @@ def _train_parser(sub) -> None:
                     "(default: the dataset's recipe, else digits).",
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), help="the authors' settings for a dataset")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its resume point")
+    p.add_argument("--resume", nargs="?", const=True, choices=["auto"],
+                   help="continue the run in --out from its resume point; `--resume auto`: continue "
+                        "when --out holds one, else start afresh (the default in a process torchrun "
+                        "restarts)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out; without it a fresh run never replaces one")
     _add_config_options(p, TrainConfig)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mpdagl_triton.train import RECIPES, STATE_JSON, TrainConfig, free_output_dir, train, writes_outputs
+    from mpdagl_triton.train import (RECIPES, STATE_JSON, Stopped, TrainConfig, free_output_dir, restartable, train,
+                                     writes_outputs)
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in (*RUN_OPTIONS, "command")}
@@ -88,13 +91,18 @@ def _train(args: argparse.Namespace) -> int:
     reports = writes_outputs()  # under torchrun only rank 0 reports
     if "out" not in fields:
         default = Path("runs") / Path(fields["dataset"]).name
-        fields["out"] = str(default if args.resume or args.overwrite else free_output_dir(default))
+        # a process torchrun may restart keeps the plain default: its restart must find the run
+        fields["out"] = str(default if args.resume or args.overwrite or restartable() else free_output_dir(default))
         if reports and fields["out"] != str(default):
             print(f"{default} holds an earlier run; this one trains into {fields['out']} "
                   f"(--out DIR to choose, --overwrite to replace {default})")
     cfg = TrainConfig(**fields)
     try:
         result = train(cfg, resume=args.resume, overwrite=args.overwrite, explicit=set(given))
+    except Stopped as stop:  # SIGTERM / SIGINT: a resume point at the step in progress
+        if reports:
+            print(f"mpdagl train: {stop}: continue with `mpdagl train --out {cfg.out} --resume`", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:  # Ctrl-C: where things stand, not a traceback
         state = Path(cfg.out) / STATE_JSON
         if reports and state.is_file():

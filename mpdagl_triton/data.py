@@ -557,7 +557,7 @@ class Loader:
 
     def __init__(self, split: Split, dataset: Dataset, batch_size: int, device: torch.device,
                  train: bool, workers: int = 0, rank: int = 0, world: int = 1,
-                 augment_chunk_elements: int = AUGMENT_CHUNK_ELEMENTS, interleave: bool = True):
+                 augment_chunk_elements: int | None = None, interleave: bool = True):
         if batch_size < 1:
             raise InvalidInput(f"batch size must be >= 1, got {batch_size}")
         if train and batch_size % world:
@@ -567,8 +567,11 @@ class Loader:
                                f"size {batch_size} that {world} processes share; lower --batch-size")
         self.split, self.batch_size, self.device, self.train = split, batch_size, device, train
         self.workers, self.rank, self.world = workers, rank, world
-        self.augment_chunk_elements, self.interleave = augment_chunk_elements, interleave
+        self.augment_chunk_elements = augment_chunk_elements or AUGMENT_CHUNK_ELEMENTS
+        self.interleave = interleave
         self._ahead: _EpochPlan | None = None  # the next epoch, its first chunk started in this one's last
+        #: where the epoch being iterated stands after the batch last handed out (a resume point's)
+        self.position: Position | None = None
         # its random choices are drawn on the CPU and shipped without a sync, and nothing is read
         # back from the device (tests/test_data.py checks it): the host augments the next chunk
         # while the GPU trains
@@ -588,15 +591,21 @@ class Loader:
             return len(range(self.rank, batches, self.world))
         return batches
 
-    def epoch(self, seed: int, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, seed: int, epoch: int, start: Position | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's batches, from the first or, given ``start`` (a :attr:`position` saved
+        mid-epoch), from where that position stands: the same batches, augmented the same, as
+        those an uninterrupted epoch hands out from there, when ``start`` was saved with as many
+        processes (else the rest of the epoch with draws of its own)."""
         plan, self._ahead = self._ahead, None
-        if plan is None or plan.key != (seed, epoch):
-            plan = self._plan(seed, epoch)
+        if plan is None or plan.key != (seed, epoch) or (start is not None and start.batch):
+            plan = self._plan(seed, epoch, start)
         upcoming = plan.first
+        index = plan.offset  # the epoch's index of the batch handed out next
         for k, chunk in enumerate(plan.chunks):
             if upcoming is None:  # nothing to train on meanwhile
                 upcoming = next(plan.prepared)
-            images, labels = upcoming.finish()
+            current = upcoming
+            images, labels = current.finish()
             # the next chunk's augmentation, a few pieces after each of this chunk's batches: the
             # host never issues a whole call's dispatches at once, which would fill CUDA's launch
             # queue behind the queued steps and leave the GPU idle for the call's remainder; after
@@ -610,13 +619,24 @@ class Loader:
                 upcoming = None
             sizes = [len(batch) for batch in chunk]
             pieces_per_batch = -(-self._pieces() // len(chunk)) if self.interleave else 0
+            chunk_start, last = index, index + len(chunk)
             for batch in zip(images.split(sizes), labels.split(sizes)):
-                yield batch
+                index += 1
+                if plan.skip:  # handed out before the position this epoch resumed from
+                    plan.skip -= 1
+                else:
+                    # past this chunk's last batch, the next chunk continues the epoch; it began
+                    # its preparation after this one's finished
+                    following = current if index < last else upcoming if k + 1 < len(plan.chunks) else None
+                    self.position = Position(index, chunk_start if index < last else last,
+                                             following.began if following is not None else None)
+                    yield batch
                 if upcoming is not None:
                     upcoming.advance(pieces_per_batch)
 
-    def _plan(self, seed: int, epoch: int) -> _EpochPlan:
-        """One epoch's chunks of batches, and their preparation, started chunk by chunk."""
+    def _plan(self, seed: int, epoch: int, start: Position | None = None) -> _EpochPlan:
+        """One epoch's chunks of batches, and their preparation, started chunk by chunk; from the
+        chunk that holds ``start``'s next batch when given (no earlier chunk is prepared)."""
         gen = epoch_generator(seed, epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
@@ -633,11 +653,23 @@ class Loader:
             else:
                 batches = batches[self.rank::self.world]
         per_chunk = self._batches_per_chunk(len(batches[0]) if batches else 1)
+        offset = 0
+        if start is not None:
+            # the generator as it was when that chunk's preparation began: the draws of the
+            # chunks before it are not made again; a position without it (saved with another
+            # number of processes, whose chunks and generators differ) continues with fresh draws
+            if start.generator is not None:
+                offset = start.chunk_start
+                gen.set_state(start.generator)
+            else:
+                offset = min(start.batch, len(batches))
+            batches = batches[offset:]
         chunks = [batches[i:i + per_chunk] for i in range(0, len(batches), per_chunk)]
         # one batch's indices as they are: a cat of one would copy them (a device kernel per batch)
         indices = [chunk[0] if len(chunk) == 1 else torch.cat(chunk) for chunk in chunks]
-        prepared = (_InPieces(self._prepare(images, labels, gen)) for images, labels in self._gather(indices))
-        return _EpochPlan((seed, epoch), chunks, prepared)
+        prepared = (_InPieces(self._prepare(images, labels, gen), gen) for images, labels in self._gather(indices))
+        skip = start.batch - offset if start is not None else 0
+        return _EpochPlan((seed, epoch), chunks, prepared, offset=offset, skip=max(skip, 0))
 
     def _batches_per_chunk(self, batch_size: int) -> int:
         """Training batches augmented together (one batch without augmentation)."""
@@ -672,18 +704,34 @@ class Loader:
 
 
 @dataclasses.dataclass
+class Position:
+    """How far an epoch's training batches have gone, and what continues them exactly: the state
+    of the epoch's generator when the preparation of the chunk holding the next batch began (None
+    where no chunk follows). Per process: each draws its own."""
+
+    batch: int  # batches handed out
+    chunk_start: int  # the epoch's index of the first batch of the chunk holding the next one
+    generator: Tensor | None = None
+
+
+@dataclasses.dataclass
 class _EpochPlan:
     key: tuple[int, int]  # (seed, epoch)
     chunks: list[list[Tensor]]  # the batches' indices, chunk by chunk
     prepared: Iterator[_InPieces]  # each chunk's preparation, started when drawn
     first: _InPieces | None = None  # the first chunk's, when started during the previous epoch
+    offset: int = 0  # the epoch's index of the first chunk's first batch (a resumed epoch's)
+    skip: int = 0  # batches of the first chunk handed out before the resume
 
 
 class _InPieces:
     """One chunk's preparation (``Loader._prepare``), run a few pieces at a time."""
 
-    def __init__(self, work: Generator):
+    def __init__(self, work: Generator, gen: torch.Generator):
         self.work, self.done, self.result = work, False, None
+        # made after the previous chunk's preparation finished, before this one's starts: what
+        # continues the epoch from this chunk (``Position``)
+        self.began = gen.get_state()
 
     def advance(self, pieces: int) -> None:
         if self.done:  # an exhausted generator would return None

@@ -1,14 +1,18 @@
 """The training loop behind ``mpdagl train``; reads top to bottom.
 
 Output folder:
-    config.json, model.safetensors     the latest model (``mpdagl_triton.load(DIR)`` rebuilds it)
-    trainer_state.safetensors          everything a resume needs (model, optimizer, scheduler,
-                                       RNG states; the JSON state in the safetensors metadata)
-    trainer_state.json                 the same JSON state, for people
+    config.json, model.safetensors     the model of the last completed epoch (``mpdagl_triton.load(DIR)``)
+    trainer_state.safetensors          the resume point: everything a resume needs (model, optimizer,
+                                       scheduler, RNG states; mid-epoch, the loader's generators and the
+                                       epoch's running sums; the JSON state in the safetensors metadata)
+    trainer_state.previous.safetensors the resume point before it, used when the latest is unreadable
+    trainer_state.json                 the latest point's JSON state, for people
     metrics.jsonl                      one line per completed epoch
 
-Each file is replaced atomically; ``trainer_state.safetensors`` alone is the resume point, so a
-crash between two writes can never pair weights with another epoch's optimizer state.
+Resume points are written at the end of every epoch, every ``--save-every`` minutes mid-epoch, and
+at SIGTERM / SIGINT, after the step in progress. Each file is replaced atomically; the
+trainer state alone is a resume point, so a crash between two writes can never pair weights with
+another step's optimizer state.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,7 @@ from mpdagl_triton.ops import compile_options
 from mpdagl_triton.surrogates import SURROGATES, WIDTH_RULES
 
 STATE_NAME = "trainer_state.safetensors"
+PREVIOUS_STATE_NAME = "trainer_state.previous.safetensors"  # the point before, kept
 STATE_JSON = "trainer_state.json"
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".mpdagl-run.lock"  # held by a training run (hold_output_dir)
@@ -119,6 +126,8 @@ class TrainConfig:
     sync_bn: bool = option(False, "under torchrun: tdBN batch statistics over all processes")
     check_finite: bool = option(False, "stop with a clear error when an input holds NaN/Inf",
                                 resumable=True)
+    save_every: float = option(10.0, "minutes between mid-epoch resume points (0: only at epoch ends "
+                                     "and at SIGTERM / SIGINT)", resumable=True)
 
 
 #: The authors' recipes (docs/method.md#training-recipes); the command line overrides any field.
@@ -146,6 +155,20 @@ class TrainingDiverged(Unavailable):
     """The loss became NaN or infinite."""
 
 
+class Stopped(KeyboardInterrupt):
+    """The run stopped at SIGTERM or SIGINT, after the step in progress, and wrote a resume point
+    there (a KeyboardInterrupt, so that code which handles Ctrl-C handles it too)."""
+
+    def __init__(self, signum: int, out: Path, point: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name}; {out} holds {point}")
+        self.signum, self.out, self.point = signum, out, point
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number (143, 130)."""
+        return 128 + self.signum
+
+
 # ----------------------------------------------------------------------------------------------
 # Set-up
 # ----------------------------------------------------------------------------------------------
@@ -168,6 +191,8 @@ def validate(cfg: TrainConfig) -> None:
         raise InvalidInput(f"workers must be >= 0, got {cfg.workers}")
     if cfg.threads is not None and cfg.threads < 1:
         raise InvalidInput(f"threads must be >= 1, got {cfg.threads}")
+    if not (cfg.save_every >= 0 and math.isfinite(cfg.save_every)):
+        raise InvalidInput(f"save_every must be a number of minutes >= 0, got {cfg.save_every}")
     for field in dataclasses.fields(TrainConfig):
         valid = field.metadata["choices"]
         if valid and getattr(cfg, field.name) not in valid:
@@ -248,7 +273,25 @@ def _tidy_after_failed_start(out: Path, created: bool) -> None:
 def _run_files(out: Path) -> list[Path]:
     from mpdagl_triton.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 
-    return [out / name for name in (STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME, METRICS_NAME)]
+    return [out / name for name in (STATE_NAME, PREVIOUS_STATE_NAME, STATE_JSON, WEIGHTS_NAME, CONFIG_NAME,
+                                    METRICS_NAME)]
+
+
+def has_resume_point(out: Path) -> bool:
+    """Whether ``out`` holds a resume point (``--resume auto`` continues it)."""
+    return (out / STATE_NAME).is_file() or (out / PREVIOUS_STATE_NAME).is_file()
+
+
+def elastic_restart() -> bool:
+    """Whether this process is torchrun's restart of a failed group (``--max-restarts``): it then
+    continues from the resume point its first attempt left, if any."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def restartable() -> bool:
+    """Whether torchrun may restart this process: the folder it trains into is then never chosen
+    afresh (a restart must find its own run again)."""
+    return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
 
 
 def held_run(out: Path) -> str | None:
@@ -303,6 +346,9 @@ class Distributed:
     rank: int = 0
     world: int = 1
     owns_group: bool = False  # init_distributed created torch.distributed's process group
+    #: CPU collectives (gloo) beside NCCL's: the agreement on stopping and saving runs on the
+    #: hosts, never queued behind the GPU's steps (None: the default group is gloo already)
+    host_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -335,6 +381,22 @@ class Distributed:
         torch.distributed.all_reduce(stacked)
         return list(stacked.unbind())
 
+    def host_max(self, values: list[int]) -> list[int]:
+        """Element-wise maxima over every process, on the hosts (a no-op alone)."""
+        if self.world == 1:
+            return values
+        flags = torch.tensor(values, dtype=torch.int64)
+        torch.distributed.all_reduce(flags, torch.distributed.ReduceOp.MAX, group=self.host_group)
+        return flags.tolist()
+
+    def host_gather(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's CPU tensor of one shape, in rank order (``[value]`` alone)."""
+        if self.world == 1:
+            return [value]
+        gathered = [torch.empty_like(value) for _ in range(self.world)]
+        torch.distributed.all_gather(gathered, value.contiguous(), group=self.host_group)
+        return gathered
+
 
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPUs)."""
@@ -349,7 +411,10 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     owns_group = not torch.distributed.is_initialized()
     if owns_group:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(rank, world, owns_group), device
+    host_group = None
+    if torch.distributed.get_backend() != "gloo":
+        host_group = torch.distributed.new_group(backend="gloo")
+    return Distributed(rank, world, owns_group, host_group), device
 
 
 def uses_channels_last(channels_last: bool | None, device: torch.device) -> bool:
@@ -403,16 +468,29 @@ def loss_fn(cfg: TrainConfig, per_timestep: torch.Tensor, labels: torch.Tensor) 
 # ----------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+def save_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a resume point; at an epoch's end (no ``state["partial"]``) the model files too.
+    ``extra``: more tensors for the trainer state (a mid-epoch point's loader generators and sums)."""
     try:
-        _write_checkpoint(out, model, optimizer, scheduler, scaler, state)
+        _write_checkpoint(out, model, optimizer, scheduler, scaler, state, extra or {})
     except OSError as exc:
-        raise Unavailable(f"could not write the checkpoint of epoch {state['epoch']} into {out} ({exc}); "
+        raise Unavailable(f"could not write the checkpoint of {point_name(state)} into {out} ({exc}); "
                       "the previous checkpoint is intact") from exc
 
 
-def _write_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict) -> None:
+def point_name(state: dict) -> str:
+    """"epoch 3", or mid-epoch "step 50 (epoch 3, batch 6 of 22)"."""
+    partial = state.get("partial")
+    if not partial:
+        return f"epoch {state['epoch']}"
+    return f"step {state['step']} (epoch {state['epoch'] + 1}, batch {partial['batch']} of {partial['batches']})"
+
+
+def _write_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dict,
+                      extra: dict[str, torch.Tensor]) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(extra)
     optim_state = optimizer.state_dict()
     for index, slots in optim_state["state"].items():
         for key, value in slots.items():
@@ -433,20 +511,35 @@ def _write_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dic
         "library_version": __version__,
     }
     text = json.dumps(state, sort_keys=True)
-    save_tensors(out / STATE_NAME, tensors, metadata={"state": text})
+    save_tensors(out / STATE_NAME, tensors, metadata={"state": text}, previous=out / PREVIOUS_STATE_NAME)
     atomic_write_text(out / STATE_JSON, json.dumps(state, indent=2, sort_keys=True) + "\n")
-    model.save_pretrained(out)
+    if not state.get("partial"):  # the model files stay those of the last completed epoch
+        model.save_pretrained(out)
 
 
-def load_checkpoint(out: Path) -> tuple[dict, dict]:
-    """(tensors, JSON state) of the resume point in ``out``."""
-    path = out / STATE_NAME
-    if not path.is_file():
-        raise CheckpointError(f"--resume: no checkpoint in {out} (expected {STATE_NAME})")
-    tensors, metadata = load_tensors(path)
-    if "state" not in metadata:
-        raise CheckpointError(f"{path} has no trainer state in its metadata")
-    return tensors, json.loads(metadata["state"])
+def load_checkpoint(out: Path, log=None) -> tuple[dict, dict]:
+    """(tensors, JSON state) of the resume point in ``out``: the latest, or where that one is
+    missing or unreadable the previous one (``log`` says so). Neither readable: the latest's
+    error, naming its file."""
+    refused = []
+    for path in (out / STATE_NAME, out / PREVIOUS_STATE_NAME):
+        if not path.is_file():
+            continue
+        try:
+            tensors, metadata = load_tensors(path)
+            if "state" not in metadata:
+                raise CheckpointError(f"{path} has no trainer state in its metadata")
+            state = json.loads(metadata["state"])
+        except (CheckpointError, json.JSONDecodeError) as exc:
+            refused.append(exc if isinstance(exc, CheckpointError) else
+                           CheckpointError(f"{path} holds an unreadable trainer state: {exc}"))
+            continue
+        if refused and log is not None:
+            log(f"warning: {refused[0]}; resuming from the previous resume point, {path.name}")
+        return tensors, state
+    if refused:
+        raise refused[0]
+    raise CheckpointError(f"--resume: no checkpoint in {out} (expected {STATE_NAME})")
 
 
 def restore(tensors: dict, state: dict, model, optimizer, scheduler, scaler) -> None:
@@ -501,6 +594,118 @@ def append_metrics(out: Path, row: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Stopping and mid-epoch resume points
+# ----------------------------------------------------------------------------------------------
+
+#: Under torchrun the processes agree on stopping and on writing a resume point every this many
+#: steps, with one all-reduce of two integers over gloo on the hosts: never a read-back of the GPU
+#: (no wait for the queued steps), but each agreement waits for the slowest process's host. Every
+#: 10 steps it costs well under 1% of a step, and a stop waits at most 10 steps, seconds at worst,
+#: far inside a scheduler's grace period (30 s on Kubernetes by default). Alone, the flag is a
+#: Python bool read after every step.
+AGREE_EVERY = 10
+
+
+class StopWatch:
+    """SIGTERM and SIGINT as a request to stop after the step in progress, and the clock of
+    ``--save-every``; :meth:`poll` gives every process the same answer."""
+
+    def __init__(self, minutes: float, dist: Distributed):
+        self.minutes, self.dist = minutes, dist
+        self.signum = 0  # the first stop signal received
+        self.saved_at = time.monotonic()
+
+    @contextlib.contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """The handlers, for as long as the run trains (only the main thread may set them)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: now, without a resume point
+        self.signum = self.signum or signum
+
+    def poll(self, batch: int | None) -> tuple[bool, int]:
+        """(write a resume point now, the signal to stop at or 0), the same in every process;
+        checked after step ``batch`` of an epoch (None: at its end, always)."""
+        if self.dist.world > 1 and batch is not None and batch % AGREE_EVERY:
+            return False, 0
+        due = self.minutes > 0 and time.monotonic() - self.saved_at >= self.minutes * 60
+        signum, due = self.dist.host_max([self.signum, int(due)])  # SIGTERM (15) wins over SIGINT (2)
+        return bool(due or signum), signum
+
+    def saved(self) -> None:
+        self.saved_at = time.monotonic()
+
+
+@dataclasses.dataclass
+class EpochSoFar:
+    """An epoch in progress, as a mid-epoch resume point holds it for one process: where its
+    loader stands and its running sums."""
+
+    position: data.Position
+    loss: float  # sum of loss x images (a float32 value: resumed sums continue bit-identically)
+    correct: int
+    seen: int
+    seconds: float
+
+
+def write_mid_epoch_point(out: Path, model, optimizer, scheduler, scaler, dist: Distributed,
+                          state: dict, so_far: EpochSoFar, batches: int, stopping: bool, log) -> bool:
+    """A resume point after step ``so_far.position.batch`` of epoch ``state["epoch"] + 1``: every
+    process's loader generator and sums are gathered (the processes draw their own augmentation),
+    rank 0 writes. A failed write leaves the previous point; the run goes on after one warning,
+    or when ``stopping`` ends with the error. Whether the point was written (on rank 0)."""
+    position = so_far.position
+    generators = dist.host_gather(position.generator)
+    sums = dist.host_gather(torch.tensor([so_far.loss, so_far.correct], dtype=torch.float64))
+    if not dist.is_main:
+        return True
+    extra = {f"epoch.generator.{r}": t for r, t in enumerate(generators)}
+    extra.update({f"epoch.sums.{r}": t for r, t in enumerate(sums)})
+    state = {**state, "step": state["epoch"] * batches + position.batch,
+             "partial": {"batch": position.batch, "batches": batches, "chunk_start": position.chunk_start,
+                         "seen": so_far.seen, "seconds": so_far.seconds}}
+    try:
+        save_checkpoint(out, model, optimizer, scheduler, scaler, state, extra)
+    except Unavailable as exc:
+        if stopping:
+            raise
+        log(f"warning: {exc}; training goes on")
+        return False
+    return True
+
+
+def resumed_epoch(tensors: dict, state: dict, dist: Distributed) -> EpochSoFar:
+    """This process's part of a mid-epoch resume point: its own loader generator and sums when the
+    point was written by as many processes; otherwise the position alone (the rest of the epoch
+    draws afresh) and rank 0 carrying the sums."""
+    partial = state["partial"]
+    saved_world = state.get("world_size", 1)
+    try:
+        sums = [tensors[f"epoch.sums.{r}"].tolist() for r in range(saved_world)]
+        generator = tensors[f"epoch.generator.{dist.rank}"] if saved_world == dist.world else None
+    except KeyError as exc:
+        raise CheckpointError(f"{STATE_NAME}: a mid-epoch resume point without {exc.args[0]}") from None
+    if generator is not None:
+        position = data.Position(partial["batch"], partial["chunk_start"], generator.clone())
+        (loss, correct), seen = sums[dist.rank], partial["seen"]
+    else:
+        position = data.Position(partial["batch"], partial["chunk_start"])
+        loss, correct = (sum(column) for column in zip(*sums)) if dist.is_main else (0.0, 0.0)
+        seen = partial["seen"] * saved_world if dist.is_main else 0
+    return EpochSoFar(position, loss, int(correct), seen, partial["seconds"])
+
+
+# ----------------------------------------------------------------------------------------------
 # Epochs
 # ----------------------------------------------------------------------------------------------
 
@@ -542,18 +747,31 @@ def begin_graph_step(cfg: TrainConfig) -> None:
 
 
 def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, epoch,
-                    dist: Distributed = Distributed(), log_every=20):
-    """One epoch; host syncs only after the loop (progress and NaN checks read lagged copies)."""
+                    dist: Distributed = Distributed(), log_every=20, resumed: EpochSoFar | None = None,
+                    after_step: Callable[[int, Callable[[], EpochSoFar]], None] | None = None):
+    """One epoch; host syncs only after the loop (progress and NaN checks read lagged copies).
+
+    ``resumed``: continue the epoch from a mid-epoch resume point. ``after_step(step, so_far)``
+    runs after every step but the last (the epoch's end writes a point anyway); ``so_far()``
+    reads the epoch's state back (a sync), for a resume point."""
     model.train()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    start = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+    resumed = resumed or EpochSoFar(data.Position(0, 0), 0.0, 0, 0, 0.0)
+    total_loss = torch.full((), resumed.loss, device=device)
+    correct = torch.full((), resumed.correct, device=device, dtype=torch.long)
+    seen = resumed.seen
+    start = time.perf_counter() - resumed.seconds
+    first = resumed.position.batch
+    bar = tqdm(total=len(loader), initial=first, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     readout = LaggedReadout(device)
     gradients = GradientMagnitudes(model)
-    for step, (images, labels) in enumerate(loader.epoch(cfg.seed, epoch), 1):
+
+    def so_far() -> EpochSoFar:
+        return EpochSoFar(loader.position, total_loss.item(), int(correct.item()), seen,
+                          time.perf_counter() - start)
+
+    batches = loader.epoch(cfg.seed, epoch, start=resumed.position if first else None)
+    for step, (images, labels) in enumerate(batches, first + 1):
         if cfg.check_finite and not bool(torch.isfinite(images).all()):
             raise InvalidInput(f"epoch {epoch}, step {step}: the input batch holds NaN or Inf")
         if cfg.channels_last and images.dim() == 4:
@@ -587,6 +805,12 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
                 bar.set_postfix(loss=f"{loss_sum / counted:.4f}", acc=f"{right / counted:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.update(1)
+        if after_step is not None and step < len(loader):
+            try:
+                after_step(step, so_far)
+            except BaseException:  # a stop: the bar ends cleanly before the message
+                bar.close()
+                raise
     bar.close()
     # the epoch's one read-back of its totals (after the loop, never inside a step); timed after
     # it, so that images/s counts the steps the GPU has finished, not those the host queued
@@ -665,13 +889,17 @@ def evaluate(cfg: TrainConfig, eval_model, loader, device, dist: Distributed = D
 # ----------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, explicit: set[str] | None = None,
-          stop_after_epoch: int | None = None, log=print) -> dict:
+def train(cfg: TrainConfig, *, resume: bool | str | None = None, overwrite: bool = False,
+          explicit: set[str] | None = None, stop_after_epoch: int | None = None, log=print) -> dict:
     """Train (or resume) and return the last epoch's metrics.
 
-    ``resume``: continue the run in ``cfg.out`` from its resume point. The fields listed in
+    ``resume``: True: continue the run in ``cfg.out`` from its resume point. The fields listed in
     :data:`RESUMABLE_OVERRIDES` (``epochs``, ``device``, ...) are taken from ``cfg``; every other
-    field must match the checkpoint's or be left at None.
+    field must match the checkpoint's or be left at None. ``"auto"``: continue when ``cfg.out``
+    holds a resume point, start afresh otherwise. None (the default): ``"auto"`` in a process that
+    torchrun restarted (``--max-restarts``), else False.
+    SIGTERM or SIGINT stops the run after the step in progress, with a resume point there: it
+    raises :class:`Stopped` (a KeyboardInterrupt); a second Ctrl-C stops at once.
     ``overwrite``: a fresh run may replace a run already in ``cfg.out`` (otherwise refused).
     ``explicit``: the fields the user set (the command line passes them); by default every field
     of ``cfg`` that is not None.
@@ -682,8 +910,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, ex
         >>> result = train(TrainConfig(epochs=2, out="runs/doctest"), resume=True)  # doctest: +SKIP
     """
     out = Path(cfg.out)
+    if resume is None and elastic_restart():  # the first attempt did what --overwrite asked
+        resume, overwrite = "auto", False
+    if resume not in (None, False, True, "auto"):
+        raise InvalidInput(f"resume must be True, False or 'auto', got {resume!r}")
     if resume and overwrite:
         raise InvalidInput("--resume continues the run in the output folder and --overwrite replaces it: pick one")
+    if resume == "auto":
+        resume = has_resume_point(out)
     if explicit is None:
         explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) is not None}
     import_modules(cfg.imports)
@@ -709,7 +943,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
            log) -> dict:
     saved = None
     if resume:
-        tensors, saved = load_checkpoint(out)
+        tensors, saved = load_checkpoint(out, log if writes_outputs() else None)
         cfg = merge_resumed_config(saved["config"], cfg, explicit)
         validate(cfg)
     dist, device = init_distributed(cfg.device)
@@ -735,15 +969,18 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    start_epoch, best_acc, history = 0, 0.0, []
+    start_epoch, best_acc, history, so_far = 0, 0.0, [], None
     if saved is not None:
         restore(tensors, saved, model, optimizer, scheduler, scaler)
         start_epoch, best_acc = saved["epoch"], saved["best_acc"]
         history = read_metrics(out, start_epoch)
+        if saved.get("partial") and start_epoch < cfg.epochs:
+            so_far = resumed_epoch(tensors, saved, dist)
         if dist.is_main:
             atomic_write_text(out / METRICS_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
-            log(f"resuming {out} after epoch {start_epoch}" if start_epoch < cfg.epochs else
-                f"{out} has trained {start_epoch} of {cfg.epochs} epochs: nothing to train (raise --epochs)")
+            log(f"{out} has trained {start_epoch} of {cfg.epochs} epochs: nothing to train (raise --epochs)"
+                if start_epoch >= cfg.epochs else f"resuming {out} at {point_name(saved)}" if so_far else
+                f"resuming {out} after epoch {start_epoch}")
             if saved.get("world_size", 1) != dist.world:  # each process's share of the data changes
                 log(f"note: {out} was trained by {saved['world_size']} process(es), this run has "
                     f"{dist.world}: it continues, but not bit-identically to an uninterrupted run")
@@ -766,11 +1003,45 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
 
     row = history[-1] if history else {}
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    watch, stopped = StopWatch(cfg.save_every, dist), None
+    try:
+        with watch.handling_signals():
+            row = _epochs(cfg, out, model, step_model, eval_model, optimizer, scheduler, scaler, device, dist,
+                          train_loader, test_loader, probe, watch, range(start_epoch + 1, cfg.epochs + 1),
+                          so_far, best_acc, row, stop_after_epoch, log)
+    except Stopped as stop:  # every process stops here, at the same step: the group ends cleanly
+        stopped = stop
+    del wrapped, step_model  # DDP's reducer holds the process group: gone before the group is
+    dist.leave()
+    if stopped is not None:
+        raise stopped
+    return {**row, "out": str(out)}
+
+
+def _epochs(cfg: TrainConfig, out: Path, model, step_model, eval_model, optimizer, scheduler, scaler, device,
+            dist: Distributed, train_loader, test_loader, probe, watch: StopWatch, epochs: range,
+            so_far: EpochSoFar | None, best_acc: float, row: dict, stop_after_epoch: int | None, log) -> dict:
+    """The epochs of a run, each ended by its metrics and resume point; the last one's row."""
+    batches = len(train_loader)
+    for epoch in epochs:
+        state = {"epoch": epoch - 1, "best_acc": best_acc, "config": dataclasses.asdict(cfg), "world_size": dist.world}
+
+        def after_step(step: int, current: Callable[[], EpochSoFar]) -> None:
+            save, signum = watch.poll(step)
+            if save:
+                write_mid_epoch_point(out, model, optimizer, scheduler, scaler, dist, state, current(),
+                                      batches, bool(signum), log)
+                watch.saved()
+            if signum:
+                dist.barrier()  # no process ends before rank 0 has written (torchrun would stop it)
+                raise Stopped(signum, out, point_name({**state, "step": (epoch - 1) * batches + step,
+                                                       "partial": {"batch": step, "batches": batches}}))
+
         lr = optimizer.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr, "test_split": dataset.test_split}
         row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
-                                   epoch, dist))
+                                   epoch, dist, resumed=so_far, after_step=after_step))
+        so_far = None
         scheduler.step()
         dist.broadcast_buffers(model)  # every process evaluates the running statistics rank 0 saves
         row.update(evaluate(cfg, eval_model, test_loader, device, dist))
@@ -780,12 +1051,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
             log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
                 f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
             append_metrics(out, row)
-            state = {"epoch": epoch, "step": epoch * len(train_loader), "best_acc": best_acc,
+            state = {"epoch": epoch, "step": epoch * batches, "best_acc": best_acc,
                      "config": dataclasses.asdict(cfg), "world_size": dist.world}
             save_checkpoint(out, model, optimizer, scheduler, scaler, state)
+        watch.saved()
         dist.barrier()
+        _, signum = watch.poll(None)  # a signal during the epoch's last step, evaluation or write
+        if signum:
+            raise Stopped(signum, out, f"step {epoch * batches} (the end of epoch {epoch})")
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
-    del wrapped, step_model  # DDP's reducer holds the process group: gone before the group is
-    dist.leave()
-    return {**row, "best_acc": best_acc, "out": str(out)}
+    return {**row, "best_acc": best_acc}

@@ -1,6 +1,9 @@
-"""Killed runs lose nothing: SIGKILL mid-epoch and mid-checkpoint, then --resume; disk problems."""
+"""Killed runs lose nothing: SIGKILL mid-epoch and mid-checkpoint, SIGTERM and SIGINT, then
+--resume; disk problems while writing; a corrupt resume point."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import namedtuple
@@ -95,3 +98,41 @@ def test_resume_refuses_a_pickled_trainer_state(tmp_path, capsys):
     torch.save({"epoch": 1}, state)  # a pickle where a safetensors file belongs
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     assert "looks like a pickle / torch.save file" in capsys.readouterr().err
+
+
+def signal_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """The process receives ``signum`` during its ``step``-th training step (counted over the run)."""
+    real_loss = train_module.loss_fn
+    calls = {"n": 0}
+
+    def loss_fn(*args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_module, "loss_fn", loss_fn)
+
+
+@pytest.mark.parametrize("signum,step,saved", [
+    (signal.SIGTERM, 30, "step 30 (epoch 2, batch 8 of 22)"),  # mid-epoch
+    (signal.SIGINT, 5, "step 5 (epoch 1, batch 5 of 22)"),
+    (signal.SIGTERM, 44, "step 44 (the end of epoch 2)"),  # the epoch's last step: the epoch ends first
+])
+def test_a_stop_signal_saves_the_step_in_progress(tmp_path, uninterrupted, monkeypatch, capsys, signum, step, saved):
+    """SIGTERM (a scheduler's preemption) or Ctrl-C: the step in progress ends, a resume point is
+    written there, the process exits 128 + the signal with one line naming the step; the resumed
+    run ends bit-identical to one never stopped."""
+    out = tmp_path / "run"
+    signal_at(monkeypatch, step, signum)
+    argv = ["train", "--out", str(out), "--epochs", str(EPOCHS), "--device", "cpu"]
+    assert cli.main(argv) == 128 + signum
+    err = capsys.readouterr().err
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1] == (f"mpdagl train: stopped by {name}; {out} holds {saved}: continue with "
+                           f"`mpdagl train --out {out} --resume`")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are gone with the run
+    monkeypatch.undo()
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert f"resuming {out} at {saved}" in capsys.readouterr().out or "end of epoch" in saved
+    assert_same_run(out, uninterrupted)

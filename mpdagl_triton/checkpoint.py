@@ -94,7 +94,11 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 def _refuse_pickle(path: Path, data: bytes) -> None:
-    # pickle protocol 2+ starts with 0x80; torch.save archives are zip files ("PK")
+    # pickle protocol 2+ starts with 0x80; torch.save archives are zip files ("PK"); a safetensors
+    # file starts with its header's length (8 bytes, little-endian: 0x80 first for some lengths)
+    # and then the JSON header's "{"
+    if data[8:9] == b"{" and 8 + int.from_bytes(data[:8], "little") <= len(data):
+        return
     if data[:1] == b"\x80" or data[:2] == b"PK":
         raise CheckpointError(f"{path} looks like a pickle / torch.save file; only safetensors are loaded")
 

@@ -282,10 +282,17 @@ def has_resume_point(out: Path) -> bool:
     return (out / STATE_NAME).is_file() or (out / PREVIOUS_STATE_NAME).is_file()
 
 
-def elastic_restart() -> bool:
+def elastic_restart(out: Path) -> bool:
     """Whether this process is torchrun's restart of a failed group (``--max-restarts``): it then
-    continues from the resume point its first attempt left, if any."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    continues from the resume point an earlier attempt left, if any. Known from the torchrun run
+    id that the point records (the restart count differs between nodes: a node whose workers did
+    not fail restarts them with the count unchanged), else from the restart count."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id == "none":  # torchrun's default without --rdzv-id: the same for every launch
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((out / STATE_JSON).read_text()).get("torchrun_run") == run_id
+    return False
 
 
 def restartable() -> bool:
@@ -410,11 +417,35 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     owns_group = not torch.distributed.is_initialized()
     if owns_group:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        store = _attempt_store(world)
+        if store is None:
+            torch.distributed.init_process_group(backend)
+        else:
+            torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world)
     host_group = None
     if torch.distributed.get_backend() != "gloo":
         host_group = torch.distributed.new_group(backend="gloo")
     return Distributed(rank, world, owns_group, host_group), device
+
+
+def _attempt_store(world: int):
+    """torchrun's store, its keys apart for each attempt of the group; None: torch's default.
+
+    torchrun shares one store between its rendezvous and the workers' process groups, kept across
+    restarts: a restarted group's processes would read the addresses its previous attempt
+    published there and connect to dead processes (refused, or waiting). Prefixed by the restart
+    count, the attempts keep apart; on one node only, where one agent counts the restarts of all
+    processes (over several nodes set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun: each
+    attempt then gets a store of its own)."""
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or int(os.environ.get("LOCAL_WORLD_SIZE", "0")) != world):
+        return None
+    from torch.distributed.constants import default_pg_timeout
+
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                       is_master=False, timeout=default_pg_timeout)
+    return torch.distributed.PrefixStore(f"mpdagl/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def uses_channels_last(channels_last: bool | None, device: torch.device) -> bool:
@@ -509,6 +540,7 @@ def _write_checkpoint(out: Path, model, optimizer, scheduler, scaler, state: dic
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "python_rng": random.getstate(),
         "library_version": __version__,
+        "torchrun_run": os.environ.get("TORCHELASTIC_RUN_ID"),  # its restarts resume (elastic_restart)
     }
     text = json.dumps(state, sort_keys=True)
     save_tensors(out / STATE_NAME, tensors, metadata={"state": text}, previous=out / PREVIOUS_STATE_NAME)
@@ -910,7 +942,7 @@ def train(cfg: TrainConfig, *, resume: bool | str | None = None, overwrite: bool
         >>> result = train(TrainConfig(epochs=2, out="runs/doctest"), resume=True)  # doctest: +SKIP
     """
     out = Path(cfg.out)
-    if resume is None and elastic_restart():  # the first attempt did what --overwrite asked
+    if resume is None and elastic_restart(out):  # the first attempt did what --overwrite asked
         resume, overwrite = "auto", False
     if resume not in (None, False, True, "auto"):
         raise InvalidInput(f"resume must be True, False or 'auto', got {resume!r}")

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import mpdagl_triton as M
 from mpdagl_triton import cli, models
+from support.runs import assert_same_run
 
 WORLD = 2
 
@@ -146,6 +148,45 @@ def test_torchrun_train_command(tmp_path, capsys):
     assert M.load(out).num_classes == 10
     assert cli.main(["eval", "--checkpoint", str(out), "--batch-size", "400", "--device", "cpu"]) == 0
     assert f"test accuracy {rows[0]['test_acc']:.4f}, loss {rows[0]['test_loss']:.4f}" in capsys.readouterr().out
+
+
+def torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --standalone ARGS`` on the CPU, its workers killed with it on a timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                           start_new_session=True)
+    try:
+        stdout, stderr = run.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(cmd, run.returncode, stdout, stderr)
+
+
+@pytest.mark.slow
+def test_elastic_restarts_after_sigterm_and_sigkill_end_bit_identical(tmp_path):
+    """torchrun --max-restarts: a preempted rank (SIGTERM) stops the group at the step all agree
+    on, with one resume point; the restarted group continues from it, loses rank 1 to SIGKILL
+    mid-epoch, restarts again from the last mid-epoch point and ends with the weights and metrics
+    of a 2-process run never interrupted."""
+    runner = Path(__file__).parent / "support" / "fault_runner.py"
+    train_args = ["--epochs", "2", "--device", "cpu", "--save-every", "1e-9", "--resume", "auto"]
+    full = torchrun(["--nproc_per_node", str(WORLD), "-m", "mpdagl_triton.cli", "train", *train_args,
+                     "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    # attempt 0: rank 1 gets SIGTERM in step 15, all stop after step 20 (they agree every 10 steps);
+    # attempt 1 resumes there, rank 1 dies in its 17th step (step 37: epoch 2, batch 15);
+    # attempt 2 resumes from step 32 (epoch 2, batch 10), the last point the group agreed on
+    out = tmp_path / "run"
+    run = torchrun(["--max-restarts", "3", "--nproc_per_node", str(WORLD), str(runner), "plan",
+                    "0/1/term/15,1/1/kill/17", *train_args, "--out", str(out)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (f"mpdagl train: stopped by SIGTERM; {out} holds step 20 (epoch 1, batch 20 of 22): continue with"
+            in run.stderr), run.stderr[-3000:]
+    assert f"resuming {out} at step 20 (epoch 1, batch 20 of 22)" in run.stdout
+    assert f"resuming {out} at step 32 (epoch 2, batch 10 of 22)" in run.stdout
+    assert_same_run(out, tmp_path / "full")
 
 
 def test_a_run_destroys_the_process_group_it_created(tmp_path):

@@ -691,16 +691,16 @@ class EpochSoFar:
 
 
 def write_mid_epoch_point(out: Path, model, optimizer, scheduler, scaler, dist: Distributed,
-                          state: dict, so_far: EpochSoFar, batches: int, stopping: bool, log) -> bool:
+                          state: dict, so_far: EpochSoFar, batches: int, stopping: bool, log) -> None:
     """A resume point after step ``so_far.position.batch`` of epoch ``state["epoch"] + 1``: every
     process's loader generator and sums are gathered (the processes draw their own augmentation),
     rank 0 writes. A failed write leaves the previous point; the run goes on after one warning,
-    or when ``stopping`` ends with the error. Whether the point was written (on rank 0)."""
+    or when ``stopping`` ends with the error."""
     position = so_far.position
     generators = dist.host_gather(position.generator)
     sums = dist.host_gather(torch.tensor([so_far.loss, so_far.correct], dtype=torch.float64))
     if not dist.is_main:
-        return True
+        return
     extra = {f"epoch.generator.{r}": t for r, t in enumerate(generators)}
     extra.update({f"epoch.sums.{r}": t for r, t in enumerate(sums)})
     state = {**state, "step": state["epoch"] * batches + position.batch,
@@ -712,8 +712,6 @@ def write_mid_epoch_point(out: Path, model, optimizer, scheduler, scaler, dist: 
         if stopping:
             raise
         log(f"warning: {exc}; training goes on")
-        return False
-    return True
 
 
 def resumed_epoch(tensors: dict, state: dict, dist: Distributed) -> EpochSoFar:
@@ -1034,63 +1032,54 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
                               workers=cfg.workers, rank=dist.rank, world=dist.world)
     probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
 
-    row = history[-1] if history else {}
+    row, batches = history[-1] if history else {}, len(train_loader)
     watch, stopped = StopWatch(cfg.save_every, dist), None
     try:
         with watch.handling_signals():
-            row = _epochs(cfg, out, model, step_model, eval_model, optimizer, scheduler, scaler, device, dist,
-                          train_loader, test_loader, probe, watch, range(start_epoch + 1, cfg.epochs + 1),
-                          so_far, best_acc, row, stop_after_epoch, log)
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                begun = {"epoch": epoch - 1, "best_acc": best_acc, "config": dataclasses.asdict(cfg),
+                         "world_size": dist.world}
+
+                def after_step(step: int, current: Callable[[], EpochSoFar]) -> None:
+                    save, signum = watch.poll(step)
+                    if save:
+                        write_mid_epoch_point(out, model, optimizer, scheduler, scaler, dist, begun, current(),
+                                              batches, bool(signum), log)
+                        watch.saved()
+                    if signum:
+                        dist.barrier()  # no process ends before rank 0 has written (torchrun would stop it)
+                        raise Stopped(signum, out, point_name({**begun, "step": (epoch - 1) * batches + step,
+                                                               "partial": {"batch": step, "batches": batches}}))
+
+                lr = optimizer.param_groups[0]["lr"]
+                row = {"epoch": epoch, "lr": lr, "test_split": dataset.test_split}
+                row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
+                                           epoch, dist, resumed=so_far, after_step=after_step))
+                so_far = None
+                scheduler.step()
+                dist.broadcast_buffers(model)  # every process evaluates the running statistics rank 0 saves
+                row.update(evaluate(cfg, eval_model, test_loader, device, dist))
+                best_acc = max(best_acc, row["test_acc"])
+                if dist.is_main:  # metrics and checkpoints come from one process
+                    row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
+                    log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                        f"train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
+                        f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
+                    append_metrics(out, row)
+                    state = {"epoch": epoch, "step": epoch * batches, "best_acc": best_acc,
+                             "config": dataclasses.asdict(cfg), "world_size": dist.world}
+                    save_checkpoint(out, model, optimizer, scheduler, scaler, state)
+                watch.saved()
+                dist.barrier()
+                _, signum = watch.poll(None)  # a signal in the epoch's last step, evaluation or write
+                if signum:
+                    raise Stopped(signum, out, f"step {epoch * batches} (the end of epoch {epoch})")
+                if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                    break
     except Stopped as stop:  # every process stops here, at the same step: the group ends cleanly
         stopped = stop
     del wrapped, step_model  # DDP's reducer holds the process group: gone before the group is
     dist.leave()
     if stopped is not None:
         raise stopped
-    return {**row, "out": str(out)}
-
-
-def _epochs(cfg: TrainConfig, out: Path, model, step_model, eval_model, optimizer, scheduler, scaler, device,
-            dist: Distributed, train_loader, test_loader, probe, watch: StopWatch, epochs: range,
-            so_far: EpochSoFar | None, best_acc: float, row: dict, stop_after_epoch: int | None, log) -> dict:
-    """The epochs of a run, each ended by its metrics and resume point; the last one's row."""
-    batches = len(train_loader)
-    for epoch in epochs:
-        state = {"epoch": epoch - 1, "best_acc": best_acc, "config": dataclasses.asdict(cfg), "world_size": dist.world}
-
-        def after_step(step: int, current: Callable[[], EpochSoFar]) -> None:
-            save, signum = watch.poll(step)
-            if save:
-                write_mid_epoch_point(out, model, optimizer, scheduler, scaler, dist, state, current(),
-                                      batches, bool(signum), log)
-                watch.saved()
-            if signum:
-                dist.barrier()  # no process ends before rank 0 has written (torchrun would stop it)
-                raise Stopped(signum, out, point_name({**state, "step": (epoch - 1) * batches + step,
-                                                       "partial": {"batch": step, "batches": batches}}))
-
-        lr = optimizer.param_groups[0]["lr"]
-        row = {"epoch": epoch, "lr": lr, "test_split": dataset.test_split}
-        row.update(train_one_epoch(cfg, model, step_model, train_loader, optimizer, scaler, device,
-                                   epoch, dist, resumed=so_far, after_step=after_step))
-        so_far = None
-        scheduler.step()
-        dist.broadcast_buffers(model)  # every process evaluates the running statistics rank 0 saves
-        row.update(evaluate(cfg, eval_model, test_loader, device, dist))
-        best_acc = max(best_acc, row["test_acc"])
-        if dist.is_main:  # metrics and checkpoints come from one process
-            row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
-            log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
-                f"test acc {row['test_acc']:.4f}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
-            append_metrics(out, row)
-            state = {"epoch": epoch, "step": epoch * batches, "best_acc": best_acc,
-                     "config": dataclasses.asdict(cfg), "world_size": dist.world}
-            save_checkpoint(out, model, optimizer, scheduler, scaler, state)
-        watch.saved()
-        dist.barrier()
-        _, signum = watch.poll(None)  # a signal during the epoch's last step, evaluation or write
-        if signum:
-            raise Stopped(signum, out, f"step {epoch * batches} (the end of epoch {epoch})")
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    return {**row, "best_acc": best_acc}
+    return {**row, "best_acc": best_acc, "out": str(out)}

@@ -1,7 +1,6 @@
 """Killed runs lose nothing: SIGKILL mid-epoch and mid-checkpoint, SIGTERM and SIGINT, then
 --resume; disk problems while writing; a corrupt resume point."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 import mpdagl_triton as M
 from mpdagl_triton import cli, train as train_module
 from mpdagl_triton.train import TrainConfig, load_checkpoint, train
-from support.runs import assert_same_run
+from support.runs import assert_same_run, signal_at
 
 RUNNER = Path(__file__).parent / "support" / "fault_runner.py"
 EPOCHS = 3  # 22 steps per epoch on digits
@@ -140,20 +139,6 @@ def test_resume_refuses_a_pickled_trainer_state(tmp_path, capsys):
     torch.save({"epoch": 1}, state)  # a pickle where a safetensors file belongs
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
     assert "looks like a pickle / torch.save file" in capsys.readouterr().err
-
-
-def signal_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
-    """The process receives ``signum`` during its ``step``-th training step (counted over the run)."""
-    real_loss = train_module.loss_fn
-    calls = {"n": 0}
-
-    def loss_fn(*args):
-        calls["n"] += 1
-        if calls["n"] == step:
-            os.kill(os.getpid(), signum)
-        return real_loss(*args)
-
-    monkeypatch.setattr(train_module, "loss_fn", loss_fn)
 
 
 @pytest.mark.parametrize("signum,step,saved", [

@@ -1,8 +1,6 @@
 """Long runs on preemptible clusters: mid-epoch resume points, `--resume auto`, torchrun restarts."""
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -10,7 +8,7 @@ import torch
 
 from mpdagl_triton import cli, data, train as train_module
 from mpdagl_triton.train import TrainConfig, train
-from support.runs import assert_same_run
+from support.runs import assert_same_run, signal_at
 
 REAL_LOSS = train_module.loss_fn
 
@@ -50,20 +48,6 @@ def test_a_loader_resumed_mid_epoch_hands_out_the_same_remaining_batches(world):
                 assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
-def sigterm_at(monkeypatch, step: int) -> None:
-    """SIGTERM during this process's ``step``-th training step from now."""
-    real_loss = train_module.loss_fn
-    calls = {"n": 0}
-
-    def loss_fn(*args):
-        calls["n"] += 1
-        if calls["n"] == step:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_loss(*args)
-
-    monkeypatch.setattr(train_module, "loss_fn", loss_fn)
-
-
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("preemption") / "full"
@@ -90,7 +74,7 @@ def test_a_torchrun_restart_resumes_and_does_not_overwrite(tmp_path, digits_run,
     even when the command said --overwrite (its first attempt did); the result is the run's."""
     out = tmp_path / "run"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
-    sigterm_at(monkeypatch, 30)
+    signal_at(monkeypatch, 30)
     argv = ["train", "--out", str(out), "--epochs", "2", "--device", "cpu", "--overwrite"]
     assert cli.main(argv) == 143
     monkeypatch.setattr(train_module, "loss_fn", REAL_LOSS)
@@ -114,9 +98,9 @@ def test_mid_epoch_resume_with_augmentation_over_several_chunks(tmp_path, monkey
             "--epochs", "2", "--device", "cpu"]
     assert cli.main([*argv, "--out", str(tmp_path / "full")]) == 0
     staged = [*argv, "--out", str(tmp_path / "staged")]
-    sigterm_at(monkeypatch, 3)
+    signal_at(monkeypatch, 3)
     assert cli.main(staged) == 143
-    sigterm_at(monkeypatch, 3)
+    signal_at(monkeypatch, 3)
     assert cli.main([*staged, "--resume"]) == 143
     assert train_module.load_checkpoint(tmp_path / "staged")[1]["step"] == 6
     monkeypatch.setattr(train_module, "loss_fn", REAL_LOSS)
@@ -130,7 +114,7 @@ def test_a_mid_epoch_point_of_another_process_count_continues_and_says_so(tmp_pa
     from mpdagl_triton.checkpoint import load_tensors, save_tensors
 
     out = tmp_path / "run"
-    sigterm_at(monkeypatch, 5)
+    signal_at(monkeypatch, 5)
     assert cli.main(["train", "--out", str(out), "--epochs", "1", "--device", "cpu"]) == 143
     path = out / train_module.STATE_NAME
     tensors, metadata = load_tensors(path)

@@ -1,13 +1,16 @@
-"""Comparing training runs: the same weights and the same metrics, bit for bit."""
+"""Training runs: compared bit for bit (weights and metrics), and interrupted by a signal."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import torch
 
 import mpdagl_triton as M
+from mpdagl_triton import train as train_module
 
 TIMING = {"seconds", "images_per_s"}  # the only fields of a metrics line allowed to differ
 
@@ -25,3 +28,18 @@ def assert_same_run(a: Path, b: Path) -> None:
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert metrics(a) == metrics(b)
+
+
+def signal_at(monkeypatch, step: int, signum: int = signal.SIGTERM) -> None:
+    """This process receives ``signum`` during its ``step``-th training step from now (a
+    scheduler's preemption, or Ctrl-C)."""
+    real_loss = train_module.loss_fn
+    calls = {"n": 0}
+
+    def loss_fn(*args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            os.kill(os.getpid(), signum)
+        return real_loss(*args)
+
+    monkeypatch.setattr(train_module, "loss_fn", loss_fn)

@@ -6,7 +6,8 @@ touch PIL; event data (CIFAR10-DVS) becomes float16 frames ``[N, T, 2, 48, 48]``
 ``save_to_disk``. :class:`Loader` batches a split: on a GPU the whole split lives there and is
 shuffled and augmented there; on the CPU a ``DataLoader`` gathers batches (``workers`` processes).
 Shuffling draws from a generator seeded by (seed, epoch), so an epoch's batches are the same
-whether or not the run was interrupted before it.
+whether or not the run was interrupted before it; ``Loader.position`` holds what continues them
+exactly from the middle of an epoch (a mid-epoch resume point's).
 """
 
 from __future__ import annotations

@@ -90,6 +90,26 @@ def test_a_full_disk_mid_epoch_warns_once_and_trains_on(tmp_path, uninterrupted,
     assert_same_run(out, uninterrupted)
 
 
+def test_a_full_disk_at_a_stop_signal_stops_cleanly_naming_the_error(tmp_path, monkeypatch, capsys):
+    """SIGTERM, and no space for the resume point of its step: exit 1 with the error, the point of
+    the last epoch intact."""
+    out = tmp_path / "run"
+    real = train_module.save_tensors
+
+    def full_disk(path, tensors, metadata=None, **kwargs):
+        if "partial" in metadata["state"]:
+            raise OSError(28, "No space left on device")
+        return real(path, tensors, metadata, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_tensors", full_disk)
+    signal_at(monkeypatch, 30)
+    assert cli.main(["train", "--out", str(out), "--epochs", str(EPOCHS), "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"mpdagl train: error: could not write the checkpoint of step 30 (epoch 2, batch 8 of 22) into {out} "
+        "([Errno 28] No space left on device); the previous checkpoint is intact")
+    assert load_checkpoint(out)[1]["epoch"] == 1 and not list(out.glob(".*.tmp-*"))
+
+
 def test_a_corrupt_resume_point_is_refused_by_name_and_the_previous_one_used(tmp_path, uninterrupted, capsys):
     out = tmp_path / "run"
     train(TrainConfig(out=str(out), epochs=EPOCHS, device="cpu"), stop_after_epoch=2)

@@ -232,6 +232,7 @@ def test_resume_drops_metrics_of_an_unfinished_epoch(tmp_path):
         (["--probe-size", "0"], "probe_size must be an integer >= 1, got 0"),
         (["--epochs", "-1"], "epochs must be an integer >= 1"),
         (["--lr", "0"], "lr must be a positive number"),
+        (["--save-every", "-1"], "save_every must be a number of minutes >= 0, got -1.0"),
         (["--resume"], "no checkpoint in"),
         (["--arch", "vgg13"], "8x8 images leave no feature map; it needs at least 32x32"),
         (["--data-path", "some/folder"], "digits ships with the package and reads no --data-path (some/folder); "

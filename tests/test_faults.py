@@ -53,7 +53,6 @@ def test_sigkill_then_resume_loses_nothing(tmp_path, uninterrupted, how, complet
     assert_same_run(out, uninterrupted)
 
 
-@pytest.mark.slow
 def test_sigkill_while_writing_a_mid_epoch_point_resumes_from_the_one_before(tmp_path, uninterrupted):
     """A resume point after every step (--save-every near 0); killed just before the rename of the
     one at step 30: the latest point is gone, the one kept before it (step 29) continues."""

@@ -119,7 +119,7 @@ def test_a_mid_epoch_point_of_another_process_count_continues_and_says_so(tmp_pa
     path = out / train_module.STATE_NAME
     tensors, metadata = load_tensors(path)
     state = json.loads(metadata["state"])
-    for name in ("epoch.streams", "epoch.sums"):  # rank 1's, a copy of rank 0's
+    for name in ("epoch.generator", "epoch.sums"):  # rank 1's, a copy of rank 0's
         tensors[f"{name}.1"] = tensors[f"{name}.0"].clone()
     save_tensors(path, tensors, metadata={**metadata, "state": json.dumps({**state, "world_size": 2})})
     monkeypatch.setattr(train_module, "loss_fn", REAL_LOSS)

@@ -688,6 +688,8 @@ class EpochSoFar:
     correct: int
     seen: int
     seconds: float
+    gradients: torch.Tensor | None = None  # GradientMagnitudes' sums (the same in every process)
+    gradient_steps: int = 0
 
 
 def write_mid_epoch_point(out: Path, model, optimizer, scheduler, scaler, dist: Distributed,
@@ -703,9 +705,11 @@ def write_mid_epoch_point(out: Path, model, optimizer, scheduler, scaler, dist: 
         return
     extra = {f"epoch.generator.{r}": t for r, t in enumerate(generators)}
     extra.update({f"epoch.sums.{r}": t for r, t in enumerate(sums)})
+    if so_far.gradients is not None:
+        extra["epoch.gradients"] = so_far.gradients
     state = {**state, "step": state["epoch"] * batches + position.batch,
              "partial": {"batch": position.batch, "batches": batches, "chunk_start": position.chunk_start,
-                         "seen": so_far.seen, "seconds": so_far.seconds}}
+                         "seen": so_far.seen, "seconds": so_far.seconds, "gradient_steps": so_far.gradient_steps}}
     try:
         save_checkpoint(out, model, optimizer, scheduler, scaler, state, extra)
     except Unavailable as exc:
@@ -732,7 +736,8 @@ def resumed_epoch(tensors: dict, state: dict, dist: Distributed) -> EpochSoFar:
         position = data.Position(partial["batch"], partial["chunk_start"])
         loss, correct = (sum(column) for column in zip(*sums)) if dist.is_main else (0.0, 0.0)
         seen = partial["seen"] * saved_world if dist.is_main else 0
-    return EpochSoFar(position, loss, int(correct), seen, partial["seconds"])
+    return EpochSoFar(position, loss, int(correct), seen, partial["seconds"], tensors.get("epoch.gradients"),
+                      partial.get("gradient_steps", 0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -795,10 +800,12 @@ def train_one_epoch(cfg, model, step_model, loader, optimizer, scaler, device, e
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
     readout = LaggedReadout(device)
     gradients = GradientMagnitudes(model)
+    if resumed.gradients is not None:
+        gradients.total, gradients.steps = resumed.gradients.to(device), resumed.gradient_steps
 
     def so_far() -> EpochSoFar:
-        return EpochSoFar(loader.position, total_loss.item(), int(correct.item()), seen,
-                          time.perf_counter() - start)
+        return EpochSoFar(loader.position, total_loss.item(), int(correct.item()), seen, time.perf_counter() - start,
+                          None if gradients.total is None else gradients.total.cpu(), gradients.steps)
 
     batches = loader.epoch(cfg.seed, epoch, start=resumed.position if first else None)
     for step, (images, labels) in enumerate(batches, first + 1):

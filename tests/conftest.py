@@ -43,3 +43,16 @@ os.environ.pop("MPDAGL_BACKEND", None)  # tests choose backends explicitly
 # what ops.compile_options sets before a first compile; here before any test starts inductor's
 # compile workers, whatever the order the tests run in
 os.environ.setdefault("TORCHINDUCTOR_STATIC_LAUNCH_USER_DEFINED_TRITON_KERNELS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped here without one (bench/gpu_check.sh's
+    tests stage runs them on a GPU machine)."""
+    import pytest
+
+    if torch.cuda.is_available():
+        return
+    needs_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(needs_cuda)

@@ -109,7 +109,8 @@ def test_analyze_writes_valid_figures_and_a_true_summary(two_runs, capsys):
     assert cli.main(["analyze", str(run), "--compare", str(other)]) == 0
     out = run / "analysis"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["files"]) == {"gamma_beta", "firing_rate", "grad_available", "kappa", "theorems", "compare"}
+    assert set(summary["files"]) == {"gamma_beta", "firing_rate", "grad_available", "kappa", "theorems",
+                                     "grad_norms", "compare"}
     for name in summary["files"].values():
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.size[0] > 500 and image.size[1] > 300

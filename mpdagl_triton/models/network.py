@@ -77,9 +77,11 @@ def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = Fa
 
 def unknown_architecture(arch: str) -> str:
     """The message for an architecture nobody registered."""
-    return (f"unknown architecture {arch!r}; available: {', '.join(sorted(ARCHITECTURES))}. An "
-            "architecture of your own must be registered before use (mpdagl_triton.models.register): "
-            "import the module that registers it (mpdagl train --import MODULE)")
+    registered = sorted(set(ARCHITECTURES) - ZOO)
+    return (f"unknown architecture {arch!r}; available: {', '.join(sorted(ZOO))}"
+            + (f"; registered here: {', '.join(registered)}" if registered else "")
+            + ". An architecture of your own must be registered before use (mpdagl_triton.models."
+              "register): import the module that registers it (mpdagl train --import MODULE)")
 
 
 NEURON_OPTIONS = ("vth", "tau", "learn_tau", "surrogate", "width_rule", "alpha", "kappa0", "backend")

@@ -151,11 +151,17 @@ def test_a_one_epoch_run_is_drawn(two_runs, tmp_path):
         assert blue > 40, (name, blue)
 
 
+@pytest.mark.slow
+
+
 def test_energy_command(two_runs, capsys):
     run, _ = two_runs
     assert cli.main(["energy", str(run)]) == 0
     out = capsys.readouterr().out
     assert "#Add" in out and "mJ" in out and "SNN / ANN energy" in out
+
+
+@pytest.mark.slow
 
 
 def test_metrics_carry_the_probe_statistics(two_runs):

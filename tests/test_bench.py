@@ -295,6 +295,9 @@ def test_train_step_process_waits_for_its_turn_before_timing(tmp_path):
     assert (tmp_path / "ready").exists() and rows[0]["ms"] > 0 and rows[0]["compile_s"] > 0
 
 
+@pytest.mark.slow
+
+
 def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
     """SpikingJelly logs through loguru's global logger; with loguru's default sink a logger call
     reads the caller's frame (sys._getframe), which dynamo cannot trace: a graph break per call.
@@ -322,6 +325,9 @@ def test_spikingjelly_logging_no_longer_breaks_the_graph(monkeypatch):
     finally:
         loguru.logger.remove()
         loguru.logger.add(sys.stderr)  # loguru's default sink back for the rest of the session
+
+
+@pytest.mark.slow
 
 
 def test_spikingjelly_state_is_reset_outside_the_compiled_step(monkeypatch):
@@ -606,6 +612,9 @@ def test_graph_breaks_are_counted_with_their_reasons(monkeypatch):
     assert row["graphs"] == 2 and row["breaks"] == 1
     assert "builtin operator `print`" in row["reasons"][0]["reason"]
     assert any("test_bench.py" in frame for frame in row["reasons"][0]["where"])
+
+
+@pytest.mark.slow
 
 
 def test_inference_benchmark(tmp_path):

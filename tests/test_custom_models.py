@@ -46,6 +46,9 @@ def test_register_refuses_what_would_surprise():
         models.create("nobody-made-me", 10, T=2)
 
 
+@pytest.mark.slow
+
+
 def test_the_public_blocks_build_a_plain_network_and_each_rule_trains_it(tmp_path):
     """The example's small version: every width rule through train(), then analyze --compare."""
     depth = 3
@@ -71,6 +74,9 @@ def test_the_public_blocks_build_a_plain_network_and_each_rule_trains_it(tmp_pat
     model = M.load(runs[1])
     assert model.arch == "deep-plain" and model(torch.rand(4, 1, 8, 8)).shape == (4, 10)
     assert cli.main(["train", "--out", str(runs[1]), "--resume", "--epochs", "4"]) == 0
+
+
+@pytest.mark.slow
 
 
 def test_gradient_magnitudes_are_the_mean_absolute_weight_gradients(tmp_path, monkeypatch):
@@ -141,6 +147,9 @@ def test_normalized_batches_for_a_loop_of_your_own():
     assert torch.equal(train_images, again)  # an epoch's batches depend on (seed, epoch) only
     with pytest.raises(InvalidInput, match="split must be 'train' or 'test'"):
         next(digits.batches("valid", 64))
+
+
+@pytest.mark.slow
 
 
 def test_a_registered_network_resumes_exactly(tmp_path, capsys):

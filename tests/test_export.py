@@ -151,6 +151,7 @@ def test_inference_path_is_taken_only_in_eval_without_gradients():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("arch,channels,size", ZOO)
+@pytest.mark.slow
 def test_nir_round_trip_is_exact(arch, channels, size, dtype, tmp_path):
     """to_nir (-> .nir file) -> from_nir runs the same spikes and logits, bit for bit, as the
     model's inference path."""
@@ -296,6 +297,9 @@ def digits_test_split(model):
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
+@pytest.mark.slow
+
+
 def test_digits_model_in_spikingjelly_predicts_as_mpdagl_eval(trained, tmp_path, capsys):
     """`mpdagl export --format nir`, imported by SpikingJelly in float32: the same spikes as
     `mpdagl eval`'s inference path (which fires as the op's eval route does) except at ties, the
@@ -325,6 +329,9 @@ def test_digits_model_in_spikingjelly_predicts_as_mpdagl_eval(trained, tmp_path,
     assert torch.equal(theirs.argmax(1), ours.argmax(1))
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
     assert float((theirs.argmax(1) == labels).double().mean()) == pytest.approx(accuracy, abs=5e-5)
+
+
+@pytest.mark.slow
 
 
 def test_torch_export_of_a_trained_model(trained):

@@ -53,6 +53,9 @@ def test_sigkill_then_resume_loses_nothing(tmp_path, uninterrupted, how, complet
     assert_same_run(out, uninterrupted)
 
 
+@pytest.mark.slow
+
+
 def test_sigkill_while_writing_a_mid_epoch_point_resumes_from_the_one_before(tmp_path, uninterrupted):
     """A resume point after every step (--save-every near 0); killed just before the rename of the
     one at step 30: the latest point is gone, the one kept before it (step 29) continues."""
@@ -63,6 +66,9 @@ def test_sigkill_while_writing_a_mid_epoch_point_resumes_from_the_one_before(tmp
     assert load_checkpoint(out)[1]["step"] == 29
     assert cli.main(["train", "--out", str(out), "--resume"]) == 0
     assert_same_run(out, uninterrupted)
+
+
+@pytest.mark.slow
 
 
 def test_a_full_disk_mid_epoch_warns_once_and_trains_on(tmp_path, uninterrupted, monkeypatch, capsys):
@@ -89,6 +95,9 @@ def test_a_full_disk_mid_epoch_warns_once_and_trains_on(tmp_path, uninterrupted,
     assert_same_run(out, uninterrupted)
 
 
+@pytest.mark.slow
+
+
 def test_a_full_disk_at_a_stop_signal_stops_cleanly_naming_the_error(tmp_path, monkeypatch, capsys):
     """SIGTERM, and no space for the resume point of its step: exit 1 with the error, the point of
     the last epoch intact."""
@@ -107,6 +116,9 @@ def test_a_full_disk_at_a_stop_signal_stops_cleanly_naming_the_error(tmp_path, m
         f"mpdagl train: error: could not write the checkpoint of step 30 (epoch 2, batch 8 of 22) into {out} "
         "([Errno 28] No space left on device); the previous checkpoint is intact")
     assert load_checkpoint(out)[1]["epoch"] == 1 and not list(out.glob(".*.tmp-*"))
+
+
+@pytest.mark.slow
 
 
 def test_a_corrupt_resume_point_is_refused_by_name_and_the_previous_one_used(tmp_path, uninterrupted, capsys):
@@ -165,6 +177,7 @@ def test_resume_refuses_a_pickled_trainer_state(tmp_path, capsys):
     (signal.SIGINT, 5, "step 5 (epoch 1, batch 5 of 22)"),
     (signal.SIGTERM, 44, "step 44 (the end of epoch 2)"),  # the epoch's last step: the epoch ends first
 ])
+@pytest.mark.slow
 def test_a_stop_signal_saves_the_step_in_progress(tmp_path, uninterrupted, monkeypatch, capsys, signum, step, saved):
     """SIGTERM (a scheduler's preemption) or Ctrl-C: the step in progress ends, a resume point is
     written there, the process exits 128 + the signal with one line naming the step; the resumed

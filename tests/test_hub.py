@@ -153,6 +153,9 @@ def test_load_refuses_what_it_cannot_honour(trained, monkeypatch):
     assert next(M.load(trained, device="auto").parameters()).device.type == "cpu"
 
 
+@pytest.mark.slow
+
+
 def test_load_takes_a_file_of_the_folder_never_the_hub(trained, monkeypatch):
     """'runs/x/config.json' also reads as a Hub repo id: it was sent to the Hub (five retries
     offline). A file of a training folder loads the folder; another file is refused."""
@@ -203,6 +206,9 @@ def test_rejected_token(trained, tmp_path, monkeypatch):
     FakeHub(monkeypatch, tmp_path, fail_with=HfHubHTTPError("401 Client Error: Unauthorized", response=response))
     with pytest.raises(hub.HubError, match=r"rejected the token \(401\)"):
         hub.push(trained, "me/x")
+
+
+@pytest.mark.slow
 
 
 def test_push_without_network_is_one_line(trained, tmp_path, monkeypatch, capsys):

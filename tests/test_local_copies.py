@@ -66,6 +66,7 @@ def assert_same(a: data.Dataset, b: data.Dataset) -> None:
 
 @pytest.mark.parametrize("passed", ["the copy", "the copy without configs", "its data folder",
                                     "a parent holding it"])
+@pytest.mark.slow
 def test_tiny_imagenet_evaluates_its_valid_split_whatever_folder_is_passed(tmp_path, passed):
     """Without README ``configs:`` datasets names the valid shard ``validation``; the copy must
     still load as the Hub's, its held-out split named as the repo names it."""
@@ -231,6 +232,9 @@ def test_bad_data_is_invalid_input_with_the_fix(tmp_path, capsys):
     assert cli.main(argv) == 2
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line.startswith(f"mpdagl train: error: dataset '{odd}' has no test split")
+
+
+@pytest.mark.slow
 
 
 def test_the_model_card_names_the_split_evaluated(tmp_path):

@@ -67,6 +67,7 @@ def test_event_frames_input():
 
 
 @pytest.mark.parametrize("arch, channels, frames", [("resnet19", 3, False), ("vggsnn", 2, True)])
+@pytest.mark.slow
 def test_activations_run_channels_last_from_the_stem_on_cuda(arch, channels, frames):
     """The stem turns its input channels-last on CUDA (or when told to), so every convolution
     after it gets channels-last activations from an NCHW model, with the NCHW run's logits.

@@ -21,6 +21,9 @@ def test_kernels_compile_for_sm90():
     assert "float arguments reach the kernels as f64" in out.stdout
 
 
+@pytest.mark.slow
+
+
 def test_wheel_installs_kernels_and_models_inside_the_package(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

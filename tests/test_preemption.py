@@ -55,6 +55,9 @@ def digits_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
+
+
 def test_resume_auto_starts_afresh_or_continues_and_refuses_another_configuration(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["train", "--out", out, "--epochs", "1", "--resume", "auto"]) == 0
@@ -67,6 +70,9 @@ def test_resume_auto_starts_afresh_or_continues_and_refuses_another_configuratio
     with pytest.raises(SystemExit):
         cli.main(["train", "--out", out, "--resume", "always"])
     assert "invalid choice: 'always'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 
 
 def test_a_torchrun_restart_resumes_and_does_not_overwrite(tmp_path, digits_run, monkeypatch, capsys):

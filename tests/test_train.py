@@ -361,6 +361,9 @@ def test_a_folder_in_use_by_a_run_refuses_a_second_run_and_a_resume(tmp_path, ca
     assert [r["epoch"] for r in metrics(out)] == [1, 2]
 
 
+@pytest.mark.slow
+
+
 def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
     """`mpdagl train` twice into one folder replaced the first run at the second's first epoch:
     a forgotten --resume cost the whole run. Now refused untouched; --overwrite starts over."""
@@ -411,6 +414,9 @@ def test_metrics_without_a_checkpoint_do_not_block_a_fresh_run(tmp_path):
     (out / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
     train(short(tmp_path, epochs=1))
     assert [r["epoch"] for r in metrics(out)] == [1] and metrics(out)[0]["test_acc"] != 0.5
+
+
+@pytest.mark.slow
 
 
 def test_resuming_with_another_process_count_says_so(tmp_path):

@@ -23,7 +23,7 @@ from mpdagl_triton import cli, models
 from mpdagl_triton.models import ConvSpike, Pool, Stem
 from mpdagl_triton.train import TrainConfig, train
 
-DEPTH, WIDTH = 8, 32
+DEPTH, WIDTH = 8, 32  # the default network
 
 
 class DeepPlainSNN(nn.Module):
@@ -49,27 +49,32 @@ class DeepPlainSNN(nn.Module):
         return self.readout(spikes.flatten(2))        # [T, B, classes]
 
 
+#: every size gets a name of its own, so that a run's config.json (which names the architecture)
+#: rebuilds the same network: deep-plain is depth 8, deep-plain-4 depth 4, ...
+DEPTHS = (2, 4, 8, 12, 16)
 models.register("deep-plain", DeepPlainSNN)
+for depth in DEPTHS:
+    models.register(f"deep-plain-{depth}", functools.partial(DeepPlainSNN, depth=depth))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--depth", type=int, default=DEPTH, help="conv layers after the stem")
-    parser.add_argument("--width", type=int, default=WIDTH, help="channels of every layer")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--timesteps", type=int, default=4)
-    parser.add_argument("--rules", nargs="+", default=["mpdagl", "lsg", "fixed"])
-    parser.add_argument("--out", default="runs/plain", help="runs go to OUT-<rule>")
+    parser.add_argument("--depth", type=int, default=DEPTH, choices=DEPTHS,
+                        help="conv layers after the stem (default %(default)s)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per run (default %(default)s)")
+    parser.add_argument("--timesteps", type=int, default=4, help="T (default %(default)s)")
+    parser.add_argument("--rules", nargs="+", default=["mpdagl", "lsg", "fixed"],
+                        help="surrogate width rules, one run each (default: all three)")
+    parser.add_argument("--out", default="runs/plain", help="the runs go to OUT-<rule> (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace runs already in those folders")
     args = parser.parse_args(argv)
-    if (args.depth, args.width) != (DEPTH, WIDTH):  # the same name, another size, for these runs
-        models.register("deep-plain", functools.partial(DeepPlainSNN, depth=args.depth, width=args.width),
-                        replace=True)
+    arch = "deep-plain" if args.depth == DEPTH else f"deep-plain-{args.depth}"
     runs = []
     for rule in args.rules:
         out = Path(f"{args.out}-{rule}")
-        result = train(TrainConfig(arch="deep-plain", width_rule=rule, timesteps=args.timesteps,
-                                   epochs=args.epochs, out=str(out)), overwrite=True)
-        print(f"{rule}: test accuracy {result['test_acc']:.4f}")
+        result = train(TrainConfig(arch=arch, width_rule=rule, timesteps=args.timesteps,
+                                   epochs=args.epochs, out=str(out)), overwrite=args.overwrite)
+        print(f"width rule {rule}: test accuracy {result['test_acc']:.4f} ({out})")
         runs.append(out)
     # the paper's figures for the first run, the others overlaid: compare.png, grad_norms.png
     cli.main(["analyze", str(runs[0]), "--compare", *map(str, runs[1:])])

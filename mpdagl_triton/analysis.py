@@ -170,6 +170,8 @@ def read_run(folder: str | Path) -> tuple[list[dict], dict]:
     """(metrics rows, model config) of a training folder."""
     folder = Path(folder)
     path = folder / "metrics.jsonl"
+    if not folder.is_dir():
+        raise InvalidInput(f"no folder {folder}")
     if not path.is_file():
         raise InvalidInput(f"{folder} has no metrics.jsonl (is it a training output folder?)")
     rows = read_jsonl(path)

@@ -22,6 +22,8 @@ Spiking neural networks trained with MPD-AGL, on fused Triton kernels.
 
 #: the options of ``mpdagl train`` that are not TrainConfig fields
 RUN_OPTIONS = ("recipe", "resume", "overwrite")
+#: the fields every recipe sets (train.RECIPES), whose default depends on the recipe
+RECIPE_FIELDS = ("dataset", "arch", "timesteps", "epochs", "batch_size", "lr", "optimizer", "weight_decay")
 
 
 def _version() -> str:
@@ -43,7 +45,12 @@ def _add_config_options(parser: argparse.ArgumentParser, config_class) -> None:
         base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
         flag = meta.get("flag") or f"--{field.name.replace('_', '-')}"
         names = [flag] + ([meta["short"]] if meta.get("short") else [])
-        shown = "" if field.default in (None, ()) else f" (default: {field.default})"
+        if field.name in RECIPE_FIELDS:  # the recipe decides; digits' is the default recipe
+            shown = f" (digits recipe: {field.default})"
+        elif field.default in (None, ()) or field.name == "out":
+            shown = ""
+        else:
+            shown = f" (default: {field.default})"
         extra = {"help": meta["help"] + shown, "default": None, "dest": field.name}
         if base is bool:
             extra["action"] = argparse.BooleanOptionalAction
@@ -69,7 +76,7 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), help="the authors' settings for a dataset")
     p.add_argument("--resume", nargs="?", const=True, choices=["auto"],
-                   help="continue the run in --out from its resume point; `--resume auto`: continue "
+                   help="continue the run in --out from its resume point; with 'auto': continue "
                         "when --out holds one, else start afresh (the default in a process torchrun "
                         "restarts)")
     p.add_argument("--overwrite", action="store_true",
@@ -78,8 +85,9 @@ def _train_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mpdagl_triton.train import (RECIPES, STATE_JSON, Stopped, TrainConfig, free_output_dir, restartable, train,
-                                     writes_outputs)
+    from mpdagl_triton.runtime import resolve_device
+    from mpdagl_triton.train import (RECIPES, STATE_JSON, Stopped, TrainConfig, free_output_dir, import_modules,
+                                     restartable, train, validate, writes_outputs)
 
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in (*RUN_OPTIONS, "command")}
@@ -89,6 +97,10 @@ def _train(args: argparse.Namespace) -> int:
     recipe = RECIPES.get(args.recipe or given.get("dataset", "digits"), {})
     fields = {**recipe, **given}
     reports = writes_outputs()  # under torchrun only rank 0 reports
+    if not args.resume:  # bad options fail before anything is said about the output folder
+        import_modules(fields.get("imports", ()))
+        validate(TrainConfig(**fields))
+        resolve_device(fields.get("device", "auto"))
     if "out" not in fields:
         default = Path("runs") / Path(fields["dataset"]).name
         # a process torchrun may restart keeps the plain default: its restart must find the run
@@ -122,7 +134,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a saved model on its test split",
                        description="Load DIR/config.json + DIR/model.safetensors and evaluate.")
-    p.add_argument("--checkpoint", required=True, help="a training output folder, or a Hub model repo (user/name)")
+    p.add_argument("folder", metavar="DIR", nargs="?", help="a training output folder, or a Hub model repo (user/name)")
+    p.add_argument("--checkpoint", help="the same as DIR")
     p.add_argument("--dataset", help="evaluate on this dataset instead of the one in config.json")
     p.add_argument("--data-path", help="local copy of the dataset (default: the training run's --data-path)")
     p.add_argument("--image-column", help="image column (default: the training run's, or guessed)")
@@ -141,6 +154,9 @@ def _eval(args: argparse.Namespace) -> int:
     from mpdagl_triton.train import STATE_JSON, TrainConfig, evaluate, import_modules
 
     import_modules(args.imports)
+    args.checkpoint = args.checkpoint or args.folder
+    if args.checkpoint is None:
+        raise InvalidInput("name the model to evaluate: mpdagl eval DIR (a training folder or a Hub repo id)")
     device = resolve_device(args.device)
     model = load(args.checkpoint, device=device)
     name = args.dataset or model.dataset
@@ -240,7 +256,7 @@ def _export_parser(sub) -> None:
     p = sub.add_parser("export", help="write a trained model as a NIR graph or an AOTInductor package",
                        description="nir: a NIR graph (HDF5) that SpikingJelly, snnTorch, Norse, Sinabs, "
                                    "Rockpool or Lava import (tdBN folded into the convolutions, each "
-                                   "neuron an nir.LIF; needs `pip install mpdagl-triton[nir]`). pt2: "
+                                   "neuron an nir.LIF; needs pip install 'mpdagl-triton[nir]'). pt2: "
                                    "torch.export + AOTInductor, loaded with "
                                    "torch._inductor.aoti_load_package (minutes of compiling on a CPU). "
                                    "See docs/deploy.md.")
@@ -249,12 +265,16 @@ def _export_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (replaced atomically)")
     p.add_argument("--device", default="cpu",
                    help="pt2 only: compile for cpu or cuda (default cpu); the package runs on that device")
+    p.add_argument("--import", dest="imports", nargs="+", default=[], metavar="NAME",
+                   help="Python modules to import first: those that register your own architectures")
 
 
 def _export(args: argparse.Namespace) -> int:
     from mpdagl_triton.export import check_writable, write_nir, write_pt2
     from mpdagl_triton.hub import load
+    from mpdagl_triton.train import import_modules
 
+    import_modules(args.imports)
     check_writable(args.out)
     device = args.device if args.format == "pt2" else "cpu"
     model = load(args.folder, device=device)

@@ -47,7 +47,7 @@ from mpdagl_triton.models.vgg import SpikingVGG
 DT = 1e-4
 #: graph metadata key holding the exact decays (a JSON object: LIF node -> lambda)
 DECAYS_KEY = "mpdagl_decays"
-NIR_INSTALL = "pip install mpdagl-triton[nir]"
+NIR_INSTALL = "pip install 'mpdagl-triton[nir]'"
 READOUT = "mean over T of the output node's per-step values (logits [classes]); argmax = class"
 
 
@@ -165,7 +165,7 @@ def to_nir(model: SpikingNetwork, *, dtype: torch.dtype | None = None):
         the encoding, normalization, classes, dt and the exact decays.
 
     Raises InvalidInput for a model in training mode or a part NIR cannot hold (named), and
-    Unavailable without the nir package (``pip install mpdagl-triton[nir]``).
+    Unavailable without the nir package (`pip install 'mpdagl-triton[nir]'`).
 
     Example:
         >>> net = models.create("tiny", 10, 2, in_channels=1, input_size=8).eval()  # doctest: +SKIP

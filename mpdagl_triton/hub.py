@@ -56,10 +56,18 @@ def load(source: str | Path, *, revision: str | None = None,
     repo_id = str(source)
     if not REPO_ID.match(repo_id):
         raise CheckpointError(f"{repo_id} is neither a folder nor a Hub repo id (user/name)")
+    parent = repo_id.split("/")[0]
+    if Path(parent).is_dir():  # runs/nothing: a missing training folder, not a repo to ask the Hub for
+        raise CheckpointError(f"no folder {repo_id} (in {parent}/: {_children(Path(parent))})")
     config_path = _download(repo_id, CONFIG_NAME, revision)
     check_config(read_json(config_path), f"{repo_id}/{CONFIG_NAME}")
     _download(repo_id, WEIGHTS_NAME, revision)
     return _build(repo_id, revision=revision, device=device)
+
+
+def _children(folder: Path, most: int = 5) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return ", ".join(names[:most]) + (" ..." if len(names) > most else "") if names else "no folders"
 
 
 def local_folder(source: str | Path) -> Path | None:

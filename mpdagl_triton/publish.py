@@ -185,7 +185,7 @@ def model_card(folder: str | Path, repo_id: str, license: str = "mit") -> str:
         "## Export", "",
         "To run the model outside PyTorch training code: `mpdagl export DIR --format nir --out model.nir` "
         "writes a NIR graph (tdBN folded into the convolutions, each neuron an `nir.LIF`; "
-        "`pip install mpdagl-triton[nir]`) that SpikingJelly, snnTorch, Norse, Sinabs, Rockpool or Lava "
+        "pip install 'mpdagl-triton[nir]') that SpikingJelly, snnTorch, Norse, Sinabs, Rockpool or Lava "
         "import; `--format pt2` writes an AOTInductor package for `torch._inductor.aoti_load_package`. "
         "`DIR` is a training folder or this repo's id; see the library's docs/deploy.md.", "",
         "## Citation", "", "```bibtex", CITATION, "```", "",
@@ -217,7 +217,7 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
         raise CheckpointError(f"{folder} has no {WEIGHTS_NAME}; nothing to push")
     token = token or get_token()
     if not token:
-        raise HubError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+        raise InvalidInput("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="mpdagl-push-") as staging:
         staged = Path(staging)

@@ -82,3 +82,25 @@ def test_a_piped_log_gets_no_progress_bars(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr  # no bars, no warnings
     assert done.stdout.splitlines()[-1].startswith("final test accuracy")
+
+
+def test_bad_options_fail_before_an_output_folder_is_chosen(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    (tmp_path / "runs" / "digits" / "config.json").write_text("{}")  # an earlier run's folder
+    assert cli.main(["train", "--arch", "resnet20"]) == 2
+    captured = capsys.readouterr()
+    assert "holds an earlier run" not in captured.out
+    assert "unknown architecture 'resnet20' (did you mean resnet19 or resnet18?)" in captured.err
+
+
+def test_missing_training_folders_are_named_at_once(tmp_path, monkeypatch, capsys):
+    """runs/nothing is a missing folder under runs/, never a Hub repo to retry for."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    assert cli.main(["eval", "runs/nothing"]) == 2
+    assert "no folder runs/nothing (in runs/: digits)" in capsys.readouterr().err
+    assert cli.main(["analyze", "runs/nothing"]) == 2
+    assert "no folder runs/nothing" in capsys.readouterr().err
+    assert cli.main(["eval"]) == 2
+    assert "name the model to evaluate: mpdagl eval DIR" in capsys.readouterr().err

@@ -51,8 +51,8 @@ def test_register_refuses_what_would_surprise():
 
 def test_the_public_blocks_build_a_plain_network_and_each_rule_trains_it(tmp_path):
     """The example's small version: every width rule through train(), then analyze --compare."""
-    depth = 3
-    runs = deep_plain_snn.main(["--depth", str(depth), "--width", "16", "--epochs", "3", "--timesteps", "2",
+    depth = 2
+    runs = deep_plain_snn.main(["--depth", str(depth), "--epochs", "3", "--timesteps", "2",
                                 "--out", str(tmp_path / "plain")])
     assert [r.name for r in runs] == ["plain-mpdagl", "plain-lsg", "plain-fixed"]
     for run in runs:
@@ -72,7 +72,7 @@ def test_the_public_blocks_build_a_plain_network_and_each_rule_trains_it(tmp_pat
     assert rules == {"mpdagl", "lsg", "fixed"}
     # loaded like a zoo model (the module that registers it is imported: this test imported it)
     model = M.load(runs[1])
-    assert model.arch == "deep-plain" and model(torch.rand(4, 1, 8, 8)).shape == (4, 10)
+    assert model.arch == "deep-plain-2" and model(torch.rand(4, 1, 8, 8)).shape == (4, 10)
     assert cli.main(["train", "--out", str(runs[1]), "--resume", "--epochs", "4"]) == 0
 
 

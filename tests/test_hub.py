@@ -196,7 +196,7 @@ def test_push_as_a_pull_request(trained, tmp_path, monkeypatch, capsys):
 
 def test_missing_token(trained, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    assert cli.main(["push", str(trained), "--repo-id", "me/x"]) == 1
+    assert cli.main(["push", str(trained), "--repo-id", "me/x"]) == 2  # a missing token is the user's to fix
     assert "no Hugging Face token: set HF_TOKEN or run `hf auth login`" in capsys.readouterr().err
 
 

@@ -70,7 +70,8 @@ def test_train_options_are_the_config_fields():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*[a-z]", readme.split("## Several GPUs")[0]))
     train_section_options = named - {"--checkpoint", "--repo-id", "--compare", "--help", "--version",
-                                     "--standalone", "--nproc_per_node", "--repo-type", "--local-dir"}
+                                     "--standalone", "--nproc_per_node", "--repo-type", "--local-dir",
+                                     "--index-url"}
     assert train_section_options <= taken, train_section_options - taken
 
 

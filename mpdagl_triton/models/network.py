@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,10 +79,12 @@ def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = Fa
 def unknown_architecture(arch: str) -> str:
     """The message for an architecture nobody registered."""
     registered = sorted(set(ARCHITECTURES) - ZOO)
-    return (f"unknown architecture {arch!r}; available: {', '.join(sorted(ZOO))}"
+    close = difflib.get_close_matches(arch, ARCHITECTURES, n=2)
+    return (f"unknown architecture {arch!r}" + (f" (did you mean {' or '.join(close)}?)" if close else "")
+            + f"; available: {', '.join(sorted(ZOO))}"
             + (f"; registered here: {', '.join(registered)}" if registered else "")
             + ". An architecture of your own must be registered before use (mpdagl_triton.models."
-              "register): import the module that registers it (mpdagl train --import MODULE)")
+              "register): import the module that registers it (--import MODULE)")
 
 
 NEURON_OPTIONS = ("vth", "tau", "learn_tau", "surrogate", "width_rule", "alpha", "kappa0", "backend")

@@ -216,6 +216,19 @@ def import_modules(names: tuple[str, ...] | list[str]) -> None:
                                "folder that holds it, or install its package)") from None
 
 
+def starting_line(cfg: TrainConfig, model: torch.nn.Module, device: torch.device, steps: int) -> str:
+    """What the run is about to do, said before its first (possibly long) epoch."""
+    parameters = sum(p.numel() for p in model.parameters())
+    line = (f"training {cfg.arch} ({parameters / 1e6:.2f} M parameters, T = {cfg.timesteps}) on {device}: "
+            f"{cfg.epochs} epochs of {steps} steps")
+    if cfg.compile:
+        line += "; the first steps compile the model (a minute or more)"
+    if device.type == "cpu" and parameters > 1_000_000:
+        line += ("; a network this size takes seconds to minutes a step on a CPU: the paper's recipes "
+                 "are meant for a GPU")
+    return line
+
+
 def writes_outputs() -> bool:
     """Whether this process writes the run's files: alone, or torchrun's rank 0. Read from the
     environment, so it holds before the process group starts."""
@@ -1038,6 +1051,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,
                               workers=cfg.workers, rank=dist.rank, world=dist.world)
     probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
+    if dist.is_main:
+        log(starting_line(cfg, model, device, len(train_loader)))
 
     row, batches = history[-1] if history else {}, len(train_loader)
     watch, stopped = StopWatch(cfg.save_every, dist), None
@@ -1071,7 +1086,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
                     row.update(analysis.probe(model, probe))  # per-layer "layers" and "synapses"
                     log(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
                         f"train acc {row['train_acc']:.4f}  test acc {row['test_acc']:.4f}  "
-                        f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f} s")
+                        f"{row['images_per_s']:.{0 if row['images_per_s'] >= 10 else 2}f} img/s  {row['seconds']:.1f} s")
                     append_metrics(out, row)
                     state = {"epoch": epoch, "step": epoch * batches, "best_acc": best_acc,
                              "config": dataclasses.asdict(cfg), "world_size": dist.world}

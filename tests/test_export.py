@@ -457,7 +457,7 @@ def test_export_command_refusals(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "nir", None)
     out = tmp_path / "x.nir"
     code, err = run_cli(["export", str(trained), "--format", "nir", "--out", str(out)], capsys)
-    assert code == 1 and err.count("\n") == 1 and "pip install mpdagl-triton[nir]" in err and not out.exists()
+    assert code == 1 and err.count("\n") == 1 and "pip install 'mpdagl-triton[nir]'" in err and not out.exists()
     with pytest.raises(Unavailable):
         to_nir(models.create("tiny", 10, 2, in_channels=1, input_size=8).eval())
 

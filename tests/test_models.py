@@ -110,7 +110,8 @@ def test_bad_inputs_and_options():
         vgg(torch.rand(1, 2, 2, 32, 32))
     resnet = models.create("resnet19", num_classes=10, T=1, in_channels=3, input_size=8).eval()
     assert resnet(torch.rand(1, 3, 16, 16)).shape == (1, 10)  # global pooling: any size
-    with pytest.raises(ValueError, match="unknown architecture 'resnet50'; available: resnet18, resnet19, tiny, vgg13, vggsnn"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'resnet50' \(did you mean resnet19 or "
+                                         r"resnet18\?\); available: resnet18, resnet19, tiny, vgg13, vggsnn"):
         models.create("resnet50", 10, 2)
     with pytest.raises(ValueError, match="unknown neuron options"):
         models.create("tiny", 10, 2, decay=0.5)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from mpdagl_triton import cli, layers, models, ops, reference
 from mpdagl_triton.errors import InvalidInput, Unavailable
@@ -384,15 +385,16 @@ def test_pt2_package_runs_in_a_fresh_process(trained, tmp_path, capsys):
     model = load(trained)
     x, _ = digits_test_split(model)
     x = x[:9]
-    torch.save(x, tmp_path / "x.pt")
+    save_file({"x": x.contiguous()}, tmp_path / "x.safetensors")
     script = ("import sys, torch, mpdagl_triton\n"
+              "from safetensors.torch import load_file, save_file\n"
               "runner = torch._inductor.aoti_load_package(sys.argv[1])\n"
-              "torch.save(runner(torch.load(sys.argv[2])), sys.argv[3])\n")
-    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                   check=True, timeout=300)
+              "save_file({'y': runner(load_file(sys.argv[2])['x'])}, sys.argv[3])\n")
+    subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "x.safetensors"),
+                    str(tmp_path / "y.safetensors")], check=True, timeout=300)
     with torch.no_grad():
         expected = model(x)
-    got = torch.load(tmp_path / "y.pt")
+    got = load_file(tmp_path / "y.safetensors")["y"]
     assert torch.equal(got.argmax(1), expected.argmax(1))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

@@ -163,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
     if name is None:
         raise InvalidInput(f"{args.checkpoint}/config.json names no dataset; pass --dataset")
     source = {"data_path": args.data_path, "image_column": args.image_column, "label_column": args.label_column,
-              "dvs_split": None}
+              "dvs_split": None, "dvs_frames": None}
     folder = local_folder(args.checkpoint)
     if name == model.dataset and folder is not None and (folder / STATE_JSON).is_file():
         # the run's own dataset: read it where the run did
@@ -171,7 +171,7 @@ def _eval(args: argparse.Namespace) -> int:
         source = {key: value if value is not None else trained.get(key) for key, value in source.items()}
     dataset = data.load(name, path=source["data_path"], timesteps=model.timesteps,
                         image_column=source["image_column"], label_column=source["label_column"],
-                        dvs_split=source["dvs_split"])
+                        dvs_split=source["dvs_split"], dvs_frames=source["dvs_frames"])
     if (dataset.num_classes, dataset.in_channels) != (model.num_classes, model.in_channels):
         raise InvalidInput(f"{name} has {dataset.num_classes} classes of {dataset.in_channels}-channel images; "
                            f"{args.checkpoint} classifies {model.num_classes} classes of "

@@ -123,6 +123,9 @@ class TrainConfig:
                             "each class by file number train), tebn (files 0-99 test) or spikingjelly "
                             "(its split_to_train_test_set, 0.9 per class in file-name order)",
                             choices=events.SPLITS)
+    dvs_frames: str = option(events.FRAME_RULES[0], "cifar10-dvs frames: spikingjelly (N // T events a frame in "
+                             "file order, the rest in the last, as the authors' frames) or even (the rest "
+                             "spread over the frames)", choices=events.FRAME_RULES)
     sync_bn: bool = option(False, "under torchrun: tdBN batch statistics over all processes")
     check_finite: bool = option(False, "stop with a clear error when an input holds NaN/Inf",
                                 resumable=True)
@@ -1007,7 +1010,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     random.seed(cfg.seed)
     dataset = data.load(cfg.dataset, path=cfg.data_path, timesteps=cfg.timesteps,
                         image_column=cfg.image_column, label_column=cfg.label_column,
-                        dvs_split=cfg.dvs_split)
+                        dvs_split=cfg.dvs_split, dvs_frames=cfg.dvs_frames)
     model = build_model(cfg, dataset).to(device)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(model, cfg.threads))

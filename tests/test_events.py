@@ -193,3 +193,17 @@ def test_a_truncated_recording_is_one_line_naming_the_file(tmp_path, capsys):
     assert f"{broken}: " in err and "not a whole number of 8-byte events (truncated file?)" in err
     assert err.count(str(broken)) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_frame_rule_and_split_are_options_of_the_run(tmp_path):
+    """--dvs-frames and --dvs-split reach the conversion: each run reads frames of its own rule."""
+    from mpdagl_triton import cli
+    from support.fake_data import fake_dvs
+
+    root = fake_dvs(tmp_path / "dvs", files_per_class=10)
+    base = ["train", "--dataset", "cifar10-dvs", "--data-path", str(root), "--arch", "tiny", "-T", "2",
+            "--epochs", "1", "--batch-size", "4", "--device", "cpu"]
+    assert cli.main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*base, "--dvs-frames", "even", "--dvs-split", "tebn", "--out", str(tmp_path / "b")]) == 0
+    assert {p.name for p in root.glob(".mpdagl-frames-*")} >= {".mpdagl-frames-T2-48-spikingjelly-first90",
+                                                               ".mpdagl-frames-T2-48-even-tebn"}

@@ -1054,7 +1054,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, explicit: set[str], stop_a
     test_loader = data.Loader(dataset.test, dataset, cfg.batch_size, device, train=False,
                               workers=cfg.workers, rank=dist.rank, world=dist.world)
     probe = next(data.Loader(dataset.test, dataset, cfg.probe_size, device, train=False).epoch(cfg.seed, 0))[0]
-    if dist.is_main:
+    if dist.is_main and start_epoch < cfg.epochs:
         log(starting_line(cfg, model, device, len(train_loader)))
 
     row, batches = history[-1] if history else {}, len(train_loader)
